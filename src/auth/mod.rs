@@ -1,0 +1,379 @@
+//! Authorizers: who is calling. This module owns the JWT authorizer (token extraction,
+//! signature, claim rules, scopes), its key sources ([`keys`], [`jwks`]) and the verified-token
+//! cache. It answers with an [`Identity`] or a [`TokenError`]; what the client is told is decided
+//! by `crate::error`.
+
+pub mod claims;
+pub mod jwks;
+pub mod keys;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, Validation, errors::ErrorKind};
+
+use self::claims::{ClaimRules, Claims};
+use self::jwks::{Loaded, RemoteJwks};
+
+/// Longest token accepted; real access tokens are 1-4 KiB, and this bounds parsing work.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+/// Entries in one authorizer's verified-token cache (about 1 KiB each).
+pub const TOKEN_CACHE_CAPACITY: u64 = 100_000;
+/// Longest a verified token stays cached, even when it expires later.
+pub const TOKEN_CACHE_MAX_TTL: Duration = Duration::from_secs(3600);
+
+/// Why a token was refused. Each maps to 401 `invalid_token` with its own description.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not three base64url parts of JSON, or too long.
+    Malformed,
+    /// `alg` not allowed for this authorizer or this key.
+    BadAlgorithm,
+    /// `kid` names no key, even after a refetch.
+    UnknownKey,
+    /// Signature does not verify.
+    BadSignature,
+    /// `exp` has passed.
+    Expired,
+    /// `nbf` or `iat` lies in the future.
+    NotYetValid,
+    /// `iss` differs from the authorizer's issuer.
+    WrongIssuer,
+    /// Neither `aud` nor `client_id` is an accepted audience.
+    WrongAudience,
+    /// `token_use` differs from the required one.
+    WrongTokenUse,
+    /// A claim has the wrong type, or a required claim is missing.
+    BadClaim,
+}
+
+impl TokenError {
+    /// The `error_description` sent in `www-authenticate`.
+    pub fn description(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "the token is malformed",
+            TokenError::BadAlgorithm => "the token's signing algorithm is not accepted",
+            TokenError::UnknownKey => "the token's signing key is not known",
+            TokenError::BadSignature => "the token's signature is invalid",
+            TokenError::Expired => "the token has expired",
+            TokenError::NotYetValid => "the token is not valid yet",
+            TokenError::WrongIssuer => "the token's issuer is not accepted",
+            TokenError::WrongAudience => "the token does not have a valid audience",
+            TokenError::WrongTokenUse => "the token's token_use is not accepted",
+            TokenError::BadClaim => "the token's claims are malformed",
+        }
+    }
+
+    /// The `reason` label for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            TokenError::Malformed => "token_malformed",
+            TokenError::BadAlgorithm => "token_algorithm",
+            TokenError::UnknownKey => "token_unknown_kid",
+            TokenError::BadSignature => "token_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::WrongIssuer => "token_issuer",
+            TokenError::WrongAudience => "token_audience",
+            TokenError::WrongTokenUse => "token_use",
+            TokenError::BadClaim => "token_claims",
+        }
+    }
+}
+
+/// A verified caller, as the upstream will be told about it.
+#[derive(Debug)]
+pub struct Identity {
+    /// `sub`.
+    pub subject: Option<Box<str>>,
+    /// `client_id` (or single `aud`).
+    pub client_id: Option<Box<str>>,
+    /// Granted scopes.
+    pub scopes: Vec<Box<str>>,
+    /// `exp`, seconds since the epoch.
+    pub expires_at: u64,
+    /// Generation of the key set that verified it.
+    pub key_generation: u64,
+    /// Ready-made `x-tollgate-*` headers for the upstream.
+    pub upstream_headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Identity {
+    /// Whether the identity holds at least one of `required` (an empty list requires nothing).
+    pub fn has_any_scope(&self, required: &[Box<str>]) -> bool {
+        required.is_empty() || required.iter().any(|r| self.scopes.iter().any(|s| s == r))
+    }
+}
+
+/// Names of the identity headers the upstream receives.
+pub mod headers {
+    use http::HeaderName;
+    /// `sub`
+    pub const PRINCIPAL: HeaderName = HeaderName::from_static("x-tollgate-principal");
+    /// `client_id`
+    pub const CLIENT_ID: HeaderName = HeaderName::from_static("x-tollgate-client-id");
+    /// space-separated scopes
+    pub const SCOPES: HeaderName = HeaderName::from_static("x-tollgate-scopes");
+    /// authorizer name
+    pub const AUTHORIZER: HeaderName = HeaderName::from_static("x-tollgate-authorizer");
+}
+
+/// Where an authorizer's keys come from.
+pub enum KeySource {
+    /// Loaded once with the config: a `jwks_file` or a `secret`.
+    Static(Arc<Loaded>),
+    /// Fetched and refreshed from the issuer.
+    Remote(Arc<RemoteJwks>),
+}
+
+impl KeySource {
+    fn current(&self) -> Arc<Loaded> {
+        match self {
+            KeySource::Static(l) => l.clone(),
+            KeySource::Remote(r) => r.current(),
+        }
+    }
+}
+
+/// Cache of verified tokens, keyed by the SHA-256 of the token. Entries leave at the token's
+/// `exp` (or after [`TOKEN_CACHE_MAX_TTL`]) and are ignored once the key set changes.
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+}
+
+struct UntilExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<Identity>> for UntilExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<Identity>,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        let left = value.expires_at.saturating_sub(now_unix());
+        Some(Duration::from_secs(left).min(TOKEN_CACHE_MAX_TTL))
+    }
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self::new(TOKEN_CACHE_CAPACITY)
+    }
+}
+
+impl TokenCache {
+    /// A cache holding at most `capacity` tokens.
+    pub fn new(capacity: u64) -> TokenCache {
+        TokenCache {
+            inner: moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .expire_after(UntilExpiry)
+                .build(),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Settings of a JWT authorizer, as compiled from config.
+pub struct JwtSettings {
+    /// Authorizer name (labels, `x-tollgate-authorizer`).
+    pub name: String,
+    /// Header the token is read from.
+    pub header: HeaderName,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Claim rules.
+    pub rules: ClaimRules,
+}
+
+/// A compiled JWT authorizer.
+pub struct JwtAuthorizer {
+    name: Arc<str>,
+    header: HeaderName,
+    algorithms: Vec<Algorithm>,
+    /// One validation per key family present in `algorithms`.
+    validations: Vec<(AlgorithmFamily, Validation)>,
+    rules: ClaimRules,
+    keys: KeySource,
+    cache: TokenCache,
+    name_value: HeaderValue,
+    hits: prometheus::IntCounter,
+    misses: prometheus::IntCounter,
+}
+
+impl std::fmt::Debug for JwtAuthorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtAuthorizer").field("name", &self.name).finish()
+    }
+}
+
+impl JwtAuthorizer {
+    /// Builds an authorizer. Refuses an empty algorithm list and a name that cannot be a
+    /// header value.
+    pub fn new(
+        s: JwtSettings,
+        keys: KeySource,
+        cache: TokenCache,
+        metrics: &crate::metrics::Metrics,
+    ) -> Result<JwtAuthorizer, String> {
+        if s.algorithms.is_empty() {
+            return Err("no algorithms allowed".into());
+        }
+        let mut validations: Vec<(AlgorithmFamily, Validation)> = Vec::new();
+        for alg in &s.algorithms {
+            let fam = alg.family();
+            if let Some((_, v)) = validations.iter_mut().find(|(f, _)| *f == fam) {
+                v.algorithms.push(*alg);
+            } else {
+                // Signature and algorithm only: claim rules are ours (`claims::check`).
+                let mut v = Validation::new(*alg);
+                v.validate_exp = false;
+                v.validate_nbf = false;
+                v.validate_aud = false;
+                v.required_spec_claims.clear();
+                validations.push((fam, v));
+            }
+        }
+        let name_value = HeaderValue::from_str(&s.name).map_err(|_| "bad authorizer name".to_string())?;
+        Ok(JwtAuthorizer {
+            hits: metrics.token_cache.with_label_values(&[s.name.as_str(), "hit"]),
+            misses: metrics.token_cache.with_label_values(&[s.name.as_str(), "miss"]),
+            name: s.name.into(),
+            header: s.header,
+            algorithms: s.algorithms,
+            validations,
+            rules: s.rules,
+            keys,
+            cache,
+            name_value,
+        })
+    }
+
+    /// The authorizer's name.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The token in the request, bare or as `Bearer <token>`; `None` when absent or empty.
+    pub fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
+        let raw = headers.get(&self.header)?.to_str().ok()?.trim();
+        let token = match raw.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => raw,
+        };
+        (!token.is_empty()).then_some(token)
+    }
+
+    /// Verifies a token: from the cache when this exact token was verified under the current
+    /// keys and has not expired; otherwise signature, algorithm and every claim rule.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::Malformed);
+        }
+        let now = now_unix();
+        let mut loaded = self.keys.current();
+        let digest = crate::util::sha256(token.as_bytes());
+        if let Some(id) = self.cache.inner.get(&digest)
+            && id.key_generation == loaded.generation
+            && id.expires_at.saturating_add(self.rules.leeway) > now
+        {
+            self.hits.inc();
+            return Ok(id);
+        }
+        self.misses.inc();
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::Json(_) if token.split('.').count() == 3 => {
+                // A header that parses as JSON but names an unknown `alg` (e.g. `none`).
+                if header_alg_unsupported(token) {
+                    TokenError::BadAlgorithm
+                } else {
+                    TokenError::Malformed
+                }
+            }
+            _ => TokenError::Malformed,
+        })?;
+        if token.split('.').count() != 3 {
+            return Err(TokenError::Malformed);
+        }
+        if !self.algorithms.contains(&header.alg) {
+            return Err(TokenError::BadAlgorithm);
+        }
+        let mut key = loaded.keys.find(header.kid.as_deref()).cloned();
+        if key.is_none()
+            && header.kid.is_some()
+            && let KeySource::Remote(remote) = &self.keys
+        {
+            loaded = remote.refetch_for_unknown_kid(loaded.generation).await;
+            key = loaded.keys.find(header.kid.as_deref()).cloned();
+        }
+        let key = key.ok_or(TokenError::UnknownKey)?;
+        if key.alg.is_some_and(|a| a != header.alg) || key.decoding.family() != header.alg.family() {
+            return Err(TokenError::BadAlgorithm);
+        }
+        let validation = self
+            .validations
+            .iter()
+            .find(|(f, _)| *f == header.alg.family())
+            .map(|(_, v)| v)
+            .ok_or(TokenError::BadAlgorithm)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::InvalidSignature => TokenError::BadSignature,
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::BadAlgorithm,
+                k if keys::is_malformed(k) => TokenError::Malformed,
+                _ => TokenError::BadSignature,
+            }
+        })?;
+        let checked = claims::check(&data.claims, &self.rules, now)?;
+        let identity = Arc::new(self.identity(checked, loaded.generation)?);
+        self.cache.inner.insert(digest, identity.clone());
+        Ok(identity)
+    }
+
+    fn identity(&self, c: claims::CheckedClaims, generation: u64) -> Result<Identity, TokenError> {
+        let value = |s: &str| HeaderValue::from_str(s).map_err(|_| TokenError::BadClaim);
+        let mut upstream_headers = Vec::with_capacity(4);
+        if let Some(s) = &c.subject {
+            upstream_headers.push((headers::PRINCIPAL, value(s)?));
+        }
+        if let Some(s) = &c.client_id {
+            upstream_headers.push((headers::CLIENT_ID, value(s)?));
+        }
+        if !c.scopes.is_empty() {
+            upstream_headers.push((headers::SCOPES, value(&c.scopes.join(" "))?));
+        }
+        upstream_headers.push((headers::AUTHORIZER, self.name_value.clone()));
+        Ok(Identity {
+            subject: c.subject.map(Into::into),
+            client_id: c.client_id.map(Into::into),
+            scopes: c.scopes.into_iter().map(Into::into).collect(),
+            expires_at: c.expires_at,
+            key_generation: generation,
+            upstream_headers,
+        })
+    }
+}
+
+/// Whether the token's header is JSON whose `alg` is not one we know (for example `none`).
+fn header_alg_unsupported(token: &str) -> bool {
+    use base64::Engine;
+    let Some(h) = token.split('.').next() else {
+        return false;
+    };
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')) else {
+        return false;
+    };
+    serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(|a| a.parse::<Algorithm>().is_err()))
+        .unwrap_or(false)
+}

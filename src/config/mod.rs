@@ -1,0 +1,148 @@
+//! Reading `gateway.yaml`: the file schema ([`schema`]), the units it is written in ([`units`]),
+//! where each value sits in the text ([`source_map`]), and [`ConfigError`], the one error shape
+//! every load and validation problem is reported in (`FILE:LINE:COL: message`).
+//!
+//! This module only reads and parses. Turning a parsed file into something that serves requests
+//! is `crate::snapshot`'s job.
+
+pub mod schema;
+pub mod source_map;
+pub mod units;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use self::schema::FileConfig;
+use self::source_map::{Pos, SourceMap};
+
+/// One problem in a config file, located to a line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file the problem is in.
+    pub file: PathBuf,
+    /// 1-based line (0 when the problem is the file as a whole, e.g. unreadable).
+    pub line: usize,
+    /// 1-based column.
+    pub col: usize,
+    /// What is wrong, for an operator.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            write!(f, "{}: {}", self.file.display(), self.message)
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.col,
+                self.message
+            )
+        }
+    }
+}
+
+/// A parsed config file together with what is needed to locate its values.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The typed file contents.
+    pub file: FileConfig,
+    /// Positions of every value in the text.
+    pub map: SourceMap,
+    /// The path the file was read from.
+    pub path: PathBuf,
+    /// The directory relative paths in the file are resolved against.
+    pub base_dir: PathBuf,
+    /// SHA-256 of the file's bytes, hex (shown at `/config`).
+    pub hash: String,
+}
+
+impl Parsed {
+    /// An error located at the value under `path` (`routes.2.upstream`).
+    pub fn error_at(&self, path: &str, message: impl Into<String>) -> ConfigError {
+        let Pos { line, col } = self.map.locate(path);
+        ConfigError {
+            file: self.path.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+
+    /// An error located at a mapping key (`authorizers` / `cognito`).
+    pub fn error_at_key(&self, parent: &str, key: &str, message: impl Into<String>) -> ConfigError {
+        let Pos { line, col } = self.map.locate_key(parent, key);
+        ConfigError {
+            file: self.path.clone(),
+            line,
+            col,
+            message: message.into(),
+        }
+    }
+
+    /// Resolves a path named in the config relative to the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+}
+
+/// Reads and parses a config file. Refuses an unreadable file, YAML that does not parse, and any
+/// key or value the schema does not accept, each as a located [`ConfigError`].
+pub fn read(path: &Path) -> Result<Parsed, ConfigError> {
+    let bytes = std::fs::read(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        message: format!("cannot read config: {e}"),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        message: format!("config is not UTF-8: {e}"),
+    })?;
+    parse(path, &text)
+}
+
+/// Parses config text as if read from `path`.
+pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
+    let file: FileConfig = serde_norway::from_str(text).map_err(|e| {
+        let (line, col) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((1, 1));
+        ConfigError {
+            file: path.to_path_buf(),
+            line,
+            col,
+            message: strip_location(&e.to_string()),
+        }
+    })?;
+    let base_dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    Ok(Parsed {
+        file,
+        map: SourceMap::build(text),
+        path: path.to_path_buf(),
+        base_dir,
+        hash: crate::util::sha256_hex(text.as_bytes()),
+    })
+}
+
+/// serde_norway appends " at line L column C" to messages; we print the location ourselves.
+fn strip_location(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg.to_string(),
+    }
+}

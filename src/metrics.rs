@@ -1,0 +1,133 @@
+//! Prometheus metrics: one registry, the contract's metric names, bounded labels. Route labels
+//! are route keys (never raw paths) and method labels fold unknown methods into `OTHER`.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+/// Latency buckets in seconds: fine below 10 ms where a gateway's own cost lives, coarse above.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric tollgate exports.
+pub struct Metrics {
+    registry: Registry,
+    /// `tollgate_requests_total{route,method,status}`
+    pub requests: IntCounterVec,
+    /// `tollgate_request_duration_seconds{route}`
+    pub request_duration: HistogramVec,
+    /// `tollgate_upstream_duration_seconds{upstream}`
+    pub upstream_duration: HistogramVec,
+    /// `tollgate_denied_total{route,reason}`
+    pub denied: IntCounterVec,
+    /// `tollgate_config_reloads_total{result}`
+    pub config_reloads: IntCounterVec,
+    /// `tollgate_config_generation`
+    pub config_generation: IntGauge,
+    /// `tollgate_jwks_refresh_total{authorizer,result}`
+    pub jwks_refresh: IntCounterVec,
+    /// `tollgate_connections_active`
+    pub connections_active: IntGauge,
+    /// `tollgate_token_cache_total{authorizer,result}`: verified-token cache hits and misses.
+    pub token_cache: IntCounterVec,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str]| {
+            let h = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+            .expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
+            h
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        Metrics {
+            requests: counter(
+                "tollgate_requests_total",
+                "Requests answered, by route key, method and status.",
+                &["route", "method", "status"],
+            ),
+            request_duration: histogram(
+                "tollgate_request_duration_seconds",
+                "Time from request head to response head, by route key.",
+                &["route"],
+            ),
+            upstream_duration: histogram(
+                "tollgate_upstream_duration_seconds",
+                "Time the upstream took to answer with a response head.",
+                &["upstream"],
+            ),
+            denied: counter(
+                "tollgate_denied_total",
+                "Requests the gateway refused, by route key and reason.",
+                &["route", "reason"],
+            ),
+            config_reloads: counter(
+                "tollgate_config_reloads_total",
+                "Config loads, by result.",
+                &["result"],
+            ),
+            config_generation: gauge(
+                "tollgate_config_generation",
+                "Generation of the config being served.",
+            ),
+            jwks_refresh: counter(
+                "tollgate_jwks_refresh_total",
+                "JWKS fetches, by authorizer and result.",
+                &["authorizer", "result"],
+            ),
+            connections_active: gauge(
+                "tollgate_connections_active",
+                "Client connections open on the public listeners.",
+            ),
+            token_cache: counter(
+                "tollgate_token_cache_total",
+                "Verified-token cache lookups, by authorizer and result (hit, miss).",
+                &["authorizer", "result"],
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// The method label: standard methods by name, anything else `OTHER` (bounded cardinality).
+pub fn method_label(m: &http::Method) -> &'static str {
+    match *m {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
