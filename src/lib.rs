@@ -1,7 +1,21 @@
-//! tollgate
+//! tollgate: a standalone reverse-proxy API gateway.
+//!
+//! Start at [`server::start`] (listeners and lifecycle) and [`pipeline`] (what happens to each
+//! request). Config flows `config` (file schema) → `snapshot` (runtime form) → `gateway` (the
+//! atomic swap). Refusals are all variants of [`error::Refusal`].
+
+pub mod admin;
 pub mod auth;
+pub mod body;
+pub mod cli;
 pub mod config;
+pub mod error;
 pub mod fetch;
+pub mod gateway;
 pub mod metrics;
+pub mod pipeline;
+pub mod proxy;
 pub mod routes;
+pub mod server;
+pub mod snapshot;
 pub mod util;

@@ -1,0 +1,137 @@
+//! The request body on its way to the upstream: streamed frame by frame, never buffered whole,
+//! cut off when it grows past the body limit or when the client pauses longer than the idle
+//! timeout. What went wrong is recorded so the proxy can answer 413 or 408 instead of 502.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::time::Sleep;
+
+/// Why a request body stopped early.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFailure {
+    /// More bytes than the limit.
+    TooLarge,
+    /// The client paused longer than the idle timeout.
+    Stalled,
+    /// The client's stream broke (disconnect, protocol error).
+    Aborted,
+}
+
+/// Shared record of a body failure, read by the proxy after the upstream call fails.
+#[derive(Debug, Default, Clone)]
+pub struct FailureCell(Arc<AtomicU8>);
+
+impl FailureCell {
+    fn set(&self, f: BodyFailure) {
+        let v = match f {
+            BodyFailure::TooLarge => 1,
+            BodyFailure::Stalled => 2,
+            BodyFailure::Aborted => 3,
+        };
+        let _ = self.0.compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The failure, if the body failed.
+    pub fn get(&self) -> Option<BodyFailure> {
+        match self.0.load(Ordering::Acquire) {
+            1 => Some(BodyFailure::TooLarge),
+            2 => Some(BodyFailure::Stalled),
+            3 => Some(BodyFailure::Aborted),
+            _ => None,
+        }
+    }
+}
+
+/// Error yielded by a [`GuardedBody`] that was cut off.
+#[derive(Debug)]
+pub struct BodyError(pub BodyFailure);
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "request body stopped: {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+pin_project_lite::pin_project! {
+    /// A client's request body with a size limit and an idle timeout.
+    pub struct GuardedBody {
+        #[pin]
+        inner: Incoming,
+        remaining: u64,
+        idle: Duration,
+        timer: Option<Pin<Box<Sleep>>>,
+        failure: FailureCell,
+    }
+}
+
+impl GuardedBody {
+    /// Wraps `inner`, allowing at most `limit` bytes and `idle` between frames.
+    pub fn new(inner: Incoming, limit: u64, idle: Duration, failure: FailureCell) -> GuardedBody {
+        GuardedBody {
+            inner,
+            remaining: limit,
+            idle,
+            timer: None,
+            failure,
+        }
+    }
+}
+
+impl Body for GuardedBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *this.timer = None;
+                if let Some(data) = frame.data_ref() {
+                    let n = data.len() as u64;
+                    if n > *this.remaining {
+                        this.failure.set(BodyFailure::TooLarge);
+                        return Poll::Ready(Some(Err(BodyError(BodyFailure::TooLarge))));
+                    }
+                    *this.remaining -= n;
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.failure.set(BodyFailure::Aborted);
+                Poll::Ready(Some(Err(BodyError(BodyFailure::Aborted))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let idle = *this.idle;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.failure.set(BodyFailure::Stalled);
+                    return Poll::Ready(Some(Err(BodyError(BodyFailure::Stalled))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,172 @@
+//! The command line: `run` (the default), `check`, `hash-key`; and log setup.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// tollgate: a standalone reverse-proxy API gateway.
+#[derive(Debug, Parser)]
+#[command(name = "tollgate", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
+    pub log_format: LogFormat,
+    /// Log level or filter (`info`, `debug`, `tollgate=debug`); default from RUST_LOG, else info.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Config file argument shared by `run` and `check`.
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// Config file (else $TOLLGATE_CONFIG, else ./gateway.yaml).
+    #[arg(short = 'c', long = "config", env = "TOLLGATE_CONFIG", default_value = "gateway.yaml")]
+    pub config: PathBuf,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve (the default).
+    Run(ConfigArg),
+    /// Validate the config and every file it names; print a summary or every error.
+    Check(ConfigArg),
+    /// Print the `sha256:<hex>` form of an API key (from the argument or stdin).
+    HashKey {
+        /// The key; read from stdin when absent.
+        key: Option<String>,
+    },
+}
+
+fn init_logs(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => b.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Text => b.try_init(),
+    };
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(cli.log_format, cli.log_level.as_deref());
+    let command = cli.command.unwrap_or_else(|| {
+        Command::Run(ConfigArg {
+            config: std::env::var_os("TOLLGATE_CONFIG")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("gateway.yaml")),
+        })
+    });
+    match command {
+        Command::Check(c) => check(&c.config),
+        Command::HashKey { key } => hash_key(key),
+        Command::Run(c) => {
+            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            rt.block_on(run(c.config))
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    // Compiling may create (idle) runtime objects; a current-thread runtime suffices.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let _guard = rt.enter();
+    match crate::gateway::Gateway::load(path, false) {
+        Ok(gw) => {
+            let s = gw.snapshot();
+            println!(
+                "{}: OK: {} routes, {} listeners, admin on {}",
+                path.display(),
+                s.routes.len(),
+                s.listeners.len(),
+                s.admin.bind
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errs) => {
+            for e in errs {
+                println!("{e}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn hash_key(key: Option<String>) -> ExitCode {
+    let key = match key {
+        Some(k) => k,
+        None => {
+            let mut s = String::new();
+            if std::io::stdin().read_to_string(&mut s).is_err() {
+                eprintln!("cannot read the key from stdin");
+                return ExitCode::FAILURE;
+            }
+            s.trim_end_matches(['\n', '\r']).to_string()
+        }
+    };
+    if key.is_empty() {
+        eprintln!("the key is empty");
+        return ExitCode::FAILURE;
+    }
+    println!("sha256:{}", crate::util::sha256_hex(key.as_bytes()));
+    ExitCode::SUCCESS
+}
+
+async fn run(config: PathBuf) -> ExitCode {
+    let running = match crate::server::start(&config).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e.to_string().trim_end(), "tollgate cannot start");
+            eprintln!("{}", e.to_string().trim_end());
+            return ExitCode::FAILURE;
+        }
+    };
+    let gw = running.gateway.clone();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("cannot handle SIGTERM: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                let _ = gw.reload();
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    running.shutdown(None).await;
+    ExitCode::SUCCESS
+}

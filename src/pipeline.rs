@@ -1,0 +1,449 @@
+//! The request pipeline: every request runs these phases in the contract's order, and the first
+//! that refuses answers. Each phase is a plain function whose output the next one needs, so the
+//! order cannot be broken without the compiler noticing:
+//!
+//! ```text
+//! client ip ─▶ sanity ─▶ route ─▶ (CORS preflight) ─▶ authorize ─▶ admit ─▶ forward
+//!   IpAddr      Target    &Route                       Principal    Permit   Response
+//! ```
+//!
+//! [`handle`] wraps the pipeline with what every answer gets: `x-request-id`, CORS headers for
+//! allowed origins, one access-log line and the request metrics.
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+
+use crate::auth::Identity;
+use crate::body::{FailureCell, GuardedBody};
+use crate::error::{Refusal, ResponseBody};
+use crate::gateway::Gateway;
+use crate::snapshot::{Integration, Route, RouteAuth, Snapshot};
+
+/// `x-request-id`.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Longest client-supplied request id kept; longer ones are replaced.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// What the gateway knows about the client connection.
+#[derive(Debug, Clone)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS (for `x-forwarded-proto`).
+    pub tls: bool,
+}
+
+/// Who is calling, as established by the route's authorizer.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The route is open.
+    Anonymous,
+    /// A verified JWT.
+    Jwt(Arc<Identity>),
+}
+
+/// Permission to forward: the route and principal that passed every check.
+#[derive(Debug)]
+pub struct Permit<'s> {
+    route: &'s Route,
+    principal: Principal,
+}
+
+/// What the access log and metrics record about one request.
+struct Outcome<'s> {
+    route: Option<&'s Route>,
+    principal: Option<Principal>,
+    upstream: Option<Duration>,
+    reason: Option<&'static str>,
+}
+
+/// Serves one request (hyper service entry point). Never fails: refusals become responses.
+pub async fn handle(
+    gw: Arc<Gateway>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, Infallible> {
+    let started = Instant::now();
+    let snap = gw.snapshot();
+    let client_ip = client_ip(&conn);
+    let request_id = request_id(req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut out = Outcome {
+        route: None,
+        principal: None,
+        upstream: None,
+        reason: None,
+    };
+    let mut resp = match pipeline(&snap, &conn, client_ip, &request_id, req, &mut out).await {
+        Ok(r) => r,
+        Err(refusal) => {
+            out.reason = Some(refusal.reason());
+            refusal.into_response()
+        }
+    };
+    resp.headers_mut().insert(REQUEST_ID, request_id.clone());
+    if let (Some(cors), Some(origin)) = (&snap.cors, &origin) {
+        add_cors_headers(cors, origin, resp.headers_mut());
+    }
+    record(&gw, &out, &method, &path, client_ip, &request_id, resp.status(), started.elapsed());
+    Ok(resp)
+}
+
+/// The phases, in order.
+async fn pipeline<'s>(
+    snap: &'s Snapshot,
+    conn: &ConnInfo,
+    client_ip: IpAddr,
+    request_id: &HeaderValue,
+    req: Request<Incoming>,
+    out: &mut Outcome<'s>,
+) -> Result<Response<ResponseBody>, Refusal> {
+    check_request(&req)?;
+    let route = route(snap, &req)?;
+    out.route = Some(route);
+    if let Some(preflight) = cors_preflight(snap, &req) {
+        return Ok(preflight);
+    }
+    let principal = authorize(route, req.headers()).await?;
+    out.principal = Some(principal.clone());
+    let permit = admit(snap, route, principal, req.headers())?;
+    forward(snap, permit, conn, client_ip, request_id, req, out).await
+}
+
+/// Phase 1: the client's IP (the TCP peer; trusted-proxy handling comes with resource policies).
+fn client_ip(conn: &ConnInfo) -> IpAddr {
+    match conn.peer.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// Refuses requests that cannot be routed safely: no host (HTTP/1.1 requires one), and paths
+/// with dot segments (plain or percent-encoded), which an upstream might resolve to a path the
+/// gateway never authorized.
+fn check_request(req: &Request<Incoming>) -> Result<(), Refusal> {
+    if req.uri().authority().is_none() && !req.headers().contains_key(header::HOST) {
+        return Err(Refusal::BadRequest("no_host"));
+    }
+    let path = req.uri().path();
+    if !path.starts_with('/') {
+        return Err(Refusal::BadRequest("bad_path"));
+    }
+    if has_dot_segment(path) {
+        return Err(Refusal::BadRequest("dot_segment"));
+    }
+    Ok(())
+}
+
+/// Whether a path has a `.` or `..` segment once `%2e`, `%2f` and `%5c` are decoded and
+/// backslashes are read as slashes.
+fn has_dot_segment(path: &str) -> bool {
+    if !path.contains('.') && !path.contains('%') {
+        return false;
+    }
+    let mut decoded = String::with_capacity(path.len());
+    let b = path.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            let code = &path[i + 1..i + 3];
+            match code.to_ascii_lowercase().as_str() {
+                "2e" => decoded.push('.'),
+                "2f" | "5c" => decoded.push('/'),
+                _ => decoded.push_str(&path[i..i + 3]),
+            }
+            i += 3;
+            continue;
+        }
+        decoded.push(if b[i] == b'\\' { '/' } else { b[i] as char });
+        i += 1;
+    }
+    decoded.split('/').any(|s| s == "." || s == "..")
+}
+
+/// Phase 2: the route. A CORS preflight is routed by the method it asks about.
+fn route<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<&'s Route, Refusal> {
+    let method = match preflight_method(snap, req) {
+        Some(m) => m,
+        None => req.method().clone(),
+    };
+    snap.table
+        .find(&method, req.uri().path())
+        .map(|i| &snap.routes[i])
+        .ok_or(Refusal::NotFound)
+}
+
+fn preflight_method(snap: &Snapshot, req: &Request<Incoming>) -> Option<Method> {
+    if snap.cors.is_none() || req.method() != Method::OPTIONS || !req.headers().contains_key(header::ORIGIN) {
+        return None;
+    }
+    let m = req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    Method::from_bytes(m.as_bytes()).ok()
+}
+
+/// Phase 3: a CORS preflight is answered here, before any authorization (browsers send no
+/// credentials on preflights). Origins not allowed get no `access-control-*` headers.
+fn cors_preflight(snap: &Snapshot, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+    preflight_method(snap, req)?;
+    let cors = snap.cors.as_ref()?;
+    let mut resp = Response::new(Either::Left(Full::default()));
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let origin = req.headers().get(header::ORIGIN)?;
+    if origin.to_str().is_ok_and(|o| cors.allows(o)) {
+        let h = resp.headers_mut();
+        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, cors.allow_methods.clone());
+        if let Some(v) = &cors.allow_headers {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+        }
+        if let Some(v) = &cors.max_age {
+            h.insert(header::ACCESS_CONTROL_MAX_AGE, v.clone());
+        }
+    }
+    Some(resp)
+}
+
+/// CORS headers on an actual (non-preflight) answer, for allowed origins.
+fn add_cors_headers(cors: &crate::snapshot::Cors, origin: &HeaderValue, h: &mut HeaderMap) {
+    if !origin.to_str().is_ok_and(|o| cors.allows(o)) {
+        return;
+    }
+    let wildcard = !cors.allow_credentials && cors.allow_origins.iter().any(|o| o == "*");
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        if wildcard { HeaderValue::from_static("*") } else { origin.clone() },
+    );
+    if !wildcard {
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+    if cors.allow_credentials {
+        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+    }
+    if let Some(v) = &cors.expose_headers {
+        h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
+    }
+}
+
+/// Phase 5: the route's authorizer. Refuses 401 without a token or with a bad one, 403 when a
+/// valid token holds none of the route's scopes.
+async fn authorize(route: &Route, headers: &HeaderMap) -> Result<Principal, Refusal> {
+    match &route.auth {
+        RouteAuth::None => Ok(Principal::Anonymous),
+        RouteAuth::Jwt {
+            authorizer,
+            scopes,
+            insufficient_scope,
+        } => {
+            let token = authorizer.token(headers).ok_or(Refusal::NoCredentials)?;
+            let identity = authorizer.verify(token).await.map_err(Refusal::InvalidToken)?;
+            if !identity.has_any_scope(scopes) {
+                return Err(Refusal::InsufficientScope(insufficient_scope.clone()));
+            }
+            Ok(Principal::Jwt(identity))
+        }
+    }
+}
+
+/// Phase 7: admission. Refuses a declared body larger than the limit (413); bodies without a
+/// declared length are counted while they stream.
+fn admit<'s>(
+    snap: &Snapshot,
+    route: &'s Route,
+    principal: Principal,
+    headers: &HeaderMap,
+) -> Result<Permit<'s>, Refusal> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > snap.limits.max_body) {
+        return Err(Refusal::PayloadTooLarge);
+    }
+    Ok(Permit { route, principal })
+}
+
+/// Phase 8: forward to the upstream, or answer with the route's fixed response.
+async fn forward<'s>(
+    snap: &Snapshot,
+    permit: Permit<'s>,
+    conn: &ConnInfo,
+    client_ip: IpAddr,
+    request_id: &HeaderValue,
+    req: Request<Incoming>,
+    out: &mut Outcome<'s>,
+) -> Result<Response<ResponseBody>, Refusal> {
+    let upstream = match &permit.route.integration {
+        Integration::Respond(fixed) => {
+            let mut resp = Response::new(Either::Left(Full::new(fixed.body.clone())));
+            *resp.status_mut() = fixed.status;
+            for (k, v) in &fixed.headers {
+                resp.headers_mut().insert(k.clone(), v.clone());
+            }
+            return Ok(resp);
+        }
+        Integration::Proxy(u) => u,
+    };
+    let (mut parts, body) = req.into_parts();
+    let h = &mut parts.headers;
+    crate::proxy::strip_hop_by_hop(h);
+    remove_tollgate_headers(h);
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| HeaderValue::from_str(a.as_str()))
+        .or_else(|| h.get(header::HOST).cloned().map(Ok));
+    if let Some(Ok(host)) = host {
+        h.insert(X_FORWARDED_HOST, host);
+    }
+    append_forwarded_for(h, client_ip);
+    h.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    h.insert(REQUEST_ID, request_id.clone());
+    if let Principal::Jwt(id) = &permit.principal {
+        for (k, v) in &id.upstream_headers {
+            h.insert(k.clone(), v.clone());
+        }
+    }
+    let failure = FailureCell::default();
+    let body = GuardedBody::new(body, snap.limits.max_body, snap.limits.body_idle_timeout, failure.clone());
+    let (resp, took) = upstream.forward(Request::from_parts(parts, body), &failure).await?;
+    out.upstream = Some(took);
+    Ok(resp.map(Either::Right))
+}
+
+/// Removes every `x-tollgate-*` header a client sent: only the gateway may set them.
+fn remove_tollgate_headers(h: &mut HeaderMap) {
+    let names: Vec<HeaderName> = h
+        .keys()
+        .filter(|k| k.as_str().starts_with("x-tollgate-"))
+        .cloned()
+        .collect();
+    for n in names {
+        h.remove(n);
+    }
+}
+
+/// Appends the client IP to `x-forwarded-for` (the upstream should trust only the last entry).
+fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
+    let value = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
+        _ => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// The client's `x-request-id` when it is sane (1-128 of `[A-Za-z0-9._:-]`), else a new UUID.
+fn request_id(h: &HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID_LEN
+            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+        {
+            return v.clone();
+        }
+    }
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(s).expect("uuid is a valid header value")
+}
+
+/// One access-log line and the request metrics.
+#[allow(clippy::too_many_arguments)]
+fn record(
+    gw: &Gateway,
+    out: &Outcome<'_>,
+    method: &Method,
+    path: &str,
+    client_ip: IpAddr,
+    request_id: &HeaderValue,
+    status: StatusCode,
+    latency: Duration,
+) {
+    let route = out.route.map_or("$unmatched", |r| &*r.key);
+    let m = gw.metrics();
+    m.requests
+        .with_label_values(&[route, crate::metrics::method_label(method), status.as_str()])
+        .inc();
+    m.request_duration
+        .with_label_values(&[route])
+        .observe(latency.as_secs_f64());
+    if let Some(reason) = out.reason {
+        m.denied.with_label_values(&[route, reason]).inc();
+    }
+    let (authorizer, principal) = match &out.principal {
+        Some(Principal::Jwt(id)) => (
+            out.route.and_then(|r| match &r.auth {
+                RouteAuth::Jwt { authorizer, .. } => Some(&**authorizer.name()),
+                RouteAuth::None => None,
+            }),
+            id.subject.as_deref(),
+        ),
+        _ => (None, None),
+    };
+    tracing::info!(
+        target: "tollgate::access",
+        request_id = request_id.to_str().unwrap_or("-"),
+        client_ip = %client_ip,
+        method = %method,
+        path,
+        route,
+        status = status.as_u16(),
+        latency_ms = latency.as_secs_f64() * 1000.0,
+        upstream_ms = out.upstream.map(|d| d.as_secs_f64() * 1000.0),
+        authorizer,
+        principal,
+        api_key_id = Option::<&str>::None,
+        reason = out.reason,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_plain_and_encoded() {
+        for bad in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/%2E./b", "/a%2f..%2fb", "/a\\..\\b", "/a/.."] {
+            assert!(has_dot_segment(bad), "{bad}");
+        }
+        for good in ["/a/b", "/a/b.json", "/a/...", "/a/.well-known/x", "/a%20b", "/%"] {
+            assert!(!has_dot_segment(good), "{good}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(REQUEST_ID, HeaderValue::from_static("bad id with spaces"));
+        assert_eq!(request_id(&h).len(), 36);
+        h.insert(REQUEST_ID, HeaderValue::from_str(&"a".repeat(129)).unwrap());
+        assert_eq!(request_id(&h).len(), 36);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        append_forwarded_for(&mut h, "192.0.2.1".parse().unwrap());
+        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1");
+        append_forwarded_for(&mut h, "192.0.2.2".parse().unwrap());
+        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1, 192.0.2.2");
+    }
+}

@@ -1,0 +1,202 @@
+//! Listeners and lifecycle: binding the public and admin listeners, accepting connections
+//! (HTTP/1.1 and h2c through hyper-util's auto builder, with header timeouts and size limits),
+//! counting them, and shutting down gracefully: readiness off, stop accepting, let in-flight
+//! requests finish within the grace period.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::ConfigError;
+use crate::gateway::Gateway;
+use crate::pipeline::{self, ConnInfo};
+
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// HTTP/2 concurrent streams per connection; bounds per-connection work.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum StartError {
+    /// The config has errors.
+    Config(Vec<ConfigError>),
+    /// A listener could not be bound.
+    Bind(SocketAddr, std::io::Error),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Config(errs) => {
+                for e in errs {
+                    writeln!(f, "{e}")?;
+                }
+                Ok(())
+            }
+            StartError::Bind(a, e) => write!(f, "cannot listen on {a}: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// A started gateway.
+pub struct Running {
+    /// Shared state (snapshot, metrics).
+    pub gateway: Arc<Gateway>,
+    /// Bound public addresses, in config order (real ports when the config said 0).
+    pub public_addrs: Vec<SocketAddr>,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    graceful: Arc<GracefulShutdown>,
+}
+
+/// Loads the config, binds every listener and starts serving. Refuses a config with errors
+/// and an address that cannot be bound.
+pub async fn start(config: &Path) -> Result<Running, StartError> {
+    let gateway = Arc::new(Gateway::load(config, true).map_err(StartError::Config)?);
+    let snap = gateway.snapshot();
+    let (stop, stop_rx) = watch::channel(false);
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut tasks = JoinSet::new();
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(snap.limits.header_timeout)
+        .max_buf_size(snap.limits.max_header_bytes)
+        .max_headers(snap.limits.max_headers);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(snap.limits.max_header_bytes as u32)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+    let builder = Arc::new(builder);
+
+    let mut public_addrs = Vec::new();
+    for addr in &snap.listeners {
+        let l = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(*addr, e))?;
+        public_addrs.push(l.local_addr().map_err(|e| StartError::Bind(*addr, e))?);
+        tasks.spawn(accept_public(l, gateway.clone(), builder.clone(), graceful.clone(), stop_rx.clone()));
+    }
+    let admin = TcpListener::bind(snap.admin.bind)
+        .await
+        .map_err(|e| StartError::Bind(snap.admin.bind, e))?;
+    let admin_addr = admin.local_addr().map_err(|e| StartError::Bind(snap.admin.bind, e))?;
+    tasks.spawn(accept_admin(admin, gateway.clone(), stop_rx.clone()));
+    gateway.set_ready(true);
+    tracing::info!(public = ?public_addrs, admin = %admin_addr, generation = snap.generation, "tollgate serving");
+    Ok(Running {
+        gateway,
+        public_addrs,
+        admin_addr,
+        stop,
+        tasks,
+        graceful,
+    })
+}
+
+impl Running {
+    /// Graceful shutdown: readiness off, listeners closed, in-flight requests given `grace`
+    /// (default: the config's `limits.shutdown_grace`) to finish. Returns whether all finished.
+    pub async fn shutdown(mut self, grace: Option<Duration>) -> bool {
+        self.gateway.set_ready(false);
+        let grace = grace.unwrap_or(self.gateway.snapshot().limits.shutdown_grace);
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        // Every accept loop has ended, so this is the last owner.
+        let clean = match Arc::try_unwrap(self.graceful) {
+            Ok(g) => tokio::time::timeout(grace, g.shutdown()).await.is_ok(),
+            Err(_) => false,
+        };
+        if clean {
+            tracing::info!("shutdown complete");
+        } else {
+            tracing::warn!(?grace, "grace period over; closing remaining connections");
+        }
+        clean
+    }
+}
+
+/// Decrements the active-connection gauge when a connection ends.
+struct ConnGuard(prometheus::IntGauge);
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+async fn accept_public(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let gauge = gateway.metrics().connections_active.clone();
+        gauge.inc();
+        let guard = ConnGuard(gauge);
+        let info = Arc::new(ConnInfo { peer, tls: false });
+        let gw = gateway.clone();
+        let svc = service_fn(move |req| pipeline::handle(gw.clone(), info.clone(), req));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn accept_admin(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.changed() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| crate::admin::handle(gw.clone(), req));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}

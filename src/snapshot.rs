@@ -1,0 +1,638 @@
+//! The runtime form of a config: an immutable [`Snapshot`] compiled once from a parsed
+//! `gateway.yaml`, and the [`Registry`] of state that outlives snapshots (remote key sets and
+//! verified-token caches). Compiling checks everything the schema cannot (references, route
+//! keys, secrets, key files) and reports each problem at its line and column; a snapshot that
+//! exists is one that can serve.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::auth::claims::ClaimRules;
+use crate::auth::jwks::{JwksSource, Loaded, RemoteJwks};
+use crate::auth::keys::KeySet;
+use crate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
+use crate::config::schema::{AuthorizerCfg, JwtCfg, SecretCfg};
+use crate::config::{ConfigError, Parsed};
+use crate::fetch::Fetcher;
+use crate::metrics::Metrics;
+use crate::proxy::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Upstream};
+use crate::routes::{RouteKey, RouteTable};
+
+/// Default largest request body (the managed gateway's 10 MB payload limit).
+pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
+/// Default time a client gets to send its request head (cuts off slowloris clients).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default largest request head; generous for big cookies and tokens, small enough to bound memory.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 64 * 1024;
+/// Default most header fields in one request (header floods are refused beyond).
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default longest pause while a client sends its body.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time in-flight requests get to finish at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Default admin listener: loopback, so metrics and config are not public by accident.
+pub const DEFAULT_ADMIN_BIND: &str = "127.0.0.1:9901";
+/// Default JWT clock-skew tolerance.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Largest leeway accepted; more would make expiry meaningless.
+pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// Request limits in force.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest body in bytes.
+    pub max_body: u64,
+    /// Time to send the request head.
+    pub header_timeout: Duration,
+    /// Largest request head.
+    pub max_header_bytes: usize,
+    /// Most header fields.
+    pub max_headers: usize,
+    /// Longest pause in a body.
+    pub body_idle_timeout: Duration,
+    /// Shutdown grace period.
+    pub shutdown_grace: Duration,
+}
+
+/// CORS settings in their response-ready form.
+#[derive(Debug, Clone)]
+pub struct Cors {
+    /// Allowed origins; `*` allows any.
+    pub allow_origins: Vec<String>,
+    /// `access-control-allow-headers` value, if any.
+    pub allow_headers: Option<HeaderValue>,
+    /// `access-control-allow-methods` value.
+    pub allow_methods: HeaderValue,
+    /// `access-control-expose-headers` value, if any.
+    pub expose_headers: Option<HeaderValue>,
+    /// `access-control-max-age` value, if any.
+    pub max_age: Option<HeaderValue>,
+    /// Whether credentials are allowed.
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    /// Whether `origin` may call.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.allow_origins.iter().any(|o| o == "*" || o == origin)
+    }
+}
+
+/// What a route does once a request is admitted.
+#[derive(Debug)]
+pub enum Integration {
+    /// Forward to an upstream pool.
+    Proxy(Arc<Upstream>),
+    /// Answer with a fixed response.
+    Respond(FixedResponse),
+}
+
+/// A fixed (mock) response.
+#[derive(Debug, Clone)]
+pub struct FixedResponse {
+    /// Status.
+    pub status: StatusCode,
+    /// Headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Body.
+    pub body: Bytes,
+}
+
+/// How a route authenticates callers.
+#[derive(Debug)]
+pub enum RouteAuth {
+    /// Open route.
+    None,
+    /// JWT with at least one of `scopes` (empty: any valid token).
+    Jwt {
+        /// The authorizer.
+        authorizer: Arc<JwtAuthorizer>,
+        /// Required scopes (any of).
+        scopes: Vec<Box<str>>,
+        /// Ready-made `www-authenticate` for a missing scope.
+        insufficient_scope: HeaderValue,
+    },
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// The route key as written; the `route` label.
+    pub key: Arc<str>,
+    /// Authentication.
+    pub auth: RouteAuth,
+    /// What it does.
+    pub integration: Integration,
+}
+
+/// Settings of the admin listener.
+#[derive(Debug, Clone)]
+pub struct AdminSettings {
+    /// Address.
+    pub bind: SocketAddr,
+    /// Required bearer token, if any.
+    pub token: Option<String>,
+}
+
+/// Everything a request needs, compiled and immutable.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Increases with every successful load.
+    pub generation: u64,
+    /// SHA-256 of the config text.
+    pub hash: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+    /// Public listener addresses.
+    pub listeners: Vec<SocketAddr>,
+    /// Admin listener.
+    pub admin: AdminSettings,
+    /// Limits.
+    pub limits: Limits,
+    /// CORS, if configured.
+    pub cors: Option<Cors>,
+    /// The route table; its indexes point into `routes`.
+    pub table: RouteTable,
+    /// Routes by index.
+    pub routes: Vec<Route>,
+}
+
+/// State that outlives snapshots: remote key sets by source, token caches by authorizer
+/// fingerprint (a changed authorizer gets a fresh cache), and the outbound fetch client.
+pub struct Registry {
+    metrics: Arc<Metrics>,
+    fetcher: Fetcher,
+    /// Whether remote key sets are fetched (off for `tollgate check`).
+    online: bool,
+    jwks: Mutex<HashMap<JwksSource, Arc<RemoteJwks>>>,
+    caches: Mutex<HashMap<String, TokenCache>>,
+}
+
+impl Registry {
+    /// A registry; `online: false` never starts network fetches.
+    pub fn new(metrics: Arc<Metrics>, online: bool) -> Registry {
+        Registry {
+            metrics,
+            fetcher: Fetcher::new(),
+            online,
+            jwks: Mutex::new(HashMap::new()),
+            caches: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The metrics every snapshot reports into.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    fn remote_jwks(&self, source: JwksSource, label: &str) -> Arc<RemoteJwks> {
+        self.jwks
+            .lock()
+            .expect("not poisoned")
+            .entry(source.clone())
+            .or_insert_with(|| {
+                RemoteJwks::start(source, label, self.fetcher.clone(), self.metrics.clone(), self.online)
+            })
+            .clone()
+    }
+
+    fn token_cache(&self, fingerprint: String) -> TokenCache {
+        self.caches
+            .lock()
+            .expect("not poisoned")
+            .entry(fingerprint)
+            .or_default()
+            .clone()
+    }
+}
+
+/// Collects errors while compiling so that one run reports all of them.
+struct Errors<'a> {
+    parsed: &'a Parsed,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at(&mut self, path: &str, msg: impl Into<String>) {
+        self.list.push(self.parsed.error_at(path, msg));
+    }
+}
+
+fn read_secret(p: &Parsed, s: &SecretCfg, path: &str, errs: &mut Errors) -> Option<String> {
+    match s {
+        SecretCfg::Env { env } => match std::env::var(env) {
+            Ok(v) if !v.is_empty() => Some(v),
+            _ => {
+                errs.at(path, format!("environment variable {env} is not set"));
+                None
+            }
+        },
+        SecretCfg::File { file } => match std::fs::read_to_string(p.resolve(file)) {
+            Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
+            Err(e) => {
+                errs.at(path, format!("cannot read secret file {}: {e}", file.display()));
+                None
+            }
+        },
+        SecretCfg::Literal(v) => {
+            tracing::warn!(at = %p.error_at(path, ""), "secret written inline in the config; prefer {{env: ...}} or {{file: ...}}");
+            Some(v.clone())
+        }
+    }
+}
+
+fn bind_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    match s.parse() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.at(path, format!("bind address {s:?} must be IP:PORT, e.g. 0.0.0.0:8080"));
+            None
+        }
+    }
+}
+
+fn header_list(items: &[String], path: &str, errs: &mut Errors) -> Option<HeaderValue> {
+    if items.is_empty() {
+        return None;
+    }
+    match HeaderValue::from_str(&items.join(", ")) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            errs.at(path, "values cannot be sent in a header");
+            None
+        }
+    }
+}
+
+/// Compiles a parsed config into a snapshot with generation `generation`. Refuses (with every
+/// problem found, each located): bad addresses, references to undefined upstreams or
+/// authorizers, unparsable or duplicate route keys, routes with neither or both of `upstream` and
+/// `respond`, scopes on an open route, unreadable secrets and key files, bad algorithms.
+pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<Snapshot, Vec<ConfigError>> {
+    let f = &parsed.file;
+    let mut errs = Errors { parsed, list: Vec::new() };
+
+    if f.listeners.is_empty() {
+        errs.at("listeners", "at least one listener is required");
+    }
+    let listeners: Vec<SocketAddr> = f
+        .listeners
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| bind_addr(&l.bind, &format!("listeners.{i}.bind"), &mut errs))
+        .collect();
+    let admin = match &f.admin {
+        Some(a) => AdminSettings {
+            bind: bind_addr(&a.bind, "admin.bind", &mut errs).unwrap_or_else(|| DEFAULT_ADMIN_BIND.parse().expect("valid")),
+            token: a.token.as_ref().and_then(|t| read_secret(parsed, t, "admin.token", &mut errs)),
+        },
+        None => AdminSettings {
+            bind: DEFAULT_ADMIN_BIND.parse().expect("valid"),
+            token: None,
+        },
+    };
+    let l = &f.limits;
+    let limits = Limits {
+        max_body: l.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
+        header_timeout: l.header_timeout.map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0),
+        max_header_bytes: l.max_header_bytes.map_or(DEFAULT_MAX_HEADER_BYTES, |b| b.0) as usize,
+        max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
+        body_idle_timeout: l.body_idle_timeout.map_or(DEFAULT_BODY_IDLE_TIMEOUT, |d| d.0),
+        shutdown_grace: l.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+    };
+    if limits.max_header_bytes < 8192 {
+        errs.at("limits.max_header_bytes", "must be at least 8KiB");
+    }
+
+    // Upstreams.
+    let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
+    for (name, u) in &f.upstreams {
+        let path = format!("upstreams.{name}");
+        match Upstream::new(
+            name,
+            &u.targets,
+            u.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+            u.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+            registry.metrics(),
+        ) {
+            Ok(up) => {
+                upstreams.insert(name.as_str(), Arc::new(up));
+            }
+            Err(e) => errs.at(&format!("{path}.targets"), e),
+        }
+    }
+
+    // Authorizers.
+    let mut authorizers: HashMap<&str, Arc<JwtAuthorizer>> = HashMap::new();
+    for (name, a) in &f.authorizers {
+        let path = format!("authorizers.{name}");
+        if name == "none" {
+            errs.list.push(parsed.error_at_key("authorizers", name, "`none` is reserved for open routes"));
+            continue;
+        }
+        match a {
+            AuthorizerCfg::Jwt(j) => {
+                if let Some(az) = jwt_authorizer(parsed, registry, name, j, &path, &mut errs) {
+                    authorizers.insert(name.as_str(), Arc::new(az));
+                }
+            }
+        }
+    }
+
+    // Defaults and routes.
+    let default_auth = f.defaults.authorizer.as_deref();
+    if let Some(a) = default_auth
+        && a != "none"
+        && !authorizers.contains_key(a)
+        && !f.authorizers.contains_key(a)
+    {
+        errs.at("defaults.authorizer", format!("authorizer {a:?} is not defined"));
+    }
+    let default_scopes = f.defaults.scopes.clone().unwrap_or_default();
+    let mut keys = Vec::new();
+    let mut routes = Vec::new();
+    for (i, r) in f.routes.iter().enumerate() {
+        let path = format!("routes.{i}");
+        let key = match RouteKey::parse(&r.route) {
+            Ok(k) => k,
+            Err(e) => {
+                errs.at(&format!("{path}.route"), e);
+                continue;
+            }
+        };
+        let integration = match (&r.upstream, &r.respond) {
+            (Some(u), None) => match upstreams.get(u.as_str()) {
+                Some(up) => Integration::Proxy(up.clone()),
+                None => {
+                    if !f.upstreams.contains_key(u) {
+                        errs.at(&format!("{path}.upstream"), format!("upstream {u:?} is not defined"));
+                    }
+                    continue;
+                }
+            },
+            (None, Some(resp)) => match fixed_response(resp) {
+                Ok(fr) => Integration::Respond(fr),
+                Err(e) => {
+                    errs.at(&format!("{path}.respond"), e);
+                    continue;
+                }
+            },
+            (Some(_), Some(_)) => {
+                errs.at(&path, "a route has either `upstream` or `respond`, not both");
+                continue;
+            }
+            (None, None) => {
+                errs.at(&path, "a route needs `upstream` or `respond`");
+                continue;
+            }
+        };
+        let auth_name = r.authorizer.as_deref().or(default_auth).unwrap_or("none");
+        let explicit_scopes = r.scopes.is_some();
+        let scopes: Vec<Box<str>> = r
+            .scopes
+            .clone()
+            .unwrap_or_else(|| default_scopes.clone())
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        let auth = if auth_name == "none" {
+            if explicit_scopes && !scopes.is_empty() {
+                errs.at(&format!("{path}.scopes"), "scopes need an authorizer; this route has none");
+                continue;
+            }
+            RouteAuth::None
+        } else {
+            match authorizers.get(auth_name) {
+                Some(a) => match crate::error::insufficient_scope_header(&scopes) {
+                    Ok(h) => RouteAuth::Jwt {
+                        authorizer: a.clone(),
+                        scopes,
+                        insufficient_scope: h,
+                    },
+                    Err(e) => {
+                        errs.at(&format!("{path}.scopes"), e);
+                        continue;
+                    }
+                },
+                None => {
+                    if r.authorizer.is_some() && !f.authorizers.contains_key(auth_name) {
+                        errs.at(&format!("{path}.authorizer"), format!("authorizer {auth_name:?} is not defined"));
+                    }
+                    continue;
+                }
+            }
+        };
+        keys.push((i, key));
+        routes.push(Route {
+            key: r.route.as_str().into(),
+            auth,
+            integration,
+        });
+    }
+    let table = match RouteTable::build(&keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()) {
+        Ok(t) => Some(t),
+        Err(c) => {
+            let src = keys[c.index].0;
+            errs.at(&format!("routes.{src}.route"), c.message);
+            None
+        }
+    };
+
+    let cors = f.cors.as_ref().map(|c| {
+        let methods = if c.allow_methods.is_empty() {
+            vec!["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
+                .into_iter()
+                .map(String::from)
+                .collect()
+        } else {
+            c.allow_methods.clone()
+        };
+        if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
+            errs.at("cors.allow_credentials", "credentials cannot be allowed for origin `*`");
+        }
+        Cors {
+            allow_origins: c.allow_origins.clone(),
+            allow_headers: header_list(&c.allow_headers, "cors.allow_headers", &mut errs),
+            allow_methods: header_list(&methods, "cors.allow_methods", &mut errs)
+                .unwrap_or_else(|| HeaderValue::from_static("GET")),
+            expose_headers: header_list(&c.expose_headers, "cors.expose_headers", &mut errs),
+            max_age: c.max_age.map(|d| HeaderValue::from(d.0.as_secs())),
+            allow_credentials: c.allow_credentials,
+        }
+    });
+
+    match (errs.list.is_empty(), table) {
+        (true, Some(table)) => Ok(Snapshot {
+            generation,
+            hash: parsed.hash.clone(),
+            loaded_at: SystemTime::now(),
+            listeners,
+            admin,
+            limits,
+            cors,
+            table,
+            routes,
+        }),
+        _ => Err(errs.list),
+    }
+}
+
+fn fixed_response(r: &crate::config::schema::RespondCfg) -> Result<FixedResponse, String> {
+    let status = StatusCode::from_u16(r.status).map_err(|_| format!("bad status {}", r.status))?;
+    let mut headers = Vec::new();
+    let mut has_ct = false;
+    for (k, v) in &r.headers {
+        let name = HeaderName::from_str(k).map_err(|_| format!("bad header name {k:?}"))?;
+        if name == http::header::CONTENT_TYPE {
+            has_ct = true;
+        }
+        let value = HeaderValue::from_str(v).map_err(|_| format!("bad value for header {k:?}"))?;
+        headers.push((name, value));
+    }
+    if !has_ct {
+        headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+    }
+    Ok(FixedResponse {
+        status,
+        headers,
+        body: Bytes::from(r.body.clone()),
+    })
+}
+
+fn jwt_authorizer(
+    parsed: &Parsed,
+    registry: &Registry,
+    name: &str,
+    j: &JwtCfg,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<JwtAuthorizer> {
+    let before = errs.list.len();
+    let has_secret = j.secret.is_some();
+    let alg_names = j
+        .algorithms
+        .clone()
+        .unwrap_or_else(|| vec![if has_secret { "HS256" } else { "RS256" }.to_string()]);
+    let mut algorithms = Vec::new();
+    for (i, a) in alg_names.iter().enumerate() {
+        match jsonwebtoken::Algorithm::from_str(a) {
+            Ok(alg) => {
+                let hmac = alg.family() == jsonwebtoken::AlgorithmFamily::Hmac;
+                if hmac != has_secret {
+                    errs.at(
+                        &format!("{path}.algorithms.{i}"),
+                        if hmac {
+                            format!("{a} needs `secret` (HMAC keys never come from a JWKS)")
+                        } else {
+                            format!("{a} cannot be used with `secret`: a shared-secret authorizer accepts only HS256/HS384/HS512")
+                        },
+                    );
+                }
+                algorithms.push(alg);
+            }
+            Err(_) => errs.at(
+                &format!("{path}.algorithms.{i}"),
+                format!("unknown algorithm {a:?} (RS256/384/512, PS256/384/512, ES256/384, EdDSA, HS256/384/512)"),
+            ),
+        }
+    }
+    if algorithms.is_empty() {
+        errs.at(&format!("{path}.algorithms"), "at least one algorithm is required");
+    }
+    let leeway = j.leeway.map_or(DEFAULT_LEEWAY, |d| d.0);
+    if leeway > MAX_LEEWAY {
+        errs.at(&format!("{path}.leeway"), "leeway is at most 5m");
+    }
+    if j.issuer == "self" {
+        errs.at(&format!("{path}.issuer"), "`issuer: self` needs the embedded issuer, which this build does not have yet");
+    }
+    let header = match HeaderName::from_str(j.header.as_deref().unwrap_or("authorization")) {
+        Ok(h) => h,
+        Err(_) => {
+            errs.at(&format!("{path}.header"), "not a valid header name");
+            return None;
+        }
+    };
+    if let Some(tu) = &j.token_use
+        && tu != "access"
+        && tu != "id"
+    {
+        errs.at(&format!("{path}.token_use"), "token_use is `access` or `id`");
+    }
+    let sources = usize::from(j.jwks_uri.is_some()) + usize::from(j.jwks_file.is_some()) + usize::from(has_secret);
+    if sources > 1 {
+        errs.at(path, "use one of `jwks_uri`, `jwks_file` or `secret`");
+    }
+    let keys = if let Some(secret) = &j.secret {
+        let s = read_secret(parsed, secret, &format!("{path}.secret"), errs)?;
+        if s.len() < 32 {
+            errs.at(&format!("{path}.secret"), "an HMAC secret must be at least 32 bytes");
+        }
+        KeySource::Static(Arc::new(Loaded {
+            keys: KeySet::from_secret(s.as_bytes()),
+            generation: 1,
+        }))
+    } else if let Some(file) = &j.jwks_file {
+        let p = parsed.resolve(file);
+        match std::fs::read(&p)
+            .map_err(|e| format!("cannot read {}: {e}", p.display()))
+            .and_then(|b| KeySet::from_jwks(&b).map_err(|e| format!("{}: {e}", p.display())))
+        {
+            Ok(keys) => KeySource::Static(Arc::new(Loaded { keys, generation: 1 })),
+            Err(e) => {
+                errs.at(&format!("{path}.jwks_file"), e);
+                return None;
+            }
+        }
+    } else {
+        let source = match &j.jwks_uri {
+            Some(u) => {
+                if u.parse::<http::Uri>().map(|u| u.scheme().is_none() || u.host().is_none()).unwrap_or(true) {
+                    errs.at(&format!("{path}.jwks_uri"), "jwks_uri must be an absolute http(s) URL");
+                }
+                JwksSource::Uri(u.clone())
+            }
+            None => {
+                if !(j.issuer.starts_with("https://") || j.issuer.starts_with("http://")) {
+                    errs.at(
+                        &format!("{path}.issuer"),
+                        "without jwks_uri, jwks_file or secret the issuer must be an http(s) URL for OIDC discovery",
+                    );
+                }
+                JwksSource::Discovery { issuer: j.issuer.clone() }
+            }
+        };
+        if errs.list.len() > before {
+            return None;
+        }
+        KeySource::Remote(registry.remote_jwks(source, name))
+    };
+    if errs.list.len() > before {
+        return None;
+    }
+    let fingerprint = crate::util::sha256_hex(format!("{name}|{j:?}").as_bytes());
+    let settings = JwtSettings {
+        name: name.to_string(),
+        header,
+        algorithms,
+        rules: ClaimRules {
+            issuer: j.issuer.clone(),
+            audience: j.audience.clone(),
+            token_use: j.token_use.clone(),
+            leeway: leeway.as_secs(),
+        },
+    };
+    match JwtAuthorizer::new(settings, keys, registry.token_cache(fingerprint), registry.metrics()) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errs.at(path, e);
+            None
+        }
+    }
+}
