@@ -11,11 +11,17 @@ use hyper::body::Incoming;
 
 use crate::gateway::Gateway;
 
-fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -24,7 +30,10 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
 }
 
 /// Serves one admin request.
-pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+pub async fn handle(
+    gw: Arc<Gateway>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let snap = gw.snapshot();
     if let Some(token) = &snap.admin.token {
         let presented = req
@@ -33,12 +42,18 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         let ok = presented.is_some_and(|p| {
-            aws_lc_rs::constant_time::verify_slices_are_equal(p.as_bytes(), token.as_bytes()).is_ok()
+            aws_lc_rs::constant_time::verify_slices_are_equal(p.as_bytes(), token.as_bytes())
+                .is_ok()
         });
         if !ok {
-            let mut r = json(StatusCode::UNAUTHORIZED, serde_json::json!({"message": "Unauthorized"}));
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+            let mut r = json(
+                StatusCode::UNAUTHORIZED,
+                serde_json::json!({"message": "Unauthorized"}),
+            );
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
             return Ok(r);
         }
     }
@@ -48,10 +63,17 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
             if gw.is_ready() {
                 json(StatusCode::OK, serde_json::json!({"status": "ready"}))
             } else {
-                json(StatusCode::SERVICE_UNAVAILABLE, serde_json::json!({"status": "not ready"}))
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    serde_json::json!({"status": "not ready"}),
+                )
             }
         }
-        (&Method::GET, "/metrics") => text(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", gw.metrics().render()),
+        (&Method::GET, "/metrics") => text(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            gw.metrics().render(),
+        ),
         (&Method::GET, "/config") => {
             let loaded = snap
                 .loaded_at
@@ -72,16 +94,23 @@ pub async fn handle(gw: Arc<Gateway>, req: Request<Incoming>) -> Result<Response
             )
         }
         (&Method::POST, "/reload") => match gw.reload() {
-            Ok(generation) => json(StatusCode::OK, serde_json::json!({"result": "ok", "generation": generation})),
+            Ok(generation) => json(
+                StatusCode::OK,
+                serde_json::json!({"result": "ok", "generation": generation}),
+            ),
             Err(errs) => json(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 serde_json::json!({"result": "error", "errors": errs.iter().map(ToString::to_string).collect::<Vec<_>>()}),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => {
-            json(StatusCode::METHOD_NOT_ALLOWED, serde_json::json!({"message": "Method Not Allowed"}))
-        }
-        _ => json(StatusCode::NOT_FOUND, serde_json::json!({"message": "Not Found"})),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"message": "Method Not Allowed"}),
+        ),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"message": "Not Found"}),
+        ),
     };
     Ok(resp)
 }

@@ -35,7 +35,9 @@ impl FailureCell {
             BodyFailure::Stalled => 2,
             BodyFailure::Aborted => 3,
         };
-        let _ = self.0.compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
+        let _ = self
+            .0
+            .compare_exchange(0, v, Ordering::AcqRel, Ordering::Acquire);
     }
 
     /// The failure, if the body failed.

@@ -34,7 +34,12 @@ pub enum LogFormat {
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
     /// Config file (else $TOLLGATE_CONFIG, else ./gateway.yaml).
-    #[arg(short = 'c', long = "config", env = "TOLLGATE_CONFIG", default_value = "gateway.yaml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "TOLLGATE_CONFIG",
+        default_value = "gateway.yaml"
+    )]
     pub config: PathBuf,
 }
 
@@ -62,7 +67,11 @@ fn init_logs(format: LogFormat, level: Option<&str>) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Json => b.json().flatten_event(true).with_current_span(false).try_init(),
+        LogFormat::Json => b
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .try_init(),
         LogFormat::Text => b.try_init(),
     };
 }
@@ -82,7 +91,10 @@ pub fn main() -> ExitCode {
         Command::Check(c) => check(&c.config),
         Command::HashKey { key } => hash_key(key),
         Command::Run(c) => {
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -96,7 +108,10 @@ pub fn main() -> ExitCode {
 
 fn check(path: &std::path::Path) -> ExitCode {
     // Compiling may create (idle) runtime objects; a current-thread runtime suffices.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let _guard = rt.enter();
     match crate::gateway::Gateway::load(path, false) {
         Ok(gw) => {

@@ -57,7 +57,11 @@ impl Refusal {
     pub fn into_response(self) -> Response<ResponseBody> {
         let (status, body, auth): (StatusCode, &'static str, Option<HeaderValue>) = match self {
             Refusal::NotFound => (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#, None),
-            Refusal::BadRequest(_) => (StatusCode::BAD_REQUEST, r#"{"message":"Bad Request"}"#, None),
+            Refusal::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                r#"{"message":"Bad Request"}"#,
+                None,
+            ),
             Refusal::NoCredentials => (
                 StatusCode::UNAUTHORIZED,
                 r#"{"message":"Unauthorized"}"#,
@@ -68,7 +72,9 @@ impl Refusal {
                 r#"{"message":"Unauthorized"}"#,
                 Some(invalid_token_header(e)),
             ),
-            Refusal::InsufficientScope(h) => (StatusCode::FORBIDDEN, r#"{"message":"Forbidden"}"#, Some(h)),
+            Refusal::InsufficientScope(h) => {
+                (StatusCode::FORBIDDEN, r#"{"message":"Forbidden"}"#, Some(h))
+            }
             Refusal::PayloadTooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 r#"{"message":"Request Entity Too Large"}"#,
@@ -79,7 +85,11 @@ impl Refusal {
                 r#"{"message":"Request Timeout"}"#,
                 None,
             ),
-            Refusal::BadGateway(_) => (StatusCode::BAD_GATEWAY, r#"{"message":"Bad Gateway"}"#, None),
+            Refusal::BadGateway(_) => (
+                StatusCode::BAD_GATEWAY,
+                r#"{"message":"Bad Gateway"}"#,
+                None,
+            ),
             Refusal::GatewayTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
                 r#"{"message":"Endpoint request timed out"}"#,

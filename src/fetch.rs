@@ -41,7 +41,10 @@ impl Fetcher {
         let uri: http::Uri = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
         let req = http::Request::get(uri)
             .header(http::header::ACCEPT, "application/json")
-            .header(http::header::USER_AGENT, concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+            .header(
+                http::header::USER_AGENT,
+                concat!("tollgate/", env!("CARGO_PKG_VERSION")),
+            )
             .body(Empty::new())
             .map_err(|e| e.to_string())?;
         let work = async {

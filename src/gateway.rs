@@ -66,8 +66,15 @@ impl Gateway {
                 Ok(generation)
             }
             Err(errs) => {
-                let text = errs.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
-                self.metrics.config_reloads.with_label_values(&["error"]).inc();
+                let text = errs
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["error"])
+                    .inc();
                 tracing::error!(errors = %text, "config refused; the previous one keeps serving");
                 *self.last_error.lock().expect("not poisoned") = Some(text);
                 Err(errs)

@@ -97,7 +97,16 @@ pub async fn handle(
     if let (Some(cors), Some(origin)) = (&snap.cors, &origin) {
         add_cors_headers(cors, origin, resp.headers_mut());
     }
-    record(&gw, &out, &method, &path, client_ip, &request_id, resp.status(), started.elapsed());
+    record(
+        &gw,
+        &out,
+        &method,
+        &path,
+        client_ip,
+        &request_id,
+        resp.status(),
+        started.elapsed(),
+    );
     Ok(resp)
 }
 
@@ -186,7 +195,10 @@ fn route<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<&'s Route, R
 }
 
 fn preflight_method(snap: &Snapshot, req: &Request<Incoming>) -> Option<Method> {
-    if snap.cors.is_none() || req.method() != Method::OPTIONS || !req.headers().contains_key(header::ORIGIN) {
+    if snap.cors.is_none()
+        || req.method() != Method::OPTIONS
+        || !req.headers().contains_key(header::ORIGIN)
+    {
         return None;
     }
     let m = req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
@@ -203,7 +215,10 @@ fn cors_preflight(snap: &Snapshot, req: &Request<Incoming>) -> Option<Response<R
     let origin = req.headers().get(header::ORIGIN)?;
     if origin.to_str().is_ok_and(|o| cors.allows(o)) {
         let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, cors.allow_methods.clone());
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            cors.allow_methods.clone(),
+        );
         if let Some(v) = &cors.allow_headers {
             h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
         }
@@ -222,13 +237,20 @@ fn add_cors_headers(cors: &crate::snapshot::Cors, origin: &HeaderValue, h: &mut 
     let wildcard = !cors.allow_credentials && cors.allow_origins.iter().any(|o| o == "*");
     h.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
-        if wildcard { HeaderValue::from_static("*") } else { origin.clone() },
+        if wildcard {
+            HeaderValue::from_static("*")
+        } else {
+            origin.clone()
+        },
     );
     if !wildcard {
         h.append(header::VARY, HeaderValue::from_static("origin"));
     }
     if cors.allow_credentials {
-        h.insert(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
     }
     if let Some(v) = &cors.expose_headers {
         h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone());
@@ -246,7 +268,10 @@ async fn authorize(route: &Route, headers: &HeaderMap) -> Result<Principal, Refu
             insufficient_scope,
         } => {
             let token = authorizer.token(headers).ok_or(Refusal::NoCredentials)?;
-            let identity = authorizer.verify(token).await.map_err(Refusal::InvalidToken)?;
+            let identity = authorizer
+                .verify(token)
+                .await
+                .map_err(Refusal::InvalidToken)?;
             if !identity.has_any_scope(scopes) {
                 return Err(Refusal::InsufficientScope(insufficient_scope.clone()));
             }
@@ -318,8 +343,15 @@ async fn forward<'s>(
         }
     }
     let failure = FailureCell::default();
-    let body = GuardedBody::new(body, snap.limits.max_body, snap.limits.body_idle_timeout, failure.clone());
-    let (resp, took) = upstream.forward(Request::from_parts(parts, body), &failure).await?;
+    let body = GuardedBody::new(
+        body,
+        snap.limits.max_body,
+        snap.limits.body_idle_timeout,
+        failure.clone(),
+    );
+    let (resp, took) = upstream
+        .forward(Request::from_parts(parts, body), &failure)
+        .await?;
     out.upstream = Some(took);
     Ok(resp.map(Either::Right))
 }
@@ -353,7 +385,8 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
         let b = v.as_bytes();
         if !b.is_empty()
             && b.len() <= MAX_REQUEST_ID_LEN
-            && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"._:-".contains(c))
         {
             return v.clone();
         }
@@ -419,10 +452,26 @@ mod tests {
 
     #[test]
     fn dot_segments_plain_and_encoded() {
-        for bad in ["/a/../b", "/a/./b", "/..", "/a/%2e%2e/b", "/a/%2E./b", "/a%2f..%2fb", "/a\\..\\b", "/a/.."] {
+        for bad in [
+            "/a/../b",
+            "/a/./b",
+            "/..",
+            "/a/%2e%2e/b",
+            "/a/%2E./b",
+            "/a%2f..%2fb",
+            "/a\\..\\b",
+            "/a/..",
+        ] {
             assert!(has_dot_segment(bad), "{bad}");
         }
-        for good in ["/a/b", "/a/b.json", "/a/...", "/a/.well-known/x", "/a%20b", "/%"] {
+        for good in [
+            "/a/b",
+            "/a/b.json",
+            "/a/...",
+            "/a/.well-known/x",
+            "/a%20b",
+            "/%",
+        ] {
             assert!(!has_dot_segment(good), "{good}");
         }
     }

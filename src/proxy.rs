@@ -83,18 +83,30 @@ pub struct Upstream {
 
 impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Upstream").field("name", &self.name).finish()
+        f.debug_struct("Upstream")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
 /// Parses a target URL. Refuses anything but `http://host[:port][/prefix]` without query.
 pub fn parse_target(s: &str) -> Result<(Scheme, Authority, String), String> {
-    let uri: Uri = s.parse().map_err(|e| format!("bad target URL {s:?}: {e}"))?;
-    let scheme = uri.scheme().cloned().ok_or_else(|| format!("target {s:?} needs a scheme"))?;
+    let uri: Uri = s
+        .parse()
+        .map_err(|e| format!("bad target URL {s:?}: {e}"))?;
+    let scheme = uri
+        .scheme()
+        .cloned()
+        .ok_or_else(|| format!("target {s:?} needs a scheme"))?;
     if scheme != Scheme::HTTP {
-        return Err(format!("target {s:?}: only http:// upstreams are supported"));
+        return Err(format!(
+            "target {s:?}: only http:// upstreams are supported"
+        ));
     }
-    let authority = uri.authority().cloned().ok_or_else(|| format!("target {s:?} needs a host"))?;
+    let authority = uri
+        .authority()
+        .cloned()
+        .ok_or_else(|| format!("target {s:?} needs a host"))?;
     if uri.query().is_some() {
         return Err(format!("target {s:?} must not have a query"));
     }
@@ -117,7 +129,8 @@ impl Upstream {
         let mut ts = Vec::new();
         for t in targets {
             let (scheme, authority, prefix) = parse_target(t)?;
-            let host_header = HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
+            let host_header =
+                HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
             ts.push(Target {
                 scheme,
                 authority,
@@ -181,7 +194,11 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Duration), Refusal> {
         let i = self.pick();
         let t = &self.targets[i];
-        let pq = req.uri().path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(PathAndQuery::as_str)
+            .unwrap_or("/");
         let path = if t.prefix.is_empty() {
             PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(pq.as_bytes()))
         } else {
@@ -194,7 +211,8 @@ impl Upstream {
             .path_and_query(path)
             .build()
             .map_err(|_| Refusal::BadRequest("bad_uri"))?;
-        req.headers_mut().insert(header::HOST, t.host_header.clone());
+        req.headers_mut()
+            .insert(header::HOST, t.host_header.clone());
         *req.version_mut() = http::Version::HTTP_11;
 
         let started = Instant::now();
@@ -245,12 +263,18 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_connection_named_ones_go() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
@@ -260,7 +284,10 @@ mod tests {
     #[test]
     fn targets() {
         let (s, a, p) = parse_target("http://127.0.0.1:9001/base/").unwrap();
-        assert_eq!((s.as_str(), a.as_str(), p.as_str()), ("http", "127.0.0.1:9001", "/base"));
+        assert_eq!(
+            (s.as_str(), a.as_str(), p.as_str()),
+            ("http", "127.0.0.1:9001", "/base")
+        );
         assert!(parse_target("127.0.0.1:9001").is_err());
         assert!(parse_target("ftp://x").is_err());
         assert!(parse_target("http://x/?q=1").is_err());

@@ -54,15 +54,19 @@ impl RouteKey {
         if s == "$default" {
             return Ok(RouteKey::Default);
         }
-        let (m, path) = s
-            .split_once(' ')
-            .ok_or_else(|| format!("route key {s:?} must be `METHOD /path`, `ANY /path` or `$default`"))?;
+        let (m, path) = s.split_once(' ').ok_or_else(|| {
+            format!("route key {s:?} must be `METHOD /path`, `ANY /path` or `$default`")
+        })?;
         let method = if m == "ANY" {
             MethodSel::Any
         } else if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) {
-            MethodSel::One(Method::from_bytes(m.as_bytes()).map_err(|_| format!("bad method {m:?}"))?)
+            MethodSel::One(
+                Method::from_bytes(m.as_bytes()).map_err(|_| format!("bad method {m:?}"))?,
+            )
         } else {
-            return Err(format!("method {m:?} must be an upper-case HTTP method or ANY"));
+            return Err(format!(
+                "method {m:?} must be an upper-case HTTP method or ANY"
+            ));
         };
         if !path.starts_with('/') {
             return Err(format!("route path {path:?} must start with /"));
@@ -78,13 +82,16 @@ impl RouteKey {
             if part.is_empty() {
                 return Err(format!("route path {path:?} has an empty segment"));
             }
-            let seg = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            let seg = if let Some(inner) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}'))
+            {
                 let (name, greedy) = match inner.strip_suffix('+') {
                     Some(n) => (n, true),
                     None => (inner, false),
                 };
                 if name.is_empty()
-                    || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
                 {
                     return Err(format!("bad parameter {part:?} in route path {path:?}"));
                 }
@@ -94,14 +101,18 @@ impl RouteKey {
                 names.push(name);
                 if greedy {
                     if i + 1 != parts.len() {
-                        return Err(format!("greedy parameter {part:?} must be the last segment"));
+                        return Err(format!(
+                            "greedy parameter {part:?} must be the last segment"
+                        ));
                     }
                     Segment::Greedy(name.to_string())
                 } else {
                     Segment::Param(name.to_string())
                 }
             } else if part.contains(['{', '}', '*']) {
-                return Err(format!("segment {part:?} in {path:?}: use {{name}} or {{name+}} for parameters"));
+                return Err(format!(
+                    "segment {part:?} in {path:?}: use {{name}} or {{name+}} for parameters"
+                ));
             } else {
                 Segment::Literal((*part).to_string())
             };
@@ -209,7 +220,9 @@ impl RouteTable {
                     if let Some(first) = seen.insert((method.clone(), tpls[0].clone()), i) {
                         return Err(RouteConflict {
                             index: i,
-                            message: format!("duplicate route: same method and path as route {first}"),
+                            message: format!(
+                                "duplicate route: same method and path as route {first}"
+                            ),
                         });
                     }
                     parsed.push((i, method.clone(), greedy, tpls));
@@ -259,7 +272,11 @@ impl RouteTable {
 /// Inserts a route's templates; a template already present (from a more specific route of the
 /// same method, or a literal route for a greedy route's empty tail) keeps its first owner.
 fn insert(trees: &mut Trees, i: usize, greedy: bool, tpls: &[String]) -> Result<(), RouteConflict> {
-    let tree = if greedy { &mut trees.greedy } else { &mut trees.exact };
+    let tree = if greedy {
+        &mut trees.greedy
+    } else {
+        &mut trees.exact
+    };
     for t in tpls {
         match tree.insert(t.clone(), i) {
             Ok(()) => {}
@@ -323,7 +340,11 @@ mod tests {
         assert_eq!(find(&t, "GET", "/products/special"), Some(0));
         assert_eq!(find(&t, "GET", "/products/42"), Some(1));
         assert_eq!(find(&t, "GET", "/products/42/reviews"), Some(2));
-        assert_eq!(find(&t, "GET", "/products"), Some(2), "greedy matches the empty tail");
+        assert_eq!(
+            find(&t, "GET", "/products"),
+            Some(2),
+            "greedy matches the empty tail"
+        );
         assert_eq!(find(&t, "GET", "/products/"), Some(2));
         assert_eq!(find(&t, "GET", "/elsewhere"), Some(3));
         assert_eq!(find(&t, "POST", "/products/42"), Some(3));
@@ -334,7 +355,11 @@ mod tests {
         let t = table(&["ANY /items/{id}", "GET /items/{id}", "ANY /items/latest"]);
         assert_eq!(find(&t, "GET", "/items/7"), Some(1));
         assert_eq!(find(&t, "DELETE", "/items/7"), Some(0));
-        assert_eq!(find(&t, "GET", "/items/latest"), Some(2), "literal path first");
+        assert_eq!(
+            find(&t, "GET", "/items/latest"),
+            Some(2),
+            "literal path first"
+        );
         assert_eq!(find(&t, "GET", "/nothing"), None);
     }
 

@@ -88,14 +88,24 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
 
     let mut public_addrs = Vec::new();
     for addr in &snap.listeners {
-        let l = TcpListener::bind(addr).await.map_err(|e| StartError::Bind(*addr, e))?;
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|e| StartError::Bind(*addr, e))?;
         public_addrs.push(l.local_addr().map_err(|e| StartError::Bind(*addr, e))?);
-        tasks.spawn(accept_public(l, gateway.clone(), builder.clone(), graceful.clone(), stop_rx.clone()));
+        tasks.spawn(accept_public(
+            l,
+            gateway.clone(),
+            builder.clone(),
+            graceful.clone(),
+            stop_rx.clone(),
+        ));
     }
     let admin = TcpListener::bind(snap.admin.bind)
         .await
         .map_err(|e| StartError::Bind(snap.admin.bind, e))?;
-    let admin_addr = admin.local_addr().map_err(|e| StartError::Bind(snap.admin.bind, e))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| StartError::Bind(snap.admin.bind, e))?;
     tasks.spawn(accept_admin(admin, gateway.clone(), stop_rx.clone()));
     gateway.set_ready(true);
     tracing::info!(public = ?public_addrs, admin = %admin_addr, generation = snap.generation, "tollgate serving");
@@ -166,7 +176,9 @@ async fn accept_public(
         let info = Arc::new(ConnInfo { peer, tls: false });
         let gw = gateway.clone();
         let svc = service_fn(move |req| pipeline::handle(gw.clone(), info.clone(), req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             let _guard = guard;
@@ -177,7 +189,11 @@ async fn accept_public(
     }
 }
 
-async fn accept_admin(listener: TcpListener, gateway: Arc<Gateway>, mut stop: watch::Receiver<bool>) {
+async fn accept_admin(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = stop.changed() => return,

@@ -197,7 +197,13 @@ impl Registry {
             .expect("not poisoned")
             .entry(source.clone())
             .or_insert_with(|| {
-                RemoteJwks::start(source, label, self.fetcher.clone(), self.metrics.clone(), self.online)
+                RemoteJwks::start(
+                    source,
+                    label,
+                    self.fetcher.clone(),
+                    self.metrics.clone(),
+                    self.online,
+                )
             })
             .clone()
     }
@@ -236,7 +242,10 @@ fn read_secret(p: &Parsed, s: &SecretCfg, path: &str, errs: &mut Errors) -> Opti
         SecretCfg::File { file } => match std::fs::read_to_string(p.resolve(file)) {
             Ok(v) => Some(v.trim_end_matches(['\n', '\r']).to_string()),
             Err(e) => {
-                errs.at(path, format!("cannot read secret file {}: {e}", file.display()));
+                errs.at(
+                    path,
+                    format!("cannot read secret file {}: {e}", file.display()),
+                );
                 None
             }
         },
@@ -251,7 +260,10 @@ fn bind_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
     match s.parse() {
         Ok(a) => Some(a),
         Err(_) => {
-            errs.at(path, format!("bind address {s:?} must be IP:PORT, e.g. 0.0.0.0:8080"));
+            errs.at(
+                path,
+                format!("bind address {s:?} must be IP:PORT, e.g. 0.0.0.0:8080"),
+            );
             None
         }
     }
@@ -274,9 +286,16 @@ fn header_list(items: &[String], path: &str, errs: &mut Errors) -> Option<Header
 /// problem found, each located): bad addresses, references to undefined upstreams or
 /// authorizers, unparsable or duplicate route keys, routes with neither or both of `upstream` and
 /// `respond`, scopes on an open route, unreadable secrets and key files, bad algorithms.
-pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<Snapshot, Vec<ConfigError>> {
+pub fn compile(
+    parsed: &Parsed,
+    registry: &Registry,
+    generation: u64,
+) -> Result<Snapshot, Vec<ConfigError>> {
     let f = &parsed.file;
-    let mut errs = Errors { parsed, list: Vec::new() };
+    let mut errs = Errors {
+        parsed,
+        list: Vec::new(),
+    };
 
     if f.listeners.is_empty() {
         errs.at("listeners", "at least one listener is required");
@@ -289,8 +308,12 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
         .collect();
     let admin = match &f.admin {
         Some(a) => AdminSettings {
-            bind: bind_addr(&a.bind, "admin.bind", &mut errs).unwrap_or_else(|| DEFAULT_ADMIN_BIND.parse().expect("valid")),
-            token: a.token.as_ref().and_then(|t| read_secret(parsed, t, "admin.token", &mut errs)),
+            bind: bind_addr(&a.bind, "admin.bind", &mut errs)
+                .unwrap_or_else(|| DEFAULT_ADMIN_BIND.parse().expect("valid")),
+            token: a
+                .token
+                .as_ref()
+                .and_then(|t| read_secret(parsed, t, "admin.token", &mut errs)),
         },
         None => AdminSettings {
             bind: DEFAULT_ADMIN_BIND.parse().expect("valid"),
@@ -303,7 +326,9 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
         header_timeout: l.header_timeout.map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0),
         max_header_bytes: l.max_header_bytes.map_or(DEFAULT_MAX_HEADER_BYTES, |b| b.0) as usize,
         max_headers: l.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
-        body_idle_timeout: l.body_idle_timeout.map_or(DEFAULT_BODY_IDLE_TIMEOUT, |d| d.0),
+        body_idle_timeout: l
+            .body_idle_timeout
+            .map_or(DEFAULT_BODY_IDLE_TIMEOUT, |d| d.0),
         shutdown_grace: l.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
     };
     if limits.max_header_bytes < 8192 {
@@ -333,7 +358,11 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
     for (name, a) in &f.authorizers {
         let path = format!("authorizers.{name}");
         if name == "none" {
-            errs.list.push(parsed.error_at_key("authorizers", name, "`none` is reserved for open routes"));
+            errs.list.push(parsed.error_at_key(
+                "authorizers",
+                name,
+                "`none` is reserved for open routes",
+            ));
             continue;
         }
         match a {
@@ -352,7 +381,10 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
         && !authorizers.contains_key(a)
         && !f.authorizers.contains_key(a)
     {
-        errs.at("defaults.authorizer", format!("authorizer {a:?} is not defined"));
+        errs.at(
+            "defaults.authorizer",
+            format!("authorizer {a:?} is not defined"),
+        );
     }
     let default_scopes = f.defaults.scopes.clone().unwrap_or_default();
     let mut keys = Vec::new();
@@ -371,7 +403,10 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
                 Some(up) => Integration::Proxy(up.clone()),
                 None => {
                     if !f.upstreams.contains_key(u) {
-                        errs.at(&format!("{path}.upstream"), format!("upstream {u:?} is not defined"));
+                        errs.at(
+                            &format!("{path}.upstream"),
+                            format!("upstream {u:?} is not defined"),
+                        );
                     }
                     continue;
                 }
@@ -384,7 +419,10 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
                 }
             },
             (Some(_), Some(_)) => {
-                errs.at(&path, "a route has either `upstream` or `respond`, not both");
+                errs.at(
+                    &path,
+                    "a route has either `upstream` or `respond`, not both",
+                );
                 continue;
             }
             (None, None) => {
@@ -403,7 +441,10 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
             .collect();
         let auth = if auth_name == "none" {
             if explicit_scopes && !scopes.is_empty() {
-                errs.at(&format!("{path}.scopes"), "scopes need an authorizer; this route has none");
+                errs.at(
+                    &format!("{path}.scopes"),
+                    "scopes need an authorizer; this route has none",
+                );
                 continue;
             }
             RouteAuth::None
@@ -422,7 +463,10 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
                 },
                 None => {
                     if r.authorizer.is_some() && !f.authorizers.contains_key(auth_name) {
-                        errs.at(&format!("{path}.authorizer"), format!("authorizer {auth_name:?} is not defined"));
+                        errs.at(
+                            &format!("{path}.authorizer"),
+                            format!("authorizer {auth_name:?} is not defined"),
+                        );
                     }
                     continue;
                 }
@@ -454,7 +498,10 @@ pub fn compile(parsed: &Parsed, registry: &Registry, generation: u64) -> Result<
             c.allow_methods.clone()
         };
         if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
-            errs.at("cors.allow_credentials", "credentials cannot be allowed for origin `*`");
+            errs.at(
+                "cors.allow_credentials",
+                "credentials cannot be allowed for origin `*`",
+            );
         }
         Cors {
             allow_origins: c.allow_origins.clone(),
@@ -496,7 +543,10 @@ fn fixed_response(r: &crate::config::schema::RespondCfg) -> Result<FixedResponse
         headers.push((name, value));
     }
     if !has_ct {
-        headers.push((http::header::CONTENT_TYPE, HeaderValue::from_static("application/json")));
+        headers.push((
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        ));
     }
     Ok(FixedResponse {
         status,
@@ -543,14 +593,20 @@ fn jwt_authorizer(
         }
     }
     if algorithms.is_empty() {
-        errs.at(&format!("{path}.algorithms"), "at least one algorithm is required");
+        errs.at(
+            &format!("{path}.algorithms"),
+            "at least one algorithm is required",
+        );
     }
     let leeway = j.leeway.map_or(DEFAULT_LEEWAY, |d| d.0);
     if leeway > MAX_LEEWAY {
         errs.at(&format!("{path}.leeway"), "leeway is at most 5m");
     }
     if j.issuer == "self" {
-        errs.at(&format!("{path}.issuer"), "`issuer: self` needs the embedded issuer, which this build does not have yet");
+        errs.at(
+            &format!("{path}.issuer"),
+            "`issuer: self` needs the embedded issuer, which this build does not have yet",
+        );
     }
     let header = match HeaderName::from_str(j.header.as_deref().unwrap_or("authorization")) {
         Ok(h) => h,
@@ -563,16 +619,24 @@ fn jwt_authorizer(
         && tu != "access"
         && tu != "id"
     {
-        errs.at(&format!("{path}.token_use"), "token_use is `access` or `id`");
+        errs.at(
+            &format!("{path}.token_use"),
+            "token_use is `access` or `id`",
+        );
     }
-    let sources = usize::from(j.jwks_uri.is_some()) + usize::from(j.jwks_file.is_some()) + usize::from(has_secret);
+    let sources = usize::from(j.jwks_uri.is_some())
+        + usize::from(j.jwks_file.is_some())
+        + usize::from(has_secret);
     if sources > 1 {
         errs.at(path, "use one of `jwks_uri`, `jwks_file` or `secret`");
     }
     let keys = if let Some(secret) = &j.secret {
         let s = read_secret(parsed, secret, &format!("{path}.secret"), errs)?;
         if s.len() < 32 {
-            errs.at(&format!("{path}.secret"), "an HMAC secret must be at least 32 bytes");
+            errs.at(
+                &format!("{path}.secret"),
+                "an HMAC secret must be at least 32 bytes",
+            );
         }
         KeySource::Static(Arc::new(Loaded {
             keys: KeySet::from_secret(s.as_bytes()),
@@ -584,7 +648,10 @@ fn jwt_authorizer(
             .map_err(|e| format!("cannot read {}: {e}", p.display()))
             .and_then(|b| KeySet::from_jwks(&b).map_err(|e| format!("{}: {e}", p.display())))
         {
-            Ok(keys) => KeySource::Static(Arc::new(Loaded { keys, generation: 1 })),
+            Ok(keys) => KeySource::Static(Arc::new(Loaded {
+                keys,
+                generation: 1,
+            })),
             Err(e) => {
                 errs.at(&format!("{path}.jwks_file"), e);
                 return None;
@@ -593,8 +660,14 @@ fn jwt_authorizer(
     } else {
         let source = match &j.jwks_uri {
             Some(u) => {
-                if u.parse::<http::Uri>().map(|u| u.scheme().is_none() || u.host().is_none()).unwrap_or(true) {
-                    errs.at(&format!("{path}.jwks_uri"), "jwks_uri must be an absolute http(s) URL");
+                if u.parse::<http::Uri>()
+                    .map(|u| u.scheme().is_none() || u.host().is_none())
+                    .unwrap_or(true)
+                {
+                    errs.at(
+                        &format!("{path}.jwks_uri"),
+                        "jwks_uri must be an absolute http(s) URL",
+                    );
                 }
                 JwksSource::Uri(u.clone())
             }
@@ -605,7 +678,9 @@ fn jwt_authorizer(
                         "without jwks_uri, jwks_file or secret the issuer must be an http(s) URL for OIDC discovery",
                     );
                 }
-                JwksSource::Discovery { issuer: j.issuer.clone() }
+                JwksSource::Discovery {
+                    issuer: j.issuer.clone(),
+                }
             }
         };
         if errs.list.len() > before {
@@ -628,7 +703,12 @@ fn jwt_authorizer(
             leeway: leeway.as_secs(),
         },
     };
-    match JwtAuthorizer::new(settings, keys, registry.token_cache(fingerprint), registry.metrics()) {
+    match JwtAuthorizer::new(
+        settings,
+        keys,
+        registry.token_cache(fingerprint),
+        registry.metrics(),
+    ) {
         Ok(a) => Some(a),
         Err(e) => {
             errs.at(path, e);

@@ -63,7 +63,11 @@ fn as_time(v: &Option<serde_json::Value>) -> Result<Option<u64>, TokenError> {
         None => Ok(None),
         Some(serde_json::Value::Number(n)) => n
             .as_u64()
-            .or_else(|| n.as_f64().filter(|f| *f >= 0.0 && f.is_finite()).map(|f| f as u64))
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| *f >= 0.0 && f.is_finite())
+                    .map(|f| f as u64)
+            })
             .map(Some)
             .ok_or(TokenError::BadClaim),
         Some(_) => Err(TokenError::BadClaim),
@@ -205,24 +209,45 @@ mod tests {
     #[test]
     fn expiry_with_leeway() {
         let r = rules();
-        assert!(check(&with("exp", json!(NOW - 29)), &r, NOW).is_ok(), "inside leeway");
-        assert_eq!(check(&with("exp", json!(NOW - 30)), &r, NOW), Err(TokenError::Expired));
+        assert!(
+            check(&with("exp", json!(NOW - 29)), &r, NOW).is_ok(),
+            "inside leeway"
+        );
+        assert_eq!(
+            check(&with("exp", json!(NOW - 30)), &r, NOW),
+            Err(TokenError::Expired)
+        );
         assert_eq!(check(&without("exp"), &r, NOW), Err(TokenError::BadClaim));
-        assert_eq!(check(&with("exp", json!("soon")), &r, NOW), Err(TokenError::BadClaim));
+        assert_eq!(
+            check(&with("exp", json!("soon")), &r, NOW),
+            Err(TokenError::BadClaim)
+        );
     }
 
     #[test]
     fn not_before_and_issued_at_in_the_future() {
         let r = rules();
         assert!(check(&with("nbf", json!(NOW + 30)), &r, NOW).is_ok());
-        assert_eq!(check(&with("nbf", json!(NOW + 31)), &r, NOW), Err(TokenError::NotYetValid));
-        assert_eq!(check(&with("iat", json!(NOW + 31)), &r, NOW), Err(TokenError::NotYetValid));
+        assert_eq!(
+            check(&with("nbf", json!(NOW + 31)), &r, NOW),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            check(&with("iat", json!(NOW + 31)), &r, NOW),
+            Err(TokenError::NotYetValid)
+        );
     }
 
     #[test]
     fn issuer_must_match_and_be_present() {
-        assert_eq!(check(&with("iss", json!("https://evil")), &rules(), NOW), Err(TokenError::WrongIssuer));
-        assert_eq!(check(&without("iss"), &rules(), NOW), Err(TokenError::WrongIssuer));
+        assert_eq!(
+            check(&with("iss", json!("https://evil")), &rules(), NOW),
+            Err(TokenError::WrongIssuer)
+        );
+        assert_eq!(
+            check(&without("iss"), &rules(), NOW),
+            Err(TokenError::WrongIssuer)
+        );
     }
 
     #[test]
@@ -231,18 +256,39 @@ mod tests {
         assert!(check(&with("aud", json!("app")), &r, NOW).is_ok());
         assert!(check(&with("aud", json!(["other", "app"])), &r, NOW).is_ok());
         // aud present but wrong: client_id is not consulted.
-        assert_eq!(check(&with("aud", json!("other")), &r, NOW), Err(TokenError::WrongAudience));
-        assert_eq!(check(&with("client_id", json!("other")), &r, NOW), Err(TokenError::WrongAudience));
-        assert_eq!(check(&with("aud", json!(7)), &r, NOW), Err(TokenError::BadClaim));
-        let open = ClaimRules { audience: vec![], ..rules() };
+        assert_eq!(
+            check(&with("aud", json!("other")), &r, NOW),
+            Err(TokenError::WrongAudience)
+        );
+        assert_eq!(
+            check(&with("client_id", json!("other")), &r, NOW),
+            Err(TokenError::WrongAudience)
+        );
+        assert_eq!(
+            check(&with("aud", json!(7)), &r, NOW),
+            Err(TokenError::BadClaim)
+        );
+        let open = ClaimRules {
+            audience: vec![],
+            ..rules()
+        };
         assert!(check(&with("client_id", json!("anyone")), &open, NOW).is_ok());
     }
 
     #[test]
     fn token_use() {
-        assert_eq!(check(&with("token_use", json!("id")), &rules(), NOW), Err(TokenError::WrongTokenUse));
-        assert_eq!(check(&without("token_use"), &rules(), NOW), Err(TokenError::WrongTokenUse));
-        let any = ClaimRules { token_use: None, ..rules() };
+        assert_eq!(
+            check(&with("token_use", json!("id")), &rules(), NOW),
+            Err(TokenError::WrongTokenUse)
+        );
+        assert_eq!(
+            check(&without("token_use"), &rules(), NOW),
+            Err(TokenError::WrongTokenUse)
+        );
+        let any = ClaimRules {
+            token_use: None,
+            ..rules()
+        };
         assert!(check(&with("token_use", json!("id")), &any, NOW).is_ok());
     }
 
@@ -250,8 +296,17 @@ mod tests {
     fn scope_shapes() {
         let c = check(&with("scp", json!(["a", "b"])), &rules(), NOW).unwrap();
         assert!(c.scopes.contains(&"a".to_string()) && c.scopes.contains(&"api/read".to_string()));
-        assert_eq!(check(&with("scope", json!(["a"])), &rules(), NOW), Err(TokenError::BadClaim));
-        assert_eq!(check(&with("scp", json!([1])), &rules(), NOW), Err(TokenError::BadClaim));
-        assert_eq!(check(&with("sub", json!(5)), &rules(), NOW), Err(TokenError::BadClaim));
+        assert_eq!(
+            check(&with("scope", json!(["a"])), &rules(), NOW),
+            Err(TokenError::BadClaim)
+        );
+        assert_eq!(
+            check(&with("scp", json!([1])), &rules(), NOW),
+            Err(TokenError::BadClaim)
+        );
+        assert_eq!(
+            check(&with("sub", json!(5)), &rules(), NOW),
+            Err(TokenError::BadClaim)
+        );
     }
 }

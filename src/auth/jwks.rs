@@ -60,7 +60,9 @@ pub struct RemoteJwks {
 
 impl std::fmt::Debug for RemoteJwks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteJwks").field("source", &self.source).finish()
+        f.debug_struct("RemoteJwks")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -141,7 +143,10 @@ impl RemoteJwks {
                 }
             }
         };
-        let body = self.fetcher.get(&url, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES).await?;
+        let body = self
+            .fetcher
+            .get(&url, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)
+            .await?;
         let hash = crate::util::sha256_hex(&body);
         let mut last = self.last_hash.lock().expect("not poisoned");
         if last.as_deref() == Some(hash.as_str()) {
@@ -165,13 +170,18 @@ impl RemoteJwks {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let body = self.fetcher.get(&url, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES).await?;
+        let body = self
+            .fetcher
+            .get(&url, FETCH_TIMEOUT, MAX_DOCUMENT_BYTES)
+            .await?;
         let doc: Discovery = serde_json::from_slice(&body)
             .map_err(|e| format!("discovery document is not valid: {e}"))?;
         if let Some(i) = &doc.issuer
             && i != issuer
         {
-            return Err(format!("discovery document names issuer {i:?}, expected {issuer:?}"));
+            return Err(format!(
+                "discovery document names issuer {i:?}, expected {issuer:?}"
+            ));
         }
         Ok(doc.jwks_uri)
     }

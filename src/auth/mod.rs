@@ -212,7 +212,9 @@ pub struct JwtAuthorizer {
 
 impl std::fmt::Debug for JwtAuthorizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JwtAuthorizer").field("name", &self.name).finish()
+        f.debug_struct("JwtAuthorizer")
+            .field("name", &self.name)
+            .finish()
     }
 }
 
@@ -243,10 +245,15 @@ impl JwtAuthorizer {
                 validations.push((fam, v));
             }
         }
-        let name_value = HeaderValue::from_str(&s.name).map_err(|_| "bad authorizer name".to_string())?;
+        let name_value =
+            HeaderValue::from_str(&s.name).map_err(|_| "bad authorizer name".to_string())?;
         Ok(JwtAuthorizer {
-            hits: metrics.token_cache.with_label_values(&[s.name.as_str(), "hit"]),
-            misses: metrics.token_cache.with_label_values(&[s.name.as_str(), "miss"]),
+            hits: metrics
+                .token_cache
+                .with_label_values(&[s.name.as_str(), "hit"]),
+            misses: metrics
+                .token_cache
+                .with_label_values(&[s.name.as_str(), "miss"]),
             name: s.name.into(),
             header: s.header,
             algorithms: s.algorithms,
@@ -316,7 +323,8 @@ impl JwtAuthorizer {
             key = loaded.keys.find(header.kid.as_deref()).cloned();
         }
         let key = key.ok_or(TokenError::UnknownKey)?;
-        if key.alg.is_some_and(|a| a != header.alg) || key.decoding.family() != header.alg.family() {
+        if key.alg.is_some_and(|a| a != header.alg) || key.decoding.family() != header.alg.family()
+        {
             return Err(TokenError::BadAlgorithm);
         }
         let validation = self
@@ -325,14 +333,16 @@ impl JwtAuthorizer {
             .find(|(f, _)| *f == header.alg.family())
             .map(|(_, v)| v)
             .ok_or(TokenError::BadAlgorithm)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation).map_err(|e| {
-            match e.kind() {
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation).map_err(
+            |e| match e.kind() {
                 ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => TokenError::BadAlgorithm,
+                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+                    TokenError::BadAlgorithm
+                }
                 k if keys::is_malformed(k) => TokenError::Malformed,
                 _ => TokenError::BadSignature,
-            }
-        })?;
+            },
+        )?;
         let checked = claims::check(&data.claims, &self.rules, now)?;
         let identity = Arc::new(self.identity(checked, loaded.generation)?);
         self.cache.inner.insert(digest, identity.clone());
@@ -369,11 +379,17 @@ fn header_alg_unsupported(token: &str) -> bool {
     let Some(h) = token.split('.').next() else {
         return false;
     };
-    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('=')) else {
+    let Ok(bytes) =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('='))
+    else {
         return false;
     };
     serde_json::from_slice::<serde_json::Value>(&bytes)
         .ok()
-        .and_then(|v| v.get("alg").and_then(|a| a.as_str()).map(|a| a.parse::<Algorithm>().is_err()))
+        .and_then(|v| {
+            v.get("alg")
+                .and_then(|a| a.as_str())
+                .map(|a| a.parse::<Algorithm>().is_err())
+        })
         .unwrap_or(false)
 }

@@ -50,7 +50,13 @@ impl SourceMap {
             }
             match p.rfind(['.', '!']) {
                 Some(i) => p = &p[..i],
-                None => return self.positions.get("").copied().unwrap_or(Pos { line: 1, col: 1 }),
+                None => {
+                    return self
+                        .positions
+                        .get("")
+                        .copied()
+                        .unwrap_or(Pos { line: 1, col: 1 });
+                }
             }
         }
     }

@@ -5,8 +5,8 @@
 use std::fmt;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
 
 /// A duration written `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -17,7 +17,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let bad = || format!("invalid duration {s:?}: expected a whole number and a unit (ms, s, m, h, d), e.g. 30s");
+    let bad = || {
+        format!(
+            "invalid duration {s:?}: expected a whole number and a unit (ms, s, m, h, d), e.g. 30s"
+        )
+    };
     if num.is_empty() {
         return Err(bad());
     }
@@ -78,7 +82,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "GiB" | "GB" | "G" => 1 << 30,
         _ => return Err(bad()),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
@@ -116,7 +121,15 @@ mod tests {
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
         assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
-        for bad in ["", "s", "10", "1.5s", "-1s", "10 parsecs", "99999999999999999999d"] {
+        for bad in [
+            "",
+            "s",
+            "10",
+            "1.5s",
+            "-1s",
+            "10 parsecs",
+            "99999999999999999999d",
+        ] {
             assert!(parse_duration(bad).is_err(), "{bad} should be refused");
         }
     }

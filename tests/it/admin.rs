@@ -1,0 +1,122 @@
+//! The admin listener and the process lifecycle.
+
+use std::time::Duration;
+
+use crate::support::{gateway, upstream};
+
+#[tokio::test]
+async fn health_ready_config_and_metrics() {
+    let gw = gateway::start(
+        "routes:\n  - { route: \"GET /status\", authorizer: none, respond: { body: '{}' } }\n",
+    )
+    .await;
+    assert_eq!(gw.admin_get("/healthz").await.status, 200);
+    assert_eq!(gw.admin_get("/readyz").await.status, 200);
+    let cfg: serde_json::Value =
+        serde_json::from_slice(&gw.admin_get("/config").await.body).unwrap();
+    assert_eq!(cfg["generation"], 1);
+    assert_eq!(cfg["hash"].as_str().unwrap().len(), 64);
+    assert!(cfg["loaded_at"].as_str().unwrap().ends_with("GMT"));
+    assert!(cfg["last_error"].is_null());
+
+    gw.get("/status", &[]).await;
+    gw.get("/status", &[]).await;
+    gw.get("/nope/123", &[]).await;
+    let m = gw.admin_get("/metrics").await;
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+    let text = m.text();
+    assert!(
+        text.contains(
+            r#"tollgate_requests_total{method="GET",route="GET /status",status="200"} 2"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"tollgate_denied_total{reason="no_route",route="$unmatched"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains("/nope/123"), "raw paths never become labels");
+    for name in [
+        "tollgate_request_duration_seconds_bucket",
+        "tollgate_config_reloads_total",
+        "tollgate_config_generation 1",
+        "tollgate_connections_active",
+    ] {
+        assert!(text.contains(name), "{name} missing");
+    }
+    assert_eq!(gw.admin_get("/nothing").await.status, 404);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn admin_token_is_required_when_configured() {
+    let gw = gateway::start_raw(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin: { bind: 127.0.0.1:0, token: { file: admin-token } }\nroutes: []\n",
+        &[("admin-token", "s3cret-admin-token\n")],
+    )
+    .await;
+    let c = gateway::client();
+    let admin = gw.admin;
+    let get = |auth: Option<&'static str>| {
+        let mut b = http::Request::get(format!("http://{admin}/metrics"));
+        if let Some(a) = auth {
+            b = b.header("authorization", a);
+        }
+        c.request(b.body(Default::default()).unwrap())
+    };
+    assert_eq!(get(None).await.unwrap().status(), 401);
+    assert_eq!(get(Some("Bearer wrong")).await.unwrap().status(), 401);
+    assert_eq!(
+        get(Some("Bearer s3cret-admin-token"))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "file secret read, newline trimmed"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let up = upstream::start("a").await;
+    let gw = gateway::start(&format!(
+        "upstreams:\n  app: {{ targets: [{}] }}\nroutes:\n  - {{ route: \"ANY /{{p+}}\", upstream: app, authorizer: none }}\n",
+        up.url()
+    ))
+    .await;
+    let addr = gw.addr;
+    let url = gw.url("/slow");
+    let in_flight = tokio::spawn(async move {
+        let req = http::Request::get(url).body(Default::default()).unwrap();
+        gateway::client().request(req).await.map(|r| r.status())
+    });
+    // Wait until the upstream has the request, then shut down.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while up.seen().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let gwy = gw.running.as_ref().unwrap().gateway.clone();
+    let mut gw = gw;
+    let running = gw.running.take().unwrap();
+    let shutdown = tokio::spawn(running.shutdown(Some(Duration::from_secs(5))));
+    let status = in_flight
+        .await
+        .unwrap()
+        .expect("in-flight request completed");
+    assert_eq!(status, 200);
+    assert!(
+        shutdown.await.unwrap(),
+        "all connections finished within the grace period"
+    );
+    assert!(!gwy.is_ready(), "readiness is off once shutdown starts");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "listener closed"
+    );
+}

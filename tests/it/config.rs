@@ -1,0 +1,184 @@
+//! `tollgate check` and config errors: every error class is reported as FILE:LINE:COL with a
+//! clear message, all errors at once, exit code 1; a good config prints one line, exit code 0.
+
+use std::process::Command;
+
+fn check(yaml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log-level", "off", "check", "-c"])
+        .arg(&path)
+        .env_remove("TOLLGATE_TEST_UNSET")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).replace(&path.display().to_string(), "F");
+    (out.status.code().unwrap_or(-1), text)
+}
+
+const BASE: &str = "listeners:\n  - bind: 127.0.0.1:0\n";
+
+#[test]
+fn good_config_prints_a_summary() {
+    let (code, out) = check(&format!(
+        "{BASE}routes:\n  - {{ route: \"GET /a\", respond: {{ body: x }} }}\n"
+    ));
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.contains("OK: 1 routes"), "{out}");
+}
+
+#[test]
+fn the_shipped_gateway_yaml_is_valid() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args([
+            "--log-level",
+            "off",
+            "check",
+            "-c",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn each_error_class_is_located() {
+    let cases: &[(&str, &str, &str)] = &[
+        // (yaml after BASE, expected location, expected message part)
+        (
+            "routes: []\nupstream:\n  a: {}\n",
+            "F:4:1:",
+            "unknown field `upstream`",
+        ),
+        (
+            "upstreams:\n  a: { targets: [\"http://127.0.0.1:1\"], timeout: 10 }\nroutes: []\n",
+            "F:4:",
+            "has no unit",
+        ),
+        (
+            "upstreams:\n  a: { targets: [\"http://127.0.0.1:1\"], timeout: 1.5s }\nroutes: []\n",
+            "F:4:",
+            "invalid duration",
+        ),
+        (
+            "routes:\n  - { route: \"get /a\", respond: {} }\n",
+            "F:4:14:",
+            "upper-case HTTP method",
+        ),
+        (
+            "routes:\n  - { route: \"GET /a\", respond: {} }\n  - { route: \"GET /a\", respond: {} }\n",
+            "F:5:14:",
+            "duplicate route",
+        ),
+        (
+            "routes:\n  - { route: \"GET /a\", upstream: nowhere }\n",
+            "F:4:34:",
+            "upstream \"nowhere\" is not defined",
+        ),
+        (
+            "routes:\n  - { route: \"GET /a\", authorizer: ghost, respond: {} }\n",
+            "F:4:36:",
+            "authorizer \"ghost\" is not defined",
+        ),
+        (
+            "authorizers:\n  p: { type: jwt, issuer: x, algorithms: [HS256], secret: { env: TOLLGATE_TEST_UNSET } }\nroutes: []\n",
+            "F:4:",
+            "environment variable TOLLGATE_TEST_UNSET is not set",
+        ),
+        (
+            "authorizers:\n  p: { type: jwt, issuer: x, jwks_file: missing.json }\nroutes: []\n",
+            "F:4:",
+            "cannot read",
+        ),
+        (
+            "authorizers:\n  p: { type: jwt, issuer: \"https://idp\", algorithms: [HS256] }\nroutes: []\n",
+            "F:4:",
+            "HS256 needs `secret`",
+        ),
+        (
+            "authorizers:\n  p: { type: jwt, issuer: \"https://idp\", algorithms: [none] }\nroutes: []\n",
+            "F:4:",
+            "unknown algorithm \"none\"",
+        ),
+        (
+            "authorizers:\n  p: { type: saml, issuer: x }\nroutes: []\n",
+            "F:4:",
+            "unknown variant `saml`",
+        ),
+        (
+            "upstreams:\n  a: { targets: [\"http://127.0.0.1:1\"] }\nroutes:\n  - { route: \"GET /a\", upstream: a, respond: {} }\n",
+            "F:6:",
+            "either `upstream` or `respond`",
+        ),
+        (
+            "routes:\n  - { route: \"GET /a\" }\n",
+            "F:4:",
+            "needs `upstream` or `respond`",
+        ),
+        (
+            "routes:\n  - { route: \"GET /a\", respond: {}\n",
+            "F:",
+            "did not find expected",
+        ),
+        (
+            "upstreams:\n  a: { targets: [\"ftp://x\"] }\nroutes: []\n",
+            "F:4:",
+            "only http:// upstreams",
+        ),
+    ];
+    for (yaml, loc, msg) in cases {
+        let (code, out) = check(&format!("{BASE}{yaml}"));
+        assert_eq!(code, 1, "should fail: {yaml}\n{out}");
+        assert!(
+            out.starts_with(loc),
+            "location {loc} for {yaml:?}, got: {out}"
+        );
+        assert!(
+            out.contains(msg),
+            "message {msg:?} for {yaml:?}, got: {out}"
+        );
+        assert!(!out.contains("panicked"), "{out}");
+    }
+}
+
+#[test]
+fn bad_listener_address_is_located() {
+    let (code, out) = check("listeners:\n  - bind: localhost\nroutes: []\n");
+    assert_eq!(code, 1);
+    assert!(out.starts_with("F:2:11:"), "{out}");
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let (code, out) = check(&format!(
+        "{BASE}routes:\n  - {{ route: \"GET /a\", upstream: x }}\n  - {{ route: \"BAD\", respond: {{}} }}\n"
+    ));
+    assert_eq!(code, 1);
+    assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+#[test]
+fn unreadable_file_and_hash_key() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["check", "-c", "/nonexistent/gateway.yaml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("cannot read config"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["hash-key", "test"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+}

@@ -1,0 +1,8 @@
+//! One integration-test binary (one link step) for every suite.
+#[path = "../support/mod.rs"]
+mod support;
+
+mod admin;
+mod config;
+mod proxy;
+mod routing;
