@@ -275,6 +275,8 @@ impl JwtAuthorizer {
         let raw = headers.get(&self.header)?.to_str().ok()?.trim();
         let token = match raw.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            // The scheme alone (`Bearer` with nothing after it) carries no token.
+            None if raw.eq_ignore_ascii_case("bearer") => "",
             _ => raw,
         };
         (!token.is_empty()).then_some(token)

@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod auth_e2e;
 mod config;
 mod proxy;
 mod routing;
