@@ -4,6 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages the tests use: promtool (from `prometheus`) validates the /metrics text.
+if ! command -v promtool >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # Formatting and lints first: they are quick and a failure there is a failure.
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
