@@ -4,6 +4,8 @@
 //! request). Config flows `config` (file schema) → `snapshot` (runtime form) → `gateway` (the
 //! atomic swap). Refusals are all variants of [`error::Refusal`].
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod auth;
 pub mod body;
