@@ -59,6 +59,14 @@ pub struct Permit<'s> {
     principal: Principal,
 }
 
+/// What every phase may consult about the request in hand.
+struct Ctx<'s> {
+    snap: &'s Snapshot,
+    conn: &'s ConnInfo,
+    client_ip: IpAddr,
+    request_id: HeaderValue,
+}
+
 /// What the access log and metrics record about one request.
 struct Outcome<'s> {
     route: Option<&'s Route>,
@@ -75,8 +83,12 @@ pub async fn handle(
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snap = gw.snapshot();
-    let client_ip = client_ip(&conn);
-    let request_id = request_id(req.headers());
+    let ctx = Ctx {
+        snap: &snap,
+        conn: &conn,
+        client_ip: client_ip(&conn),
+        request_id: request_id(req.headers()),
+    };
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let origin = req.headers().get(header::ORIGIN).cloned();
@@ -86,24 +98,24 @@ pub async fn handle(
         upstream: None,
         reason: None,
     };
-    let mut resp = match pipeline(&snap, &conn, client_ip, &request_id, req, &mut out).await {
+    let mut resp = match pipeline(&ctx, req, &mut out).await {
         Ok(r) => r,
         Err(refusal) => {
             out.reason = Some(refusal.reason());
             refusal.into_response()
         }
     };
-    resp.headers_mut().insert(REQUEST_ID, request_id.clone());
+    resp.headers_mut()
+        .insert(REQUEST_ID, ctx.request_id.clone());
     if let (Some(cors), Some(origin)) = (&snap.cors, &origin) {
         add_cors_headers(cors, origin, resp.headers_mut());
     }
     record(
         &gw,
+        &ctx,
         &out,
         &method,
         &path,
-        client_ip,
-        &request_id,
         resp.status(),
         started.elapsed(),
     );
@@ -112,13 +124,11 @@ pub async fn handle(
 
 /// The phases, in order.
 async fn pipeline<'s>(
-    snap: &'s Snapshot,
-    conn: &ConnInfo,
-    client_ip: IpAddr,
-    request_id: &HeaderValue,
+    ctx: &Ctx<'s>,
     req: Request<Incoming>,
     out: &mut Outcome<'s>,
 ) -> Result<Response<ResponseBody>, Refusal> {
+    let snap = ctx.snap;
     check_request(&req)?;
     let route = route(snap, &req)?;
     out.route = Some(route);
@@ -128,7 +138,7 @@ async fn pipeline<'s>(
     let principal = authorize(route, req.headers()).await?;
     out.principal = Some(principal.clone());
     let permit = admit(snap, route, principal, req.headers())?;
-    forward(snap, permit, conn, client_ip, request_id, req, out).await
+    forward(ctx, permit, req, out).await
 }
 
 /// Phase 1: the client's IP (the TCP peer; trusted-proxy handling comes with resource policies).
@@ -300,11 +310,8 @@ fn admit<'s>(
 
 /// Phase 8: forward to the upstream, or answer with the route's fixed response.
 async fn forward<'s>(
-    snap: &Snapshot,
+    ctx: &Ctx<'_>,
     permit: Permit<'s>,
-    conn: &ConnInfo,
-    client_ip: IpAddr,
-    request_id: &HeaderValue,
     req: Request<Incoming>,
     out: &mut Outcome<'s>,
 ) -> Result<Response<ResponseBody>, Refusal> {
@@ -331,12 +338,12 @@ async fn forward<'s>(
     if let Some(Ok(host)) = host {
         h.insert(X_FORWARDED_HOST, host);
     }
-    append_forwarded_for(h, client_ip);
+    append_forwarded_for(h, ctx.client_ip);
     h.insert(
         X_FORWARDED_PROTO,
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        HeaderValue::from_static(if ctx.conn.tls { "https" } else { "http" }),
     );
-    h.insert(REQUEST_ID, request_id.clone());
+    h.insert(REQUEST_ID, ctx.request_id.clone());
     if let Principal::Jwt(id) = &permit.principal {
         for (k, v) in &id.upstream_headers {
             h.insert(k.clone(), v.clone());
@@ -345,8 +352,8 @@ async fn forward<'s>(
     let failure = FailureCell::default();
     let body = GuardedBody::new(
         body,
-        snap.limits.max_body,
-        snap.limits.body_idle_timeout,
+        ctx.snap.limits.max_body,
+        ctx.snap.limits.body_idle_timeout,
         failure.clone(),
     );
     let (resp, took) = upstream
@@ -397,14 +404,12 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
 }
 
 /// One access-log line and the request metrics.
-#[allow(clippy::too_many_arguments)]
 fn record(
     gw: &Gateway,
+    ctx: &Ctx<'_>,
     out: &Outcome<'_>,
     method: &Method,
     path: &str,
-    client_ip: IpAddr,
-    request_id: &HeaderValue,
     status: StatusCode,
     latency: Duration,
 ) {
@@ -431,8 +436,8 @@ fn record(
     };
     tracing::info!(
         target: "tollgate::access",
-        request_id = request_id.to_str().unwrap_or("-"),
-        client_ip = %client_ip,
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        client_ip = %ctx.client_ip,
         method = %method,
         path,
         route,

@@ -150,6 +150,26 @@ impl Drop for ConnGuard {
     }
 }
 
+/// The next connection, or `None` once `stop` fires. Accept errors (such as running out of file
+/// descriptors) are logged and retried after a pause.
+async fn accept(
+    listener: &TcpListener,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return None,
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                }
+            },
+        }
+    }
+}
+
 async fn accept_public(
     listener: TcpListener,
     gateway: Arc<Gateway>,
@@ -157,18 +177,7 @@ async fn accept_public(
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.changed() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = accept(&listener, &mut stop).await {
         let _ = stream.set_nodelay(true);
         let gauge = gateway.metrics().connections_active.clone();
         gauge.inc();
@@ -194,17 +203,7 @@ async fn accept_admin(
     gateway: Arc<Gateway>,
     mut stop: watch::Receiver<bool>,
 ) {
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.changed() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, _)) = accept(&listener, &mut stop).await {
         let gw = gateway.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| crate::admin::handle(gw.clone(), req));

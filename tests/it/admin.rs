@@ -125,7 +125,10 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
 /// (installed by scripts/test.sh from Debian's `prometheus` package).
 #[tokio::test]
 async fn metrics_pass_promtool() {
-    let gw = gateway::start("routes:\n  - { route: \"GET /status\", authorizer: none, respond: { body: '{}' } }\n").await;
+    let gw = gateway::start(
+        "routes:\n  - { route: \"GET /status\", authorizer: none, respond: { body: '{}' } }\n",
+    )
+    .await;
     gw.get("/status", &[]).await;
     gw.get("/missing", &[]).await;
     let text = gw.admin_get("/metrics").await.text();
@@ -136,12 +139,29 @@ async fn metrics_pass_promtool() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .expect("promtool is needed: run scripts/test.sh, which installs Debian's prometheus package");
+        .expect(
+            "promtool is needed: run scripts/test.sh, which installs Debian's prometheus package",
+        );
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "promtool refused the exposition:\n{said}\n---\n{text}");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool refused the exposition:\n{said}\n---\n{text}"
+    );
     // promtool's lint warnings (e.g. counters not ending in _total) are problems too.
-    assert!(!said.contains("counter metrics should have \"_total\" suffix"), "{said}");
+    assert!(
+        !said.contains("counter metrics should have \"_total\" suffix"),
+        "{said}"
+    );
 }
