@@ -638,20 +638,20 @@ fn jwt_authorizer(
                 "an HMAC secret must be at least 32 bytes",
             );
         }
-        KeySource::Static(Arc::new(Loaded {
-            keys: KeySet::from_secret(s.as_bytes()),
-            generation: 1,
-        }))
+        KeySource::Static(Arc::new(Loaded::fixed(
+            KeySet::from_secret(s.as_bytes()),
+            s.as_bytes(),
+        )))
     } else if let Some(file) = &j.jwks_file {
         let p = parsed.resolve(file);
         match std::fs::read(&p)
             .map_err(|e| format!("cannot read {}: {e}", p.display()))
-            .and_then(|b| KeySet::from_jwks(&b).map_err(|e| format!("{}: {e}", p.display())))
-        {
-            Ok(keys) => KeySource::Static(Arc::new(Loaded {
-                keys,
-                generation: 1,
-            })),
+            .and_then(|b| {
+                KeySet::from_jwks(&b)
+                    .map(|keys| Loaded::fixed(keys, &b))
+                    .map_err(|e| format!("{}: {e}", p.display()))
+            }) {
+            Ok(loaded) => KeySource::Static(Arc::new(loaded)),
             Err(e) => {
                 errs.at(&format!("{path}.jwks_file"), e);
                 return None;

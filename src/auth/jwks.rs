@@ -44,6 +44,22 @@ pub struct Loaded {
     pub generation: u64,
 }
 
+impl Loaded {
+    /// A key set loaded once from `material` (a JWKS file's bytes or a secret). Its generation
+    /// derives from the material, so the same keys keep their verified-token cache entries across
+    /// reloads and changed keys do not.
+    pub fn fixed(keys: KeySet, material: &[u8]) -> Loaded {
+        let d = crate::util::sha256(material);
+        let mut g = [0u8; 8];
+        g.copy_from_slice(&d[..8]);
+        Loaded {
+            keys,
+            // Remote sets count up from 1; keep fixed ones out of that small range.
+            generation: u64::from_le_bytes(g) | (1 << 63),
+        }
+    }
+}
+
 /// A remotely fetched key set kept fresh by a background task.
 pub struct RemoteJwks {
     source: JwksSource,

@@ -136,8 +136,10 @@ impl KeySource {
     }
 }
 
-/// Cache of verified tokens, keyed by the SHA-256 of the token. Entries leave at the token's
-/// `exp` (or after [`TOKEN_CACHE_MAX_TTL`]) and are ignored once the key set changes.
+/// Cache of verified tokens. Keys are the SHA-256 of the verifying authorizer's rules and the
+/// token, so a cache shared by several authorizers (or kept across a reload) never serves one
+/// authorizer's verdict to another with different rules. Entries leave at the token's `exp` (or
+/// after [`TOKEN_CACHE_MAX_TTL`]) and are ignored once the key set's generation changes.
 #[derive(Clone)]
 pub struct TokenCache {
     inner: moka::sync::Cache<[u8; 32], Arc<Identity>>,
@@ -205,6 +207,8 @@ pub struct JwtAuthorizer {
     rules: ClaimRules,
     keys: KeySource,
     cache: TokenCache,
+    /// Digest of everything that decides a verdict besides the keys; salts every cache key.
+    cache_salt: [u8; 32],
     name_value: HeaderValue,
     hits: prometheus::IntCounter,
     misses: prometheus::IntCounter,
@@ -247,6 +251,9 @@ impl JwtAuthorizer {
         }
         let name_value =
             HeaderValue::from_str(&s.name).map_err(|_| "bad authorizer name".to_string())?;
+        let cache_salt = crate::util::sha256(
+            format!("{}|{}|{:?}|{:?}", s.name, s.header, s.algorithms, s.rules).as_bytes(),
+        );
         Ok(JwtAuthorizer {
             hits: metrics
                 .token_cache
@@ -261,6 +268,7 @@ impl JwtAuthorizer {
             rules: s.rules,
             keys,
             cache,
+            cache_salt,
             name_value,
         })
     }
@@ -290,7 +298,7 @@ impl JwtAuthorizer {
         }
         let now = now_unix();
         let mut loaded = self.keys.current();
-        let digest = crate::util::sha256(token.as_bytes());
+        let digest = self.cache_key(token);
         if let Some(id) = self.cache.inner.get(&digest)
             && id.key_generation == loaded.generation
             && id.expires_at.saturating_add(self.rules.leeway) > now
@@ -349,6 +357,16 @@ impl JwtAuthorizer {
         let identity = Arc::new(self.identity(checked, loaded.generation)?);
         self.cache.inner.insert(digest, identity.clone());
         Ok(identity)
+    }
+
+    /// SHA-256 over this authorizer's salt and the token.
+    fn cache_key(&self, token: &str) -> [u8; 32] {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&self.cache_salt);
+        ctx.update(token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
     }
 
     fn identity(&self, c: claims::CheckedClaims, generation: u64) -> Result<Identity, TokenError> {

@@ -184,3 +184,145 @@ async fn reload_swaps_config_and_a_bad_one_is_refused_while_the_old_keeps_servin
     assert!(cfg["last_error"].is_null());
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn rs256_through_oidc_discovery_end_to_end() {
+    use crate::support::jwks_server::{JwksServer, Mode};
+    use crate::support::keys;
+    let idp = JwksServer::start(Mode::Serve(keys::jwks(&[keys::rsa_key()]))).await;
+    let up = upstream::start("a").await;
+    let gw = gateway::start(&format!(
+        "authorizers:\n  cognito: {{ type: jwt, issuer: \"{iss}\", audience: [app-1], token_use: access }}\n\
+         upstreams:\n  app: {{ targets: [{up}] }}\n\
+         routes:\n  - {{ route: \"GET /products\", upstream: app, authorizer: cognito, scopes: [product-api/read_product] }}\n",
+        iss = idp.base(),
+        up = up.url()
+    ))
+    .await;
+    let token = keys::mint(
+        keys::rsa_key(),
+        keys::good_claims(&idp.base(), "app-1", "product-api/read_product"),
+    );
+    for _ in 0..5 {
+        let a = gw
+            .get(
+                "/products",
+                &[("authorization", &format!("Bearer {token}"))],
+            )
+            .await;
+        assert_eq!(a.status, 200, "{}", a.text());
+    }
+    assert_eq!(up.last().headers["x-tollgate-client-id"], "app-1");
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains(r#"tollgate_token_cache_total{authorizer="cognito",result="hit"} 4"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"tollgate_jwks_refresh_total{authorizer="cognito",result="ok"}"#));
+    assert!(idp.discovery_requests() >= 1);
+
+    // The issuer goes down: the last good keys keep serving.
+    idp.set(Mode::Down);
+    let other = keys::mint(
+        keys::rsa_key(),
+        keys::good_claims(&idp.base(), "app-1", "product-api/read_product"),
+    );
+    let a = gw
+        .get(
+            "/products",
+            &[("authorization", &format!("Bearer {other}"))],
+        )
+        .await;
+    assert_eq!(a.status, 200);
+
+    // A token signed by a key the issuer never published.
+    let stranger = keys::mint(
+        keys::rsa_key2(),
+        keys::good_claims(&idp.base(), "app-1", "product-api/read_product"),
+    );
+    let a = gw
+        .get(
+            "/products",
+            &[("authorization", &format!("Bearer {stranger}"))],
+        )
+        .await;
+    assert_eq!(a.status, 401);
+    assert!(
+        a.header("www-authenticate")
+            .unwrap()
+            .contains("signing key is not known")
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn reload_with_a_removed_key_stops_accepting_its_cached_tokens() {
+    use crate::support::keys;
+    let up = upstream::start("a").await;
+    let both = keys::jwks(&[keys::rsa_key(), keys::rsa_key2()]);
+    let gw = gateway::start_with_files(
+        &format!(
+            "authorizers:\n  files: {{ type: jwt, issuer: iss-1, jwks_file: jwks.json }}\n\
+             upstreams:\n  app: {{ targets: [{}] }}\n\
+             routes:\n  - {{ route: \"GET /x\", upstream: app, authorizer: files }}\n",
+            up.url()
+        ),
+        &[("jwks.json", &both)],
+    )
+    .await;
+    let t1 = keys::mint(keys::rsa_key(), keys::good_claims("iss-1", "c", "s"));
+    let t2 = keys::mint(keys::rsa_key2(), keys::good_claims("iss-1", "c", "s"));
+    let bearer = |t: &str| format!("Bearer {t}");
+    assert_eq!(
+        gw.get("/x", &[("authorization", &bearer(&t1))])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        gw.get("/x", &[("authorization", &bearer(&t2))])
+            .await
+            .status,
+        200
+    );
+
+    // Same file again: cached verdicts carry over (no new verification needed).
+    let reload = || {
+        let req = http::Request::post(format!("http://{}/reload", gw.admin))
+            .body(Default::default())
+            .unwrap();
+        gateway::client().request(req)
+    };
+    assert_eq!(reload().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/x", &[("authorization", &bearer(&t2))])
+            .await
+            .status,
+        200
+    );
+    let m = gw.admin_get("/metrics").await.text();
+    assert!(
+        m.contains(r#"tollgate_token_cache_total{authorizer="files",result="hit"} 1"#),
+        "{m}"
+    );
+
+    // rsa-2 removed from the file: its token, though cached, is refused after the reload.
+    std::fs::write(
+        gw.dir.path().join("jwks.json"),
+        keys::jwks(&[keys::rsa_key()]),
+    )
+    .unwrap();
+    assert_eq!(reload().await.unwrap().status(), 200);
+    assert_eq!(
+        gw.get("/x", &[("authorization", &bearer(&t1))])
+            .await
+            .status,
+        200
+    );
+    let a = gw.get("/x", &[("authorization", &bearer(&t2))]).await;
+    assert_eq!(
+        a.status, 401,
+        "a token signed by a removed key must not be served from cache"
+    );
+    gw.stop().await;
+}

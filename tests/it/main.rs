@@ -5,5 +5,6 @@ mod support;
 mod admin;
 mod auth_e2e;
 mod config;
+mod jwt;
 mod proxy;
 mod routing;

@@ -1,3 +1,5 @@
 #![allow(dead_code)]
 pub mod gateway;
+pub mod jwks_server;
+pub mod keys;
 pub mod upstream;
