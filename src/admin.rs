@@ -1,5 +1,6 @@
-//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/config`, `POST /reload`. Loopback by
-//! default; when a token is configured every request must carry it as a bearer token.
+//! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/config`, `POST /reload`,
+//! `POST /issuer/rotate`. Loopback by default; when a token is configured every request must
+//! carry it as a bearer token.
 
 use std::convert::Infallible;
 use std::sync::Arc;

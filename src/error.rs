@@ -3,7 +3,9 @@
 //! [`Refusal::reason`], which goes to the access log and the `reason` metric label only.
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, PRAGMA, WWW_AUTHENTICATE,
+};
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
 
@@ -34,6 +36,8 @@ pub enum Refusal {
     BadGateway(&'static str),
     /// The upstream did not answer in time.
     GatewayTimeout,
+    /// The embedded issuer's token endpoint refused (RFC 6749 error body, not the gateway's).
+    OAuth(crate::issuer::OAuthError),
 }
 
 impl Refusal {
@@ -49,61 +53,75 @@ impl Refusal {
             Refusal::RequestTimeout => "body_timeout",
             Refusal::BadGateway(r) => r,
             Refusal::GatewayTimeout => "upstream_timeout",
+            Refusal::OAuth(e) => e.code(),
         }
     }
 
     /// The status, headers and JSON body the client receives. `x-request-id` is added by the
     /// pipeline to every response, this one included.
     pub fn into_response(self) -> Response<ResponseBody> {
-        let (status, body, auth): (StatusCode, &'static str, Option<HeaderValue>) = match self {
-            Refusal::NotFound => (StatusCode::NOT_FOUND, r#"{"message":"Not Found"}"#, None),
+        const fn fixed(s: &'static str) -> Bytes {
+            Bytes::from_static(s.as_bytes())
+        }
+        let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
+        let (status, body) = match self {
+            Refusal::NotFound => (StatusCode::NOT_FOUND, fixed(r#"{"message":"Not Found"}"#)),
             Refusal::BadRequest(_) => (
                 StatusCode::BAD_REQUEST,
-                r#"{"message":"Bad Request"}"#,
-                None,
+                fixed(r#"{"message":"Bad Request"}"#),
             ),
-            Refusal::NoCredentials => (
-                StatusCode::UNAUTHORIZED,
-                r#"{"message":"Unauthorized"}"#,
-                Some(HeaderValue::from_static("Bearer")),
-            ),
-            Refusal::InvalidToken(e) => (
-                StatusCode::UNAUTHORIZED,
-                r#"{"message":"Unauthorized"}"#,
-                Some(invalid_token_header(e)),
-            ),
-            Refusal::InsufficientScope(h) => {
-                (StatusCode::FORBIDDEN, r#"{"message":"Forbidden"}"#, Some(h))
+            Refusal::NoCredentials => {
+                headers.push((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+                (
+                    StatusCode::UNAUTHORIZED,
+                    fixed(r#"{"message":"Unauthorized"}"#),
+                )
             }
-            Refusal::PayloadTooLarge => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                r#"{"message":"Request Entity Too Large"}"#,
-                None,
-            ),
-            Refusal::RequestTimeout => (
-                StatusCode::REQUEST_TIMEOUT,
-                r#"{"message":"Request Timeout"}"#,
-                None,
-            ),
+            Refusal::InvalidToken(e) => {
+                headers.push((WWW_AUTHENTICATE, invalid_token_header(e)));
+                (
+                    StatusCode::UNAUTHORIZED,
+                    fixed(r#"{"message":"Unauthorized"}"#),
+                )
+            }
+            Refusal::InsufficientScope(h) => {
+                headers.push((WWW_AUTHENTICATE, h));
+                (StatusCode::FORBIDDEN, fixed(r#"{"message":"Forbidden"}"#))
+            }
+            Refusal::PayloadTooLarge => {
+                // The rest of the body was not read: the connection cannot be reused.
+                headers.push((CONNECTION, HeaderValue::from_static("close")));
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    fixed(r#"{"message":"Request Entity Too Large"}"#),
+                )
+            }
+            Refusal::RequestTimeout => {
+                headers.push((CONNECTION, HeaderValue::from_static("close")));
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    fixed(r#"{"message":"Request Timeout"}"#),
+                )
+            }
             Refusal::BadGateway(_) => (
                 StatusCode::BAD_GATEWAY,
-                r#"{"message":"Bad Gateway"}"#,
-                None,
+                fixed(r#"{"message":"Bad Gateway"}"#),
             ),
             Refusal::GatewayTimeout => (
                 StatusCode::GATEWAY_TIMEOUT,
-                r#"{"message":"Endpoint request timed out"}"#,
-                None,
+                fixed(r#"{"message":"Endpoint request timed out"}"#),
             ),
+            Refusal::OAuth(e) => {
+                let (status, extra, body) = e.parts();
+                headers.push((CACHE_CONTROL, HeaderValue::from_static("no-store")));
+                headers.push((PRAGMA, HeaderValue::from_static("no-cache")));
+                headers.extend(extra);
+                (status, Bytes::from(body))
+            }
         };
-        let mut resp = json_response(status, Bytes::from_static(body.as_bytes()));
-        if let Some(h) = auth {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, h);
-        }
-        if status == StatusCode::REQUEST_TIMEOUT || status == StatusCode::PAYLOAD_TOO_LARGE {
-            // The rest of the body was not read: the connection cannot be reused.
-            resp.headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        let mut resp = json_response(status, body);
+        for (k, v) in headers {
+            resp.headers_mut().insert(k, v);
         }
         resp
     }

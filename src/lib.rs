@@ -14,6 +14,7 @@ pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod gateway;
+pub mod issuer;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -31,6 +31,10 @@ pub struct Metrics {
     pub connections_active: IntGauge,
     /// `tollgate_token_cache_total{authorizer,result}`: verified-token cache hits and misses.
     pub token_cache: IntCounterVec,
+    /// `tollgate_tokens_issued_total{client_id}` (client ids come from config only).
+    pub tokens_issued: IntCounterVec,
+    /// `tollgate_token_errors_total{error}`: token endpoint failures by OAuth error code.
+    pub token_errors: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -111,6 +115,16 @@ impl Metrics {
                 "tollgate_token_cache_total",
                 "Verified-token cache lookups, by authorizer and result (hit, miss).",
                 &["authorizer", "result"],
+            ),
+            tokens_issued: counter(
+                "tollgate_tokens_issued_total",
+                "Access tokens issued by the embedded issuer, by client id.",
+                &["client_id"],
+            ),
+            token_errors: counter(
+                "tollgate_token_errors_total",
+                "Token endpoint failures, by OAuth error code.",
+                &["error"],
             ),
             registry,
         }

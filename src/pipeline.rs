@@ -324,6 +324,9 @@ async fn forward<'s>(
             }
             return Ok(resp);
         }
+        Integration::Issuer(issuer, endpoint) => {
+            return issuer.serve(*endpoint, req, ctx.client_ip).await;
+        }
         Integration::Proxy(u) => u,
     };
     let (mut parts, body) = req.into_parts();

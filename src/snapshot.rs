@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -20,6 +21,8 @@ use crate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
 use crate::config::schema::{AuthorizerCfg, JwtCfg, SecretCfg};
 use crate::config::{ConfigError, Parsed};
 use crate::fetch::Fetcher;
+use crate::issuer::keys::KeyRing;
+use crate::issuer::{Client, Endpoint, FailureCounter, Issuer};
 use crate::metrics::Metrics;
 use crate::proxy::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Upstream};
 use crate::routes::{RouteKey, RouteTable};
@@ -91,6 +94,8 @@ pub enum Integration {
     Proxy(Arc<Upstream>),
     /// Answer with a fixed response.
     Respond(FixedResponse),
+    /// An endpoint of the embedded issuer.
+    Issuer(Arc<Issuer>, Endpoint),
 }
 
 /// A fixed (mock) response.
@@ -161,6 +166,8 @@ pub struct Snapshot {
     pub table: RouteTable,
     /// Routes by index.
     pub routes: Vec<Route>,
+    /// The embedded issuer, if configured.
+    pub issuer: Option<Arc<Issuer>>,
 }
 
 /// State that outlives snapshots: remote key sets by source, token caches by authorizer
@@ -172,6 +179,8 @@ pub struct Registry {
     online: bool,
     jwks: Mutex<HashMap<JwksSource, Arc<RemoteJwks>>>,
     caches: Mutex<HashMap<String, TokenCache>>,
+    rings: Mutex<HashMap<PathBuf, Arc<KeyRing>>>,
+    failures: FailureCounter,
 }
 
 impl Registry {
@@ -183,7 +192,23 @@ impl Registry {
             online,
             jwks: Mutex::new(HashMap::new()),
             caches: Mutex::new(HashMap::new()),
+            rings: Mutex::new(HashMap::new()),
+            failures: FailureCounter::default(),
         }
+    }
+
+    /// The issuer key ring for `path`, opened once and shared by later snapshots. When not
+    /// online (`tollgate check`), an absent key is generated in memory and not written.
+    fn key_ring(&self, path: &Path) -> Result<Arc<KeyRing>, String> {
+        let mut rings = self.rings.lock().expect("not poisoned");
+        if let Some(r) = rings.get(path) {
+            return Ok(r.clone());
+        }
+        let ring = Arc::new(KeyRing::open(path, self.online)?);
+        if self.online {
+            rings.insert(path.to_path_buf(), ring.clone());
+        }
+        Ok(ring)
     }
 
     /// The metrics every snapshot reports into.
@@ -250,7 +275,7 @@ fn read_secret(p: &Parsed, s: &SecretCfg, path: &str, errs: &mut Errors) -> Opti
             }
         },
         SecretCfg::Literal(v) => {
-            tracing::warn!(at = %p.error_at(path, ""), "secret written inline in the config; prefer {{env: ...}} or {{file: ...}}");
+            tracing::warn!(at = %p.location(path), "secret written inline in the config; prefer {{env: ...}} or {{file: ...}}");
             Some(v.clone())
         }
     }
@@ -353,6 +378,11 @@ pub fn compile(
         }
     }
 
+    let issuer = f
+        .issuer
+        .as_ref()
+        .and_then(|cfg| compile_issuer(parsed, registry, cfg, &mut errs));
+
     // Authorizers.
     let mut authorizers: HashMap<&str, Arc<JwtAuthorizer>> = HashMap::new();
     for (name, a) in &f.authorizers {
@@ -367,7 +397,9 @@ pub fn compile(
         }
         match a {
             AuthorizerCfg::Jwt(j) => {
-                if let Some(az) = jwt_authorizer(parsed, registry, name, j, &path, &mut errs) {
+                if let Some(az) =
+                    jwt_authorizer(parsed, registry, name, j, &path, issuer.as_ref(), &mut errs)
+                {
                     authorizers.insert(name.as_str(), Arc::new(az));
                 }
             }
@@ -387,8 +419,22 @@ pub fn compile(
         );
     }
     let default_scopes = f.defaults.scopes.clone().unwrap_or_default();
-    let mut keys = Vec::new();
+    // Built-in issuer routes come first, so a user route that collides is the one reported.
+    let mut keys: Vec<(Option<usize>, RouteKey)> = Vec::new();
     let mut routes = Vec::new();
+    if let Some(iss) = &issuer {
+        for (key, endpoint) in crate::issuer::ROUTES {
+            keys.push((
+                None,
+                RouteKey::parse(key).expect("built-in route keys parse"),
+            ));
+            routes.push(Route {
+                key: key.into(),
+                auth: RouteAuth::None,
+                integration: Integration::Issuer(iss.clone(), endpoint),
+            });
+        }
+    }
     for (i, r) in f.routes.iter().enumerate() {
         let path = format!("routes.{i}");
         let key = match RouteKey::parse(&r.route) {
@@ -472,7 +518,7 @@ pub fn compile(
                 }
             }
         };
-        keys.push((i, key));
+        keys.push((Some(i), key));
         routes.push(Route {
             key: r.route.as_str().into(),
             auth,
@@ -482,8 +528,10 @@ pub fn compile(
     let table = match RouteTable::build(&keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()) {
         Ok(t) => Some(t),
         Err(c) => {
-            let src = keys[c.index].0;
-            errs.at(&format!("routes.{src}.route"), c.message);
+            match keys[c.index].0 {
+                Some(src) => errs.at(&format!("routes.{src}.route"), c.message),
+                None => errs.at("issuer", c.message),
+            }
             None
         }
     };
@@ -525,9 +573,133 @@ pub fn compile(
             cors,
             table,
             routes,
+            issuer,
         }),
         _ => Err(errs.list),
     }
+}
+
+/// Compiles the `issuer:` section: token lifetime, scopes, clients and their secrets, the
+/// state directory and signing key.
+fn compile_issuer(
+    parsed: &Parsed,
+    registry: &Registry,
+    cfg: &crate::config::schema::IssuerCfg,
+    errs: &mut Errors,
+) -> Option<Arc<Issuer>> {
+    let before = errs.list.len();
+    if cfg
+        .url
+        .parse::<http::Uri>()
+        .map(|u| u.scheme().is_none() || u.host().is_none())
+        .unwrap_or(true)
+    {
+        errs.at(
+            "issuer.url",
+            "the issuer url must be an absolute http(s) URL, e.g. http://localhost:8080",
+        );
+    }
+    let ttl = cfg
+        .token_ttl
+        .map_or(crate::issuer::DEFAULT_TOKEN_TTL, |d| d.0);
+    if !(crate::issuer::MIN_TOKEN_TTL..=crate::issuer::MAX_TOKEN_TTL).contains(&ttl) {
+        errs.at("issuer.token_ttl", "token_ttl must be between 5m and 1d");
+    }
+    let mut supported: Vec<String> = Vec::new();
+    for (i, rs) in cfg.resource_servers.iter().enumerate() {
+        let p = format!("issuer.resource_servers.{i}");
+        if rs.identifier.is_empty() || rs.identifier.contains(char::is_whitespace) {
+            errs.at(
+                &format!("{p}.identifier"),
+                "a resource server identifier is one word",
+            );
+        }
+        for (k, sc) in rs.scopes.iter().enumerate() {
+            if sc.is_empty() || sc.contains(|c: char| c.is_whitespace() || c == '/' || c == '"') {
+                errs.at(
+                    &format!("{p}.scopes.{k}"),
+                    format!("scope name {sc:?} must be one word without / or quotes"),
+                );
+            }
+            let full = format!("{}/{sc}", rs.identifier);
+            if supported.contains(&full) {
+                errs.at(
+                    &format!("{p}.scopes.{k}"),
+                    format!("scope {full} is defined twice"),
+                );
+            }
+            supported.push(full);
+        }
+    }
+    let mut clients = HashMap::new();
+    for (i, c) in cfg.clients.iter().enumerate() {
+        let p = format!("issuer.clients.{i}");
+        if c.client_id.is_empty()
+            || c.client_id
+                .contains(|ch: char| ch.is_control() || ch == ':')
+        {
+            errs.at(
+                &format!("{p}.client_id"),
+                "client_id must be non-empty, without ':' or control characters",
+            );
+        }
+        for (k, sc) in c.scopes.iter().enumerate() {
+            if !supported.contains(sc) {
+                errs.at(
+                    &format!("{p}.scopes.{k}"),
+                    format!("scope {sc:?} is not defined by any resource server (write <resource server>/<scope>)"),
+                );
+            }
+        }
+        let Some(secret) = read_secret(
+            parsed,
+            &c.client_secret,
+            &format!("{p}.client_secret"),
+            errs,
+        ) else {
+            continue;
+        };
+        let client = Client {
+            secret_digest: crate::util::sha256(secret.as_bytes()),
+            scopes: c.scopes.clone(),
+        };
+        if clients.insert(c.client_id.clone(), client).is_some() {
+            errs.at(
+                &format!("{p}.client_id"),
+                format!("client {:?} is defined twice", c.client_id),
+            );
+        }
+    }
+    let key_path = match &cfg.signing_key {
+        Some(p) => parsed.resolve(p),
+        None => parsed.resolve(&parsed.file.state.path).join("issuer.pem"),
+    };
+    let ring = match registry.key_ring(&key_path) {
+        Ok(r) => r,
+        Err(e) => {
+            errs.at(
+                if cfg.signing_key.is_some() {
+                    "issuer.signing_key"
+                } else {
+                    "issuer"
+                },
+                e,
+            );
+            return None;
+        }
+    };
+    if errs.list.len() > before {
+        return None;
+    }
+    Some(Arc::new(Issuer::new(
+        cfg.url.clone(),
+        ttl,
+        clients,
+        supported,
+        ring,
+        registry.failures.clone(),
+        registry.metrics(),
+    )))
 }
 
 fn fixed_response(r: &crate::config::schema::RespondCfg) -> Result<FixedResponse, String> {
@@ -561,6 +733,7 @@ fn jwt_authorizer(
     name: &str,
     j: &JwtCfg,
     path: &str,
+    issuer: Option<&Arc<Issuer>>,
     errs: &mut Errors,
 ) -> Option<JwtAuthorizer> {
     let before = errs.list.len();
@@ -602,12 +775,23 @@ fn jwt_authorizer(
     if leeway > MAX_LEEWAY {
         errs.at(&format!("{path}.leeway"), "leeway is at most 5m");
     }
-    if j.issuer == "self" {
+    let own = j.issuer == "self";
+    if own && issuer.is_none() {
         errs.at(
             &format!("{path}.issuer"),
-            "`issuer: self` needs the embedded issuer, which this build does not have yet",
+            "`issuer: self` needs an `issuer:` section",
         );
     }
+    if own && (j.jwks_uri.is_some() || j.jwks_file.is_some() || has_secret) {
+        errs.at(
+            path,
+            "`issuer: self` uses the embedded issuer's keys; remove jwks_uri, jwks_file and secret",
+        );
+    }
+    let expected_issuer = match (own, issuer) {
+        (true, Some(i)) => i.url().to_string(),
+        _ => j.issuer.clone(),
+    };
     let header = match HeaderName::from_str(j.header.as_deref().unwrap_or("authorization")) {
         Ok(h) => h,
         Err(_) => {
@@ -630,7 +814,12 @@ fn jwt_authorizer(
     if sources > 1 {
         errs.at(path, "use one of `jwks_uri`, `jwks_file` or `secret`");
     }
-    let keys = if let Some(secret) = &j.secret {
+    let keys = if own {
+        match issuer {
+            Some(i) => KeySource::Local(i.keys().verify_keys()),
+            None => return None,
+        }
+    } else if let Some(secret) = &j.secret {
         let s = read_secret(parsed, secret, &format!("{path}.secret"), errs)?;
         if s.len() < 32 {
             errs.at(
@@ -697,7 +886,7 @@ fn jwt_authorizer(
         header,
         algorithms,
         rules: ClaimRules {
-            issuer: j.issuer.clone(),
+            issuer: expected_issuer,
             audience: j.audience.clone(),
             token_use: j.token_use.clone(),
             leeway: leeway.as_secs(),

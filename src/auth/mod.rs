@@ -125,6 +125,8 @@ pub enum KeySource {
     Static(Arc<Loaded>),
     /// Fetched and refreshed from the issuer.
     Remote(Arc<RemoteJwks>),
+    /// Held in-process and swapped when they change (the embedded issuer's keys).
+    Local(Arc<arc_swap::ArcSwap<Loaded>>),
 }
 
 impl KeySource {
@@ -132,6 +134,7 @@ impl KeySource {
         match self {
             KeySource::Static(l) => l.clone(),
             KeySource::Remote(r) => r.current(),
+            KeySource::Local(l) => l.load_full(),
         }
     }
 }

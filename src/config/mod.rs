@@ -72,6 +72,12 @@ impl Parsed {
         }
     }
 
+    /// `FILE:LINE:COL` of the value under `path`, for warnings.
+    pub fn location(&self, path: &str) -> String {
+        let Pos { line, col } = self.map.locate(path);
+        format!("{}:{line}:{col}", self.path.display())
+    }
+
     /// An error located at a mapping key (`authorizers` / `cognito`).
     pub fn error_at_key(&self, parent: &str, key: &str, message: impl Into<String>) -> ConfigError {
         let Pos { line, col } = self.map.locate_key(parent, key);

@@ -21,6 +21,12 @@ pub struct FileConfig {
     /// Request size and timing limits.
     #[serde(default)]
     pub limits: LimitsCfg,
+    /// Where state that outlives the process is kept.
+    #[serde(default)]
+    pub state: StateCfg,
+    /// The embedded OAuth2 token issuer (client credentials), if any.
+    #[serde(default)]
+    pub issuer: Option<IssuerCfg>,
     /// Named authorizers. `none` is reserved and means "no authorizer".
     #[serde(default)]
     pub authorizers: BTreeMap<String, AuthorizerCfg>,
@@ -73,6 +79,83 @@ pub struct LimitsCfg {
     pub body_idle_timeout: Option<Dur>,
     /// How long in-flight requests get to finish at shutdown (default 30s).
     pub shutdown_grace: Option<Dur>,
+}
+
+/// State storage.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateCfg {
+    /// Storage backend; only `memory` (with files under `path`) today.
+    #[serde(default)]
+    pub backend: StateBackend,
+    /// Directory for state files (issuer keys), relative to the config file. Default `state`.
+    #[serde(default = "default_state_path")]
+    pub path: PathBuf,
+}
+
+impl Default for StateCfg {
+    fn default() -> Self {
+        StateCfg {
+            backend: StateBackend::Memory,
+            path: default_state_path(),
+        }
+    }
+}
+
+fn default_state_path() -> PathBuf {
+    PathBuf::from("state")
+}
+
+/// State backends.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StateBackend {
+    /// In-process, with files under `state.path`.
+    #[default]
+    Memory,
+}
+
+/// The embedded token issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerCfg {
+    /// The issuer URL: the `iss` claim, and the base of the discovery document's URLs.
+    pub url: String,
+    /// PEM file of the RS256 signing key; created (mode 0600) when absent. Default
+    /// `<state.path>/issuer.pem`.
+    pub signing_key: Option<PathBuf>,
+    /// Lifetime of issued tokens, 5m to 1d (default 1h).
+    pub token_ttl: Option<Dur>,
+    /// Resource servers and the scopes they define.
+    #[serde(default)]
+    pub resource_servers: Vec<ResourceServerCfg>,
+    /// App clients allowed to get tokens.
+    #[serde(default)]
+    pub clients: Vec<ClientCfg>,
+}
+
+/// A resource server (an API) and its custom scopes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceServerCfg {
+    /// Identifier, the prefix of its scopes (`product-api` in `product-api/read_product`).
+    pub identifier: String,
+    /// Scope names without the prefix.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// An app client of the issuer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientCfg {
+    /// The client id (`sub` and `client_id` of its tokens).
+    pub client_id: String,
+    /// The client secret.
+    pub client_secret: SecretCfg,
+    /// Scopes it may ask for, written `<resource server>/<scope>`.
+    #[serde(default)]
+    pub scopes: Vec<String>,
 }
 
 /// A secret value: from the environment, from a file, or (warned about) written inline.
