@@ -1,1 +1,386 @@
-fn main() {}
+//! What one request costs in each phase of the pipeline, measured in-process:
+//!
+//! - `route_match/*`: [`RouteTable::find`] on tables of 10 and 10,000 route keys (literal,
+//!   `{id}` and greedy `{proxy+}` templates), looking up a parametrised path.
+//! - `jwt/cached`: [`JwtAuthorizer::verify`] of one RS256 token over and over (a cache hit after
+//!   the first call).
+//! - `jwt/uncached`: a different pre-minted token every call, with a one-entry token cache, so
+//!   every call checks the signature and the claims (asserted through the cache hit counter).
+//! - `gateway/*`: one HTTP/1.1 keep-alive request through a real gateway started with
+//!   [`tollgate::server::start`] on loopback, to a `respond:` route, with a JWT and scope
+//!   (`respond_jwt`) and without an authorizer (`respond_open`).
+//!
+//! Everything runs on one tokio current-thread runtime: in `gateway/*` the client and the
+//! gateway share that thread, so the figure is the CPU cost of both sides plus loopback TCP. No
+//! log subscriber is installed, so the access-log line costs nothing here.
+//!
+//! Keys are generated at run time (`tests/support/keys.rs`); nothing secret is committed.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderName, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+
+use tollgate::auth::claims::ClaimRules;
+use tollgate::auth::jwks::Loaded;
+use tollgate::auth::keys::KeySet;
+use tollgate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
+use tollgate::metrics::Metrics;
+use tollgate::routes::{RouteKey, RouteTable};
+
+#[allow(dead_code)]
+#[path = "../tests/support/keys.rs"]
+mod keys;
+
+const ISSUER: &str = "https://idp.example.com/pool-1";
+const CLIENT_ID: &str = "bench-client";
+const SCOPE: &str = "orders/read";
+/// Distinct tokens for `jwt/uncached`; cycled through.
+const UNCACHED_TOKENS: usize = 20_000;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+// ---------------------------------------------------------------------------------------------
+// route_match
+
+/// A small service's table: literals, parameters, a greedy catch-all and `$default`.
+fn small_keys() -> Vec<String> {
+    [
+        "GET /products",
+        "POST /products",
+        "GET /products/{id}",
+        "PUT /products/{id}",
+        "DELETE /products/{id}",
+        "GET /products/{id}/reviews",
+        "GET /users/{userId}/orders/{orderId}",
+        "ANY /public/{proxy+}",
+        "GET /status",
+        "$default",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// 10,000 keys: 2,000 resources, each with a collection, an item, an item's sub-collection, a
+/// method route and a greedy route.
+fn large_keys() -> Vec<String> {
+    let mut keys = Vec::with_capacity(10_000);
+    for i in 0..2_000 {
+        let svc = i % 40;
+        keys.push(format!("GET /svc{svc}/v1/res{i}"));
+        keys.push(format!("POST /svc{svc}/v1/res{i}"));
+        keys.push(format!("GET /svc{svc}/v1/res{i}/{{id}}"));
+        keys.push(format!(
+            "DELETE /svc{svc}/v1/res{i}/{{id}}/items/{{itemId}}"
+        ));
+        keys.push(format!("ANY /svc{svc}/v1/res{i}/{{id}}/files/{{proxy+}}"));
+    }
+    keys
+}
+
+fn table(keys: &[String]) -> RouteTable {
+    let parsed: Vec<RouteKey> = keys
+        .iter()
+        .map(|k| RouteKey::parse(k).expect("route key parses"))
+        .collect();
+    RouteTable::build(&parsed).expect("route table builds")
+}
+
+fn route_match(c: &mut Criterion) {
+    let mut g = c.benchmark_group("route_match");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+
+    let small = small_keys();
+    let t = table(&small);
+    let path = "/users/8f14e45f/orders/1234567";
+    let want = small
+        .iter()
+        .position(|k| k == "GET /users/{userId}/orders/{orderId}");
+    assert_eq!(t.find(&Method::GET, path), want);
+    g.bench_function("10_routes", |b| {
+        b.iter(|| t.find(black_box(&Method::GET), black_box(path)))
+    });
+
+    let large = large_keys();
+    assert_eq!(large.len(), 10_000);
+    let t = table(&large);
+    let path = "/svc37/v1/res1357/8f14e45f";
+    let want = large.iter().position(|k| k == "GET /svc37/v1/res1357/{id}");
+    assert_eq!(t.find(&Method::GET, path), want);
+    g.bench_function("10000_routes", |b| {
+        b.iter(|| t.find(black_box(&Method::GET), black_box(path)))
+    });
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// jwt
+
+fn authorizer(jwks: &str, cache: TokenCache, metrics: &Metrics) -> JwtAuthorizer {
+    let keys = KeySet::from_jwks(jwks.as_bytes()).expect("JWKS parses");
+    let settings = JwtSettings {
+        name: "bench".to_string(),
+        header: HeaderName::from_static("authorization"),
+        algorithms: vec![jsonwebtoken::Algorithm::RS256],
+        rules: ClaimRules {
+            issuer: ISSUER.to_string(),
+            audience: vec![CLIENT_ID.to_string()],
+            token_use: Some("access".to_string()),
+            leeway: 30,
+        },
+    };
+    JwtAuthorizer::new(
+        settings,
+        KeySource::Static(Arc::new(Loaded {
+            keys,
+            generation: 1,
+        })),
+        cache,
+        metrics,
+    )
+    .expect("authorizer builds")
+}
+
+/// The value of `tollgate_token_cache_total{authorizer="bench",result=...}`.
+fn cache_count(metrics: &Metrics, result: &str) -> u64 {
+    let needle = format!("tollgate_token_cache_total{{authorizer=\"bench\",result=\"{result}\"}} ");
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(needle.as_str()))
+        .map_or(0, |v| v.trim().parse().expect("counter value"))
+}
+
+/// `n` RS256 tokens that differ only in `jti`, minted on every core.
+fn mint_many(key: &keys::TestKey, n: usize) -> Vec<String> {
+    let threads = std::thread::available_parallelism().map_or(1, |p| p.get());
+    let per = n.div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                s.spawn(move || {
+                    (t * per..((t + 1) * per).min(n))
+                        .map(|i| {
+                            let mut claims = keys::good_claims(ISSUER, CLIENT_ID, SCOPE);
+                            claims["jti"] = json!(format!("bench-{i}"));
+                            keys::mint(key, claims)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("minting thread"))
+            .collect()
+    })
+}
+
+fn jwt(c: &mut Criterion) {
+    let key = keys::rsa_key();
+    let jwks = keys::jwks(&[key]);
+    let rt = runtime();
+    let mut g = c.benchmark_group("jwt");
+
+    // Cached: the same token every call.
+    let metrics = Metrics::new();
+    let az = authorizer(&jwks, TokenCache::default(), &metrics);
+    let token = keys::mint(key, keys::good_claims(ISSUER, CLIENT_ID, SCOPE));
+    rt.block_on(async {
+        for _ in 0..10 {
+            az.verify(&token).await.expect("token verifies");
+        }
+    });
+    assert_eq!(
+        (cache_count(&metrics, "miss"), cache_count(&metrics, "hit")),
+        (1, 9)
+    );
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    g.bench_function("cached", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(az.verify(black_box(&token)).await.is_ok());
+                }
+                start.elapsed()
+            })
+        })
+    });
+
+    // Uncached: a one-entry cache and a new token every call. A fresh cache of the default
+    // capacity (100,000) would hold all 20,000 tokens after the first pass, so every later call
+    // would be a hit; with capacity 1 a token is long evicted when its turn comes again.
+    let tokens = mint_many(key, UNCACHED_TOKENS);
+    let metrics = Metrics::new();
+    let az = authorizer(&jwks, TokenCache::new(1), &metrics);
+    rt.block_on(async {
+        for t in tokens.iter().chain(tokens.iter()) {
+            az.verify(t).await.expect("token verifies");
+        }
+    });
+    let (misses, hits) = (cache_count(&metrics, "miss"), cache_count(&metrics, "hit"));
+    assert_eq!(misses + hits, 2 * UNCACHED_TOKENS as u64);
+    assert!(
+        hits <= 10,
+        "the one-entry cache should not hit: {hits} hits, {misses} misses"
+    );
+    let mut next = 0usize;
+    g.warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(6))
+        .sample_size(50);
+    g.bench_function("uncached", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let t = &tokens[next % tokens.len()];
+                    next = next.wrapping_add(1);
+                    black_box(az.verify(black_box(t)).await.is_ok());
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+    let hits = cache_count(&metrics, "hit");
+    let misses = cache_count(&metrics, "miss");
+    eprintln!("jwt/uncached: token cache over the whole run: {hits} hits, {misses} misses");
+}
+
+// ---------------------------------------------------------------------------------------------
+// gateway
+
+fn gateway_yaml() -> &'static str {
+    r#"listeners:
+  - bind: 127.0.0.1:0
+admin:
+  bind: 127.0.0.1:0
+authorizers:
+  idp:
+    type: jwt
+    issuer: https://idp.example.com/pool-1
+    audience: [bench-client]
+    jwks_file: jwks.json
+    token_use: access
+routes:
+  - route: GET /orders/{id}
+    authorizer: idp
+    scopes: [orders/read]
+    respond: { status: 200, body: '{"id":"42","state":"shipped"}' }
+  - route: GET /status
+    authorizer: none
+    respond: { status: 200, body: '{"ok":true}' }
+"#
+}
+
+/// A keep-alive HTTP/1.1 client connection to `addr`.
+async fn connect(
+    addr: std::net::SocketAddr,
+) -> hyper::client::conn::http1::SendRequest<Empty<Bytes>> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connects");
+    stream.set_nodelay(true).expect("nodelay");
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    sender
+}
+
+/// Sends one GET and reads the whole answer; returns the status.
+async fn get(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+    bearer: Option<&str>,
+) -> StatusCode {
+    sender.ready().await.expect("connection ready");
+    let mut req = Request::get(path).header(http::header::HOST, "api.example.com");
+    if let Some(t) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let resp = sender
+        .send_request(req.body(Empty::new()).expect("request"))
+        .await
+        .expect("response");
+    let status = resp.status();
+    black_box(resp.into_body().collect().await.expect("body").to_bytes());
+    status
+}
+
+fn gateway(c: &mut Criterion) {
+    let key = keys::rsa_key();
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("jwks.json"), keys::jwks(&[key])).expect("write jwks");
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, gateway_yaml()).expect("write config");
+    let token = keys::mint(key, keys::good_claims(ISSUER, CLIENT_ID, SCOPE));
+
+    let rt = runtime();
+    let running = rt
+        .block_on(tollgate::server::start(&config))
+        .unwrap_or_else(|e| panic!("gateway starts: {e}"));
+    let addr = running.public_addrs[0];
+    let mut sender = rt.block_on(connect(addr));
+    rt.block_on(async {
+        assert_eq!(
+            get(&mut sender, "/orders/42", Some(&token)).await,
+            StatusCode::OK
+        );
+        assert_eq!(get(&mut sender, "/status", None).await, StatusCode::OK);
+        assert_eq!(
+            get(&mut sender, "/orders/42", None).await,
+            StatusCode::UNAUTHORIZED
+        );
+    });
+
+    let mut g = c.benchmark_group("gateway");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(5));
+    g.bench_function("respond_jwt", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(get(&mut sender, "/orders/42", Some(&token)).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.bench_function("respond_open", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    black_box(get(&mut sender, "/status", None).await);
+                }
+                start.elapsed()
+            })
+        })
+    });
+    g.finish();
+
+    drop(sender);
+    rt.block_on(running.shutdown(Some(Duration::from_secs(1))));
+}
+
+criterion_group!(benches, route_match, jwt, gateway);
+criterion_main!(benches);
