@@ -19,3 +19,28 @@ cargo clippy --all-targets --locked -- -D warnings
 # one pass through each criterion benchmark in test mode so benches keep compiling and running.
 cargo test --all-targets --locked
 cargo test --doc --locked
+
+# Interop: third-party OAuth2/JWT clients (requests-oauthlib, Authlib, PyJWT) against the real
+# binary's embedded issuer (tests/interop). Their virtualenv is reused while it still works and
+# tests/interop/requirements.txt is unchanged (a stamp of its hash marks a finished install).
+VENV=.venv-interop
+REQS=tests/interop/requirements.txt
+PY=python3
+if ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  PY=/usr/bin/python3
+fi
+if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
+  rm -rf "$VENV"
+  "$PY" -m venv "$VENV"
+fi
+stamp="$(sha256sum "$REQS" | cut -d' ' -f1)"
+if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$stamp" ] ||
+  ! "$VENV/bin/python" -c 'import pytest, requests, requests_oauthlib, oauthlib, authlib, jwt' 2>/dev/null; then
+  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install -q -r "$REQS"
+  echo "$stamp" >"$VENV/.requirements.sha256"
+fi
+cargo build --locked
+TOLLGATE_BIN=target/debug/tollgate "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/interop
