@@ -41,7 +41,9 @@ pub async fn handle(
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim());
         let ok = presented.is_some_and(|p| {
             aws_lc_rs::constant_time::verify_slices_are_equal(p.as_bytes(), token.as_bytes())
                 .is_ok()
@@ -104,10 +106,28 @@ pub async fn handle(
                 serde_json::json!({"result": "error", "errors": errs.iter().map(ToString::to_string).collect::<Vec<_>>()}),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload") => json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            serde_json::json!({"message": "Method Not Allowed"}),
-        ),
+        (&Method::POST, "/issuer/rotate") => match &snap.issuer {
+            Some(issuer) => match issuer.keys().rotate(issuer.ttl()) {
+                Ok(kid) => json(
+                    StatusCode::OK,
+                    serde_json::json!({"result": "ok", "kid": kid}),
+                ),
+                Err(e) => json(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    serde_json::json!({"result": "error", "error": e}),
+                ),
+            },
+            None => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"message": "no issuer is configured"}),
+            ),
+        },
+        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/issuer/rotate") => {
+            json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                serde_json::json!({"message": "Method Not Allowed"}),
+            )
+        }
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"message": "Not Found"}),

@@ -10,6 +10,15 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "tollgate", version, about)]
 pub struct Cli {
+    /// Config file (else $TOLLGATE_CONFIG, else ./gateway.yaml); before or after the command.
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "TOLLGATE_CONFIG",
+        default_value = "gateway.yaml",
+        global = true
+    )]
+    pub config: PathBuf,
     /// Log format on stderr.
     #[arg(long, value_enum, default_value_t = LogFormat::Json, global = true)]
     pub log_format: LogFormat,
@@ -30,26 +39,13 @@ pub enum LogFormat {
     Text,
 }
 
-/// Config file argument shared by `run` and `check`.
-#[derive(Debug, clap::Args)]
-pub struct ConfigArg {
-    /// Config file (else $TOLLGATE_CONFIG, else ./gateway.yaml).
-    #[arg(
-        short = 'c',
-        long = "config",
-        env = "TOLLGATE_CONFIG",
-        default_value = "gateway.yaml"
-    )]
-    pub config: PathBuf,
-}
-
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve (the default).
-    Run(ConfigArg),
+    Run,
     /// Validate the config and every file it names; print a summary or every error.
-    Check(ConfigArg),
+    Check,
     /// Print the `sha256:<hex>` form of an API key (from the argument or stdin).
     HashKey {
         /// The key; read from stdin when absent.
@@ -80,17 +76,10 @@ fn init_logs(format: LogFormat, level: Option<&str>) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logs(cli.log_format, cli.log_level.as_deref());
-    let command = cli.command.unwrap_or_else(|| {
-        Command::Run(ConfigArg {
-            config: std::env::var_os("TOLLGATE_CONFIG")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from("gateway.yaml")),
-        })
-    });
-    match command {
-        Command::Check(c) => check(&c.config),
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => check(&cli.config),
         Command::HashKey { key } => hash_key(key),
-        Command::Run(c) => {
+        Command::Run => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -101,7 +90,7 @@ pub fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            rt.block_on(run(c.config))
+            rt.block_on(run(cli.config))
         }
     }
 }

@@ -3,7 +3,7 @@
 //! before one atomic swap; a config that does not compile changes nothing.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -18,7 +18,8 @@ pub struct Gateway {
     registry: Registry,
     metrics: Arc<Metrics>,
     config_path: PathBuf,
-    next_generation: AtomicU64,
+    /// Serialises reloads (SIGHUP, admin, file watch may coincide).
+    reloading: Mutex<()>,
     ready: AtomicBool,
     last_error: Mutex<Option<String>>,
 }
@@ -30,7 +31,9 @@ impl Gateway {
         let metrics = Arc::new(Metrics::new());
         let registry = Registry::new(metrics.clone(), online);
         let parsed = config::read(path).map_err(|e| vec![e])?;
-        let snap = snapshot::compile(&parsed, &registry, 1)?;
+        let compiled = snapshot::compile(&parsed, &registry, 1);
+        registry.sweep(compiled.is_ok());
+        let snap = compiled?;
         metrics.config_reloads.with_label_values(&["ok"]).inc();
         metrics.config_generation.set(1);
         Ok(Gateway {
@@ -38,7 +41,7 @@ impl Gateway {
             registry,
             metrics,
             config_path: path.to_path_buf(),
-            next_generation: AtomicU64::new(2),
+            reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
             last_error: Mutex::new(None),
         })
@@ -52,10 +55,12 @@ impl Gateway {
     /// Re-reads the config file and swaps in the new snapshot. On error the old one keeps
     /// serving, and the error is logged, counted and kept for `/config`.
     pub fn reload(&self) -> Result<u64, Vec<ConfigError>> {
-        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let _one_at_a_time = self.reloading.lock().expect("not poisoned");
+        let generation = self.snapshot.load().generation + 1;
         let result = config::read(&self.config_path)
             .map_err(|e| vec![e])
             .and_then(|p| snapshot::compile(&p, &self.registry, generation));
+        self.registry.sweep(result.is_ok());
         match result {
             Ok(snap) => {
                 self.snapshot.store(Arc::new(snap));

@@ -3,8 +3,8 @@
 //! order cannot be broken without the compiler noticing:
 //!
 //! ```text
-//! client ip ─▶ sanity ─▶ route ─▶ (CORS preflight) ─▶ authorize ─▶ admit ─▶ forward
-//!   IpAddr      Target    &Route                       Principal    Permit   Response
+//! client ip ─▶ sanity ─▶ route ─▶ (CORS preflight) ─▶ authenticate ─▶ scopes ─▶ admit ─▶ forward
+//!   IpAddr                &Route                        Principal                Permit   Response
 //! ```
 //!
 //! [`handle`] wraps the pipeline with what every answer gets: `x-request-id`, CORS headers for
@@ -135,8 +135,9 @@ async fn pipeline<'s>(
     if let Some(preflight) = cors_preflight(snap, &req) {
         return Ok(preflight);
     }
-    let principal = authorize(route, req.headers()).await?;
+    let principal = authenticate(route, req.headers()).await?;
     out.principal = Some(principal.clone());
+    check_scopes(route, &principal)?;
     let permit = admit(snap, route, principal, req.headers())?;
     forward(ctx, permit, req, out).await
 }
@@ -189,7 +190,11 @@ fn has_dot_segment(path: &str) -> bool {
         decoded.push(if b[i] == b'\\' { '/' } else { b[i] as char });
         i += 1;
     }
-    decoded.split('/').any(|s| s == "." || s == "..")
+    // `..;x` is `..` to servers that strip path parameters (`;`), such as Tomcat.
+    decoded
+        .split('/')
+        .map(|s| s.split(';').next().unwrap_or(s))
+        .any(|s| s == "." || s == "..")
 }
 
 /// Phase 2: the route. A CORS preflight is routed by the method it asks about.
@@ -267,26 +272,36 @@ fn add_cors_headers(cors: &crate::snapshot::Cors, origin: &HeaderValue, h: &mut 
     }
 }
 
-/// Phase 5: the route's authorizer. Refuses 401 without a token or with a bad one, 403 when a
-/// valid token holds none of the route's scopes.
-async fn authorize(route: &Route, headers: &HeaderMap) -> Result<Principal, Refusal> {
+/// Phase 5: the route's authorizer. Refuses 401 without a token or with a bad one.
+async fn authenticate(route: &Route, headers: &HeaderMap) -> Result<Principal, Refusal> {
     match &route.auth {
         RouteAuth::None => Ok(Principal::Anonymous),
-        RouteAuth::Jwt {
-            authorizer,
-            scopes,
-            insufficient_scope,
-        } => {
+        RouteAuth::Jwt { authorizer, .. } => {
             let token = authorizer.token(headers).ok_or(Refusal::NoCredentials)?;
             let identity = authorizer
                 .verify(token)
                 .await
                 .map_err(Refusal::InvalidToken)?;
-            if !identity.has_any_scope(scopes) {
-                return Err(Refusal::InsufficientScope(insufficient_scope.clone()));
-            }
             Ok(Principal::Jwt(identity))
         }
+    }
+}
+
+/// Phase 5, second half: the verified caller must hold at least one of the route's scopes.
+/// Kept apart from [`authenticate`] so that a refused caller is still named in the access log.
+fn check_scopes(route: &Route, principal: &Principal) -> Result<(), Refusal> {
+    match (&route.auth, principal) {
+        (
+            RouteAuth::Jwt {
+                scopes,
+                insufficient_scope,
+                ..
+            },
+            Principal::Jwt(identity),
+        ) if !identity.has_any_scope(scopes) => {
+            Err(Refusal::InsufficientScope(insufficient_scope.clone()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -449,7 +464,6 @@ fn record(
         upstream_ms = out.upstream.map(|d| d.as_secs_f64() * 1000.0),
         authorizer,
         principal,
-        api_key_id = Option::<&str>::None,
         reason = out.reason,
     );
 }
@@ -469,6 +483,8 @@ mod tests {
             "/a%2f..%2fb",
             "/a\\..\\b",
             "/a/..",
+            "/public/..;/admin",
+            "/public/..;x=1/admin",
         ] {
             assert!(has_dot_segment(bad), "{bad}");
         }

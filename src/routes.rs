@@ -192,6 +192,8 @@ impl std::fmt::Debug for RouteTable {
 pub struct RouteConflict {
     /// Index of the offending route.
     pub index: usize,
+    /// Index of the earlier route it collides with, if any.
+    pub first: Option<usize>,
     /// What is wrong.
     pub message: String,
 }
@@ -210,7 +212,8 @@ impl RouteTable {
                     if let Some(first) = table.default {
                         return Err(RouteConflict {
                             index: i,
-                            message: format!("$default is defined twice (first as route {first})"),
+                            first: Some(first),
+                            message: "$default is defined twice".to_string(),
                         });
                     }
                     table.default = Some(i);
@@ -220,9 +223,10 @@ impl RouteTable {
                     if let Some(first) = seen.insert((method.clone(), tpls[0].clone()), i) {
                         return Err(RouteConflict {
                             index: i,
-                            message: format!(
-                                "duplicate route: same method and path as route {first}"
-                            ),
+                            first: Some(first),
+                            message:
+                                "duplicate route: same method and path shape as an earlier route"
+                                    .to_string(),
                         });
                     }
                     parsed.push((i, method.clone(), greedy, tpls));
@@ -284,6 +288,7 @@ fn insert(trees: &mut Trees, i: usize, greedy: bool, tpls: &[String]) -> Result<
             Err(e) => {
                 return Err(RouteConflict {
                     index: i,
+                    first: None,
                     message: format!("route cannot be added to the table: {e}"),
                 });
             }

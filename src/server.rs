@@ -59,7 +59,9 @@ pub struct Running {
     /// Bound admin address.
     pub admin_addr: SocketAddr,
     stop: watch::Sender<bool>,
+    stop_admin: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    admin_task: tokio::task::JoinHandle<()>,
     graceful: Arc<GracefulShutdown>,
 }
 
@@ -106,7 +108,10 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     let admin_addr = admin
         .local_addr()
         .map_err(|e| StartError::Bind(snap.admin.bind, e))?;
-    tasks.spawn(accept_admin(admin, gateway.clone(), stop_rx.clone()));
+    // The admin listener has its own stop signal: it keeps answering (`/readyz` 503) while
+    // in-flight requests drain.
+    let (stop_admin, stop_admin_rx) = watch::channel(false);
+    let admin_task = tokio::spawn(accept_admin(admin, gateway.clone(), stop_admin_rx));
     gateway.set_ready(true);
     tracing::info!(public = ?public_addrs, admin = %admin_addr, generation = snap.generation, "tollgate serving");
     Ok(Running {
@@ -114,7 +119,9 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
         public_addrs,
         admin_addr,
         stop,
+        stop_admin,
         tasks,
+        admin_task,
         graceful,
     })
 }
@@ -132,6 +139,8 @@ impl Running {
             Ok(g) => tokio::time::timeout(grace, g.shutdown()).await.is_ok(),
             Err(_) => false,
         };
+        let _ = self.stop_admin.send(true);
+        let _ = self.admin_task.await;
         if clean {
             tracing::info!("shutdown complete");
         } else {

@@ -181,6 +181,15 @@ pub struct Registry {
     caches: Mutex<HashMap<String, TokenCache>>,
     rings: Mutex<HashMap<PathBuf, Arc<KeyRing>>>,
     failures: FailureCounter,
+    /// What the compile in progress used; everything else is dropped by [`Registry::sweep`].
+    touched: Mutex<Touched>,
+}
+
+#[derive(Default)]
+struct Touched {
+    jwks: std::collections::HashSet<JwksSource>,
+    caches: std::collections::HashSet<String>,
+    rings: std::collections::HashSet<PathBuf>,
 }
 
 impl Registry {
@@ -194,12 +203,40 @@ impl Registry {
             caches: Mutex::new(HashMap::new()),
             rings: Mutex::new(HashMap::new()),
             failures: FailureCounter::default(),
+            touched: Mutex::new(Touched::default()),
         }
+    }
+
+    /// Ends a compile. When its snapshot went live (`kept`), state the snapshot does not use is
+    /// dropped: remote key sets stop refreshing once the last old snapshot is gone, and caches
+    /// of changed authorizers are freed. Either way the record of what was used is cleared.
+    pub fn sweep(&self, kept: bool) {
+        let touched = std::mem::take(&mut *self.touched.lock().expect("not poisoned"));
+        if !kept {
+            return;
+        }
+        self.jwks
+            .lock()
+            .expect("not poisoned")
+            .retain(|k, _| touched.jwks.contains(k));
+        self.caches
+            .lock()
+            .expect("not poisoned")
+            .retain(|k, _| touched.caches.contains(k));
+        self.rings
+            .lock()
+            .expect("not poisoned")
+            .retain(|k, _| touched.rings.contains(k));
     }
 
     /// The issuer key ring for `path`, opened once and shared by later snapshots. When not
     /// online (`tollgate check`), an absent key is generated in memory and not written.
     fn key_ring(&self, path: &Path) -> Result<Arc<KeyRing>, String> {
+        self.touched
+            .lock()
+            .expect("not poisoned")
+            .rings
+            .insert(path.to_path_buf());
         let mut rings = self.rings.lock().expect("not poisoned");
         if let Some(r) = rings.get(path) {
             return Ok(r.clone());
@@ -217,6 +254,11 @@ impl Registry {
     }
 
     fn remote_jwks(&self, source: JwksSource, label: &str) -> Arc<RemoteJwks> {
+        self.touched
+            .lock()
+            .expect("not poisoned")
+            .jwks
+            .insert(source.clone());
         self.jwks
             .lock()
             .expect("not poisoned")
@@ -234,6 +276,11 @@ impl Registry {
     }
 
     fn token_cache(&self, fingerprint: String) -> TokenCache {
+        self.touched
+            .lock()
+            .expect("not poisoned")
+            .caches
+            .insert(fingerprint.clone());
         self.caches
             .lock()
             .expect("not poisoned")
@@ -356,6 +403,14 @@ pub fn compile(
             .map_or(DEFAULT_BODY_IDLE_TIMEOUT, |d| d.0),
         shutdown_grace: l.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
     };
+    for (value, path) in [
+        (limits.header_timeout, "limits.header_timeout"),
+        (limits.body_idle_timeout, "limits.body_idle_timeout"),
+    ] {
+        if value.is_zero() {
+            errs.at(path, "must be greater than 0");
+        }
+    }
     if limits.max_header_bytes < 8192 {
         errs.at("limits.max_header_bytes", "must be at least 8KiB");
     }
@@ -364,6 +419,14 @@ pub fn compile(
     let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
     for (name, u) in &f.upstreams {
         let path = format!("upstreams.{name}");
+        for (value, key) in [
+            (u.timeout, "timeout"),
+            (u.connect_timeout, "connect_timeout"),
+        ] {
+            if value.is_some_and(|d| d.0.is_zero()) {
+                errs.at(&format!("{path}.{key}"), "must be greater than 0");
+            }
+        }
         match Upstream::new(
             name,
             &u.targets,
@@ -444,6 +507,13 @@ pub fn compile(
                 continue;
             }
         };
+        if issuer.is_some() && reserved_for_issuer(&key) {
+            errs.at(
+                &format!("{path}.route"),
+                "this path belongs to the embedded issuer; choose another path",
+            );
+            continue;
+        }
         let integration = match (&r.upstream, &r.respond) {
             (Some(u), None) => match upstreams.get(u.as_str()) {
                 Some(up) => Integration::Proxy(up.clone()),
@@ -528,8 +598,20 @@ pub fn compile(
     let table = match RouteTable::build(&keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()) {
         Ok(t) => Some(t),
         Err(c) => {
+            // Name the earlier route by its line, since indexes skip routes that failed to compile.
+            let earlier = match c.first.and_then(|f| keys[f].0) {
+                Some(src) => format!(
+                    " (routes.{src}, line {})",
+                    parsed.map.locate(&format!("routes.{src}.route")).line
+                ),
+                None if c.first.is_some() => " (a built-in issuer route)".to_string(),
+                None => String::new(),
+            };
             match keys[c.index].0 {
-                Some(src) => errs.at(&format!("routes.{src}.route"), c.message),
+                Some(src) => errs.at(
+                    &format!("routes.{src}.route"),
+                    format!("{}{earlier}", c.message),
+                ),
                 None => errs.at("issuer", c.message),
             }
             None
@@ -579,6 +661,27 @@ pub fn compile(
     }
 }
 
+/// Whether `s` is an absolute `http://` or `https://` URL with a host.
+fn is_http_url(s: &str) -> bool {
+    s.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+    })
+}
+
+/// Whether a route key uses one of the embedded issuer's paths (whatever its method), which
+/// would let a user route take over the token endpoint.
+fn reserved_for_issuer(key: &RouteKey) -> bool {
+    let RouteKey::Path { segments, .. } = key else {
+        return false;
+    };
+    crate::issuer::ROUTES
+        .iter()
+        .any(|(builtin, _)| match RouteKey::parse(builtin) {
+            Ok(RouteKey::Path { segments: b, .. }) => b == *segments,
+            _ => false,
+        })
+}
+
 /// Compiles the `issuer:` section: token lifetime, scopes, clients and their secrets, the
 /// state directory and signing key.
 fn compile_issuer(
@@ -588,12 +691,7 @@ fn compile_issuer(
     errs: &mut Errors,
 ) -> Option<Arc<Issuer>> {
     let before = errs.list.len();
-    if cfg
-        .url
-        .parse::<http::Uri>()
-        .map(|u| u.scheme().is_none() || u.host().is_none())
-        .unwrap_or(true)
-    {
+    if !is_http_url(&cfg.url) {
         errs.at(
             "issuer.url",
             "the issuer url must be an absolute http(s) URL, e.g. http://localhost:8080",
@@ -849,10 +947,7 @@ fn jwt_authorizer(
     } else {
         let source = match &j.jwks_uri {
             Some(u) => {
-                if u.parse::<http::Uri>()
-                    .map(|u| u.scheme().is_none() || u.host().is_none())
-                    .unwrap_or(true)
-                {
+                if !is_http_url(u) {
                     errs.at(
                         &format!("{path}.jwks_uri"),
                         "jwks_uri must be an absolute http(s) URL",

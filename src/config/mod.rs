@@ -131,6 +131,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
             message: strip_location(&e.to_string()),
         }
     })?;
+    let map = SourceMap::build(text);
+    if let Some((key, Pos { line, col })) = map.duplicates.first() {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            line: *line,
+            col: *col,
+            message: format!("duplicate key `{key}`: each key may appear once"),
+        });
+    }
     let base_dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -138,7 +147,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
         .unwrap_or_else(|| PathBuf::from("."));
     Ok(Parsed {
         file,
-        map: SourceMap::build(text),
+        map,
         path: path.to_path_buf(),
         base_dir,
         hash: crate::util::sha256_hex(text.as_bytes()),

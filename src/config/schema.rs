@@ -160,7 +160,7 @@ pub struct ClientCfg {
 
 /// A secret value: from the environment, from a file, or (warned about) written inline.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum SecretCfg {
     /// `{ env: NAME }`
     Env {
@@ -240,7 +240,7 @@ pub struct CorsCfg {
     /// Allowed request headers in preflights.
     #[serde(default)]
     pub allow_headers: Vec<String>,
-    /// Allowed methods (default: the methods the route table serves).
+    /// Allowed methods (default: GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS).
     #[serde(default)]
     pub allow_methods: Vec<String>,
     /// Response headers the browser may read.

@@ -24,6 +24,9 @@ pub struct Pos {
 #[derive(Debug, Default, Clone)]
 pub struct SourceMap {
     positions: HashMap<String, Pos>,
+    /// Mapping keys that appear twice in the same mapping (`upstreams.a`), at their second
+    /// occurrence. YAML parsers silently keep the last one; tollgate refuses the file.
+    pub duplicates: Vec<(String, Pos)>,
 }
 
 impl SourceMap {
@@ -37,6 +40,7 @@ impl SourceMap {
         }
         SourceMap {
             positions: walker.positions,
+            duplicates: walker.duplicates,
         }
     }
 
@@ -95,6 +99,7 @@ enum Frame {
 struct Walker {
     stack: Vec<Frame>,
     positions: HashMap<String, Pos>,
+    duplicates: Vec<(String, Pos)>,
 }
 
 impl Walker {
@@ -121,7 +126,9 @@ impl Walker {
                     } else {
                         format!("{path}!{k}")
                     };
-                    self.positions.insert(key_path, pos);
+                    if self.positions.insert(key_path, pos).is_some() {
+                        self.duplicates.push((join(path, &k), pos));
+                    }
                     *key = Some(k);
                     None
                 }
@@ -183,6 +190,20 @@ mod tests {
         assert_eq!(m.locate_key("", "routes"), Pos { line: 3, col: 1 });
         // Unknown child falls back to the nearest ancestor.
         assert_eq!(m.locate("routes.1.nothing"), m.locate("routes.1"));
+    }
+
+    #[test]
+    fn duplicate_keys_are_found() {
+        let m = SourceMap::build("upstreams:\n  a: {}\n  b: {}\n  a: {}\nroutes: []\n");
+        assert_eq!(
+            m.duplicates,
+            vec![("upstreams.a".to_string(), Pos { line: 4, col: 3 })]
+        );
+        let m = SourceMap::build("routes:\n  - { route: x }\n  - { route: y }\n");
+        assert!(
+            m.duplicates.is_empty(),
+            "same key in different sequence items is fine"
+        );
     }
 
     #[test]

@@ -87,6 +87,7 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     ))
     .await;
     let addr = gw.addr;
+    let admin_addr = gw.admin;
     let url = gw.url("/slow");
     let in_flight = tokio::spawn(async move {
         let req = http::Request::get(url).body(Default::default()).unwrap();
@@ -105,6 +106,31 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let mut gw = gw;
     let running = gw.running.take().unwrap();
     let shutdown = tokio::spawn(running.shutdown(Some(Duration::from_secs(5))));
+    // While the slow request drains (the upstream holds it 700 ms), the admin listener still
+    // answers, and says not ready.
+    let readyz = || {
+        gateway::client().request(
+            http::Request::get(format!("http://{admin_addr}/readyz"))
+                .body(Default::default())
+                .unwrap(),
+        )
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(500);
+    loop {
+        let r = readyz().await.expect("admin answers during the drain");
+        if r.status() == 503 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "readyz never turned 503"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        !in_flight.is_finished(),
+        "checked while the request was still in flight"
+    );
     let status = in_flight
         .await
         .unwrap()

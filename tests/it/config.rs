@@ -132,6 +132,36 @@ fn each_error_class_is_located() {
             "F:4:",
             "only http:// upstreams",
         ),
+        (
+            "issuer:\n  url: http://localhost:8080\n  clients:\n    - { client_id: a, client_secret: s, scopes: [api/read] }\nroutes: []\n",
+            "F:6:50:",
+            "scope \"api/read\" is not defined by any resource server",
+        ),
+        (
+            "issuer: { url: \"http://localhost:8080\", token_ttl: 1m }\nroutes: []\n",
+            "F:3:",
+            "token_ttl must be between 5m and 1d",
+        ),
+        (
+            "issuer: { url: localhost }\nroutes: []\n",
+            "F:3:",
+            "absolute http(s) URL",
+        ),
+        (
+            "authorizers:\n  local: { type: jwt, issuer: self }\nroutes: []\n",
+            "F:4:",
+            "`issuer: self` needs an `issuer:` section",
+        ),
+        (
+            "issuer: { url: \"http://localhost:8080\" }\nroutes:\n  - { route: \"POST /oauth2/token\", respond: {} }\n",
+            "F:5:",
+            "belongs to the embedded issuer",
+        ),
+        (
+            "state: { backend: redis }\nroutes: []\n",
+            "F:3:",
+            "unknown variant `redis`",
+        ),
     ];
     for (yaml, loc, msg) in cases {
         let (code, out) = check(&format!("{BASE}{yaml}"));
@@ -180,5 +210,74 @@ fn unreadable_file_and_hash_key() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    );
+}
+
+#[test]
+fn duplicate_keys_extra_secret_keys_zero_timeouts_and_odd_urls_are_refused() {
+    for (yaml, loc, msg) in [
+        (
+            "upstreams:\n  a: { targets: [\"http://127.0.0.1:1\"] }\n  a: { targets: [\"http://127.0.0.1:2\"] }\nroutes: []\n",
+            "F:5:3:",
+            "duplicate key `upstreams.a`",
+        ),
+        (
+            "authorizers:\n  p: { type: jwt, issuer: x, algorithms: [HS256], secret: { env: HOME, extra: 1 } }\nroutes: []\n",
+            "F:4:",
+            "did not match any variant",
+        ),
+        (
+            "upstreams:\n  a: { targets: [\"http://127.0.0.1:1\"], timeout: 0s }\nroutes: []\n",
+            "F:4:",
+            "must be greater than 0",
+        ),
+        (
+            "authorizers:\n  p: { type: jwt, issuer: x, jwks_uri: \"ftp://idp/jwks\" }\nroutes: []\n",
+            "F:4:",
+            "absolute http(s) URL",
+        ),
+    ] {
+        let (code, out) = check(&format!("{BASE}{yaml}"));
+        assert_eq!(code, 1, "{yaml}\n{out}");
+        assert!(
+            out.starts_with(loc) && out.contains(msg),
+            "{loc} {msg:?} for {yaml:?}, got: {out}"
+        );
+    }
+    let (code, out) = check(&format!(
+        "{BASE}routes:\n  - {{ route: \"GET /a\", respond: {{}} }}\n  - {{ route: \"GET /b\", upstream: nowhere }}\n  - {{ route: \"GET /a\", respond: {{}} }}\n"
+    ));
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("F:6:14: duplicate route") && out.contains("(routes.0, line 4)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn config_flag_works_before_or_after_the_command_and_from_the_environment() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.yaml");
+    for args in [vec!["-c", path, "check"], vec!["check", "-c", path]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["--log-level", "off"])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log-level", "off", "check"])
+        .env("TOLLGATE_CONFIG", path)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }

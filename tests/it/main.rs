@@ -5,6 +5,7 @@ mod support;
 mod admin;
 mod auth_e2e;
 mod config;
+mod issuer;
 mod jwt;
 mod proxy;
 mod routing;

@@ -139,6 +139,37 @@ impl TestGateway {
         read_for(&mut s, wait).await
     }
 
+    /// Stops this gateway and starts a new one on the same config file and directory.
+    pub async fn restart(mut self) -> TestGateway {
+        if let Some(r) = self.running.take() {
+            r.shutdown(Some(Duration::from_secs(5))).await;
+        }
+        let running = tollgate::server::start(&self.config)
+            .await
+            .unwrap_or_else(|e| panic!("gateway did not restart: {e}"));
+        TestGateway {
+            addr: running.public_addrs[0],
+            admin: running.admin_addr,
+            running: Some(running),
+            dir: self.dir,
+            config: self.config,
+        }
+    }
+
+    /// POST on the admin listener.
+    pub async fn admin_post(&self, path: &str) -> Answer {
+        let req = Request::post(format!("http://{}{}", self.admin, path))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = client().request(req).await.expect("admin answered");
+        let (parts, body) = resp.into_parts();
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.unwrap().to_bytes(),
+        }
+    }
+
     pub async fn stop(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown(Some(Duration::from_secs(5))).await;
