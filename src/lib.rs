@@ -15,6 +15,7 @@ pub mod error;
 pub mod fetch;
 pub mod gateway;
 pub mod issuer;
+pub mod limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

@@ -35,6 +35,12 @@ pub struct Metrics {
     pub tokens_issued: IntCounterVec,
     /// `tollgate_token_errors_total{error}`: token endpoint failures by OAuth error code.
     pub token_errors: IntCounterVec,
+    /// `tollgate_redis_errors_total{result}`: Redis commands that failed or timed out, by what the
+    /// gateway did about it (`allowed`, `denied`).
+    pub redis_errors: IntCounterVec,
+    /// `tollgate_api_key_requests_total{plan,result}`: keyed requests by plan and outcome
+    /// (`admitted`, `throttled`, `quota_exceeded`); per plan, not per key, to bound labels.
+    pub plan_requests: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -125,6 +131,16 @@ impl Metrics {
                 "tollgate_token_errors_total",
                 "Token endpoint failures, by OAuth error code.",
                 &["error"],
+            ),
+            redis_errors: counter(
+                "tollgate_redis_errors_total",
+                "Redis commands that failed or timed out, by what the gateway then did.",
+                &["result"],
+            ),
+            plan_requests: counter(
+                "tollgate_api_key_requests_total",
+                "Requests with a valid API key, by usage plan and outcome.",
+                &["plan", "result"],
             ),
             registry,
         }

@@ -27,6 +27,12 @@ pub struct FileConfig {
     /// The embedded OAuth2 token issuer (client credentials), if any.
     #[serde(default)]
     pub issuer: Option<IssuerCfg>,
+    /// Usage plans by name: throttles and quotas for API keys.
+    #[serde(default)]
+    pub usage_plans: BTreeMap<String, UsagePlanCfg>,
+    /// API keys.
+    #[serde(default)]
+    pub api_keys: Option<ApiKeysCfg>,
     /// Named authorizers. `none` is reserved and means "no authorizer".
     #[serde(default)]
     pub authorizers: BTreeMap<String, AuthorizerCfg>,
@@ -85,12 +91,20 @@ pub struct LimitsCfg {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StateCfg {
-    /// Storage backend; only `memory` (with files under `path`) today.
+    /// Where throttle and quota state lives: `memory` (this process, quota counters snapshotted
+    /// under `path`) or `redis` (shared by every replica).
     #[serde(default)]
     pub backend: StateBackend,
-    /// Directory for state files (issuer keys), relative to the config file. Default `state`.
+    /// Directory for state files (issuer keys, quota snapshots), relative to the config file.
+    /// Default `state`.
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
+    /// Redis URL (`redis://host:port/db`), for `backend: redis`.
+    pub url: Option<String>,
+    /// What to do while Redis is unreachable: `deny` (default) or `allow`.
+    pub on_error: Option<OnError>,
+    /// Prefix of every Redis key (default `tollgate:`), so gateways can share a Redis.
+    pub key_prefix: Option<String>,
 }
 
 impl Default for StateCfg {
@@ -98,8 +112,21 @@ impl Default for StateCfg {
         StateCfg {
             backend: StateBackend::Memory,
             path: default_state_path(),
+            url: None,
+            on_error: None,
+            key_prefix: None,
         }
     }
+}
+
+/// Behaviour while the shared state store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Admit requests unchecked (availability first).
+    Allow,
+    /// Refuse requests that need the store (limits first).
+    Deny,
 }
 
 fn default_state_path() -> PathBuf {
@@ -113,6 +140,85 @@ pub enum StateBackend {
     /// In-process, with files under `state.path`.
     #[default]
     Memory,
+    /// A Redis server shared by gateway replicas.
+    Redis,
+}
+
+/// A token bucket: `rate` requests per second on average, `burst` at once.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleCfg {
+    /// Sustained requests per second (may be fractional, e.g. 0.5).
+    pub rate: f64,
+    /// Largest burst (requests admitted at once from a full bucket).
+    pub burst: u32,
+}
+
+/// A usage plan.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsagePlanCfg {
+    /// Per-key throttle.
+    pub throttle: Option<ThrottleCfg>,
+    /// Per-key quota.
+    pub quota: Option<QuotaCfg>,
+    /// Per-key throttles for particular routes (by route key), replacing `throttle` there.
+    #[serde(default)]
+    pub route_throttle: BTreeMap<String, ThrottleCfg>,
+}
+
+/// A quota: `limit` requests per calendar `period` (UTC).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaCfg {
+    /// Requests allowed per period.
+    pub limit: u64,
+    /// `day`, `week` (from Monday) or `month`.
+    pub period: PeriodCfg,
+}
+
+/// Quota periods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PeriodCfg {
+    /// UTC calendar day.
+    Day,
+    /// ISO week, Monday 00:00 UTC to Monday.
+    Week,
+    /// UTC calendar month.
+    Month,
+}
+
+/// API keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysCfg {
+    /// Header carrying the key (default `x-api-key`).
+    pub header: Option<String>,
+    /// CSV file in the managed gateway's export format (`Name,Key,Description,Enabled,UsagePlanIds`).
+    pub import: Option<PathBuf>,
+    /// Keys written in the config.
+    #[serde(default)]
+    pub keys: Vec<ApiKeyCfg>,
+}
+
+/// One API key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyCfg {
+    /// The key's id (log, `x-tollgate-api-key-id`, `/usage?key=`).
+    pub id: String,
+    /// `sha256:<hex>` of the key (a literal key is hashed at load, with a warning).
+    pub key: String,
+    /// The usage plan it belongs to.
+    pub plan: Option<String>,
+    /// Disabled keys are refused (default true).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// The embedded token issuer.
@@ -229,6 +335,8 @@ pub struct DefaultsCfg {
     pub authorizer: Option<String>,
     /// Scopes for routes that list none.
     pub scopes: Option<Vec<String>>,
+    /// Throttle of each route that sets none (one bucket per route, shared by all callers).
+    pub throttle: Option<ThrottleCfg>,
 }
 
 /// CORS settings.
@@ -267,6 +375,11 @@ pub struct RouteCfg {
     pub scopes: Option<Vec<String>>,
     /// A fixed answer instead of an upstream (mock integration).
     pub respond: Option<RespondCfg>,
+    /// Whether callers must present an API key.
+    #[serde(default)]
+    pub api_key_required: bool,
+    /// This route's throttle (one bucket shared by all callers), instead of `defaults.throttle`.
+    pub throttle: Option<ThrottleCfg>,
 }
 
 /// A fixed response.

@@ -1,0 +1,387 @@
+//! Usage plans at run time: token-bucket throttles and calendar quotas, and the state they keep.
+//! That state lives beside the snapshot in a [`Store`], so it survives reloads: buckets are
+//! found again by a name that includes their settings (a changed rate is a new bucket), quota
+//! counters by plan and key id. The memory store snapshots quota counters to disk; the Redis
+//! store ([`redis`]) shares everything between replicas with atomic scripts.
+
+pub mod memory;
+pub mod period;
+pub mod redis;
+
+use std::collections::{HashMap, HashSet};
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter};
+use time::OffsetDateTime;
+
+pub use self::period::Period;
+
+/// A governor keyed limiter that reports remaining capacity.
+pub type KeyedLimiter = RateLimiter<
+    Arc<str>,
+    governor::state::keyed::DefaultKeyedStateStore<Arc<str>>,
+    governor::clock::DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// Settings of a token bucket: `rate` tokens per second, at most `burst` held.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BucketSpec {
+    /// Tokens added per second.
+    pub rate: f64,
+    /// Bucket size.
+    pub burst: u32,
+}
+
+impl BucketSpec {
+    /// Validates and builds a spec. Refuses a rate that is not positive and finite, a rate
+    /// above one million per second, and a burst of 0.
+    pub fn new(rate: f64, burst: u32) -> Result<BucketSpec, String> {
+        if !(rate.is_finite() && rate > 0.0 && rate <= 1_000_000.0) {
+            return Err(format!(
+                "rate must be above 0 and at most 1000000 per second, not {rate}"
+            ));
+        }
+        if burst == 0 {
+            return Err("burst must be at least 1".into());
+        }
+        Ok(BucketSpec { rate, burst })
+    }
+
+    /// Time to earn one token.
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(1.0 / self.rate)
+    }
+
+    /// The governor quota for this spec (GCRA: one cell per interval, `burst` at once).
+    pub fn quota(&self) -> Quota {
+        let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
+        Quota::with_period(self.interval())
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
+            .allow_burst(burst)
+    }
+
+    /// The bucket's name part for these settings; a change of settings is a new bucket.
+    pub fn tag(&self) -> String {
+        format!("{}r{}b", self.rate, self.burst)
+    }
+}
+
+/// What a bucket looks like after a request took a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BucketState {
+    /// Bucket size.
+    pub limit: u64,
+    /// Tokens left.
+    pub remaining: u64,
+    /// Seconds until the bucket is full again.
+    pub reset: u64,
+}
+
+/// A quota's settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaSpec {
+    /// Requests per period.
+    pub limit: u64,
+    /// The period.
+    pub period: Period,
+}
+
+/// A quota counter after a request was counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaState {
+    /// Requests per period.
+    pub limit: u64,
+    /// Requests left in this period.
+    pub remaining: u64,
+    /// Seconds until the period ends.
+    pub reset: u64,
+}
+
+/// Why a limit refused, or could not be checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitError {
+    /// The bucket is empty; a token comes in `retry_after` seconds.
+    Throttled {
+        /// Seconds until a token is available (at least 1).
+        retry_after: u64,
+    },
+    /// The quota is used up until the period ends in `retry_after` seconds.
+    QuotaExceeded {
+        /// Seconds until the next period.
+        retry_after: u64,
+    },
+    /// The shared store is unreachable and `on_error` is `deny`.
+    Unavailable,
+}
+
+/// One day's usage of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DayUsage {
+    /// `YYYY-MM-DD`.
+    pub day: String,
+    /// Requests counted that day.
+    pub used: u64,
+}
+
+/// Where limiter and quota state lives.
+pub enum Store {
+    /// This process (quota counters snapshotted to disk).
+    Memory(memory::MemoryStore),
+    /// A shared Redis.
+    Redis(redis::RedisStore),
+}
+
+impl Store {
+    /// Takes a token from `throttle`'s bucket, keyed by `key` for per-key buckets.
+    pub async fn take(
+        &self,
+        throttle: &Throttle,
+        key: Option<&Arc<str>>,
+    ) -> Result<BucketState, LimitError> {
+        match self {
+            Store::Memory(_) => throttle.take_local(key),
+            Store::Redis(r) => {
+                r.take(&throttle.name, key.map(|k| &**k), throttle.spec)
+                    .await
+            }
+        }
+    }
+
+    /// Counts one request against `plan`'s quota for `key_id` if any is left; refuses without
+    /// counting when it is used up.
+    pub async fn count(
+        &self,
+        plan: &str,
+        key_id: &str,
+        spec: QuotaSpec,
+        now: OffsetDateTime,
+    ) -> Result<QuotaState, LimitError> {
+        match self {
+            Store::Memory(m) => m.count(plan, key_id, spec, now),
+            Store::Redis(r) => r.count(plan, key_id, spec, now).await,
+        }
+    }
+
+    /// Requests counted per day for `key_id` under `plan`, from `from` to `to` inclusive.
+    pub async fn usage(
+        &self,
+        plan: &str,
+        key_id: &str,
+        from: time::Date,
+        to: time::Date,
+    ) -> Result<Vec<DayUsage>, String> {
+        match self {
+            Store::Memory(m) => Ok(m.usage(plan, key_id, from, to)),
+            Store::Redis(r) => r.usage(plan, key_id, from, to).await,
+        }
+    }
+}
+
+/// Limiter state beside the snapshots: the store, and the in-process limiters by bucket name
+/// (kept across reloads while a snapshot still names them).
+pub struct Limits {
+    /// Where buckets and counters live.
+    pub store: Store,
+    limiters: Mutex<HashMap<Arc<str>, Arc<KeyedLimiter>>>,
+    touched: Mutex<HashSet<Arc<str>>>,
+}
+
+impl Limits {
+    /// Limits over `store`.
+    pub fn new(store: Store) -> Limits {
+        Limits {
+            store,
+            limiters: Mutex::new(HashMap::new()),
+            touched: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The throttle named `name` with `spec`; the same name and spec give the same bucket as
+    /// in earlier snapshots.
+    pub fn throttle(&self, name: &str, spec: BucketSpec) -> Throttle {
+        let full: Arc<str> = Arc::from(format!("{name}|{}", spec.tag()));
+        self.touched
+            .lock()
+            .expect("not poisoned")
+            .insert(full.clone());
+        let local = self
+            .limiters
+            .lock()
+            .expect("not poisoned")
+            .entry(full.clone())
+            .or_insert_with(|| Arc::new(RateLimiter::keyed(spec.quota()).with_middleware()))
+            .clone();
+        Throttle::new(full, spec, local)
+    }
+
+    /// Ends a compile: when its snapshot went live, limiters it does not name are dropped.
+    pub fn sweep(&self, kept: bool) {
+        let touched = std::mem::take(&mut *self.touched.lock().expect("not poisoned"));
+        if kept {
+            self.limiters
+                .lock()
+                .expect("not poisoned")
+                .retain(|k, _| touched.contains(k));
+        }
+    }
+
+    /// Forgets idle in-process buckets (run periodically).
+    pub fn prune(&self) {
+        let all: Vec<Arc<KeyedLimiter>> = self
+            .limiters
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .cloned()
+            .collect();
+        prune(&all);
+    }
+
+    /// Number of in-process buckets (for tests and metrics).
+    pub fn bucket_count(&self) -> usize {
+        self.limiters
+            .lock()
+            .expect("not poisoned")
+            .values()
+            .map(|l| l.len())
+            .sum()
+    }
+}
+
+/// A throttle as compiled into a snapshot: its settings, its name in the store, and (memory
+/// store) the in-process limiter, which is shared with earlier snapshots while the name is the
+/// same.
+pub struct Throttle {
+    /// Settings.
+    pub spec: BucketSpec,
+    /// Name in the store (scope, owner and settings).
+    pub name: Arc<str>,
+    local: Arc<KeyedLimiter>,
+}
+
+impl std::fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Throttle")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// The key under which an unkeyed (route or gateway) bucket is kept.
+fn shared_key() -> &'static Arc<str> {
+    static KEY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| Arc::from("*"))
+}
+
+impl Throttle {
+    /// A throttle named `name` with `spec`, using `local` for in-process buckets.
+    pub fn new(name: Arc<str>, spec: BucketSpec, local: Arc<KeyedLimiter>) -> Throttle {
+        Throttle { spec, name, local }
+    }
+
+    fn take_local(&self, key: Option<&Arc<str>>) -> Result<BucketState, LimitError> {
+        let key = key.unwrap_or(shared_key());
+        let limit = u64::from(self.spec.burst);
+        let interval = self.spec.interval();
+        match self.local.check_key(key) {
+            Ok(snap) => {
+                let remaining = u64::from(snap.remaining_burst_capacity());
+                let missing = limit.saturating_sub(remaining) as f64;
+                Ok(BucketState {
+                    limit,
+                    remaining,
+                    reset: (interval.as_secs_f64() * missing).ceil() as u64,
+                })
+            }
+            Err(not_until) => {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                Err(LimitError::Throttled {
+                    retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
+                })
+            }
+        }
+    }
+}
+
+/// Drops in-process buckets that have been full (idle) long enough to be forgotten, so
+/// limiter memory follows active callers, not every key ever seen.
+pub fn prune(limiters: &[Arc<KeyedLimiter>]) {
+    for l in limiters {
+        l.retain_recent();
+        l.shrink_to_fit();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use governor::clock::{Clock, FakeRelativeClock};
+
+    type FakeLimiter = RateLimiter<
+        Arc<str>,
+        governor::state::keyed::DefaultKeyedStateStore<Arc<str>>,
+        FakeRelativeClock,
+        governor::middleware::NoOpMiddleware<governor::nanos::Nanos>,
+    >;
+
+    fn fake_limiter(spec: BucketSpec, clock: &FakeRelativeClock) -> FakeLimiter {
+        RateLimiter::new(spec.quota(), Default::default(), clock.clone())
+    }
+
+    #[test]
+    fn specs_are_validated() {
+        assert!(BucketSpec::new(0.0, 1).is_err());
+        assert!(BucketSpec::new(f64::NAN, 1).is_err());
+        assert!(BucketSpec::new(10.0, 0).is_err());
+        assert!(BucketSpec::new(0.5, 1).is_ok());
+    }
+
+    #[test]
+    fn bucket_arithmetic_with_a_fake_clock() {
+        let spec = BucketSpec::new(10.0, 3).unwrap();
+        let clock = FakeRelativeClock::default();
+        let l = fake_limiter(spec, &clock);
+        let k: Arc<str> = Arc::from("a");
+        // A full bucket admits `burst` at once, then refuses.
+        for _ in 0..3 {
+            assert!(l.check_key(&k).is_ok());
+        }
+        let refused = l.check_key(&k).unwrap_err();
+        assert_eq!(
+            refused.wait_time_from(clock.now()),
+            Duration::from_millis(100)
+        );
+        // One interval (100 ms at 10/s) earns one token.
+        clock.advance(Duration::from_millis(100));
+        assert!(l.check_key(&k).is_ok());
+        assert!(l.check_key(&k).is_err());
+        // Other keys have their own bucket.
+        assert!(l.check_key(&Arc::from("b")).is_ok());
+        // After burst × interval idle, the bucket is full again.
+        clock.advance(Duration::from_millis(300));
+        for _ in 0..3 {
+            assert!(l.check_key(&k).is_ok());
+        }
+        assert!(l.check_key(&k).is_err());
+    }
+
+    #[test]
+    fn fractional_rates() {
+        let spec = BucketSpec::new(0.5, 1).unwrap();
+        assert_eq!(spec.interval(), Duration::from_secs(2));
+        let clock = FakeRelativeClock::default();
+        let l = fake_limiter(spec, &clock);
+        let k: Arc<str> = Arc::from("a");
+        assert!(l.check_key(&k).is_ok());
+        clock.advance(Duration::from_millis(1999));
+        assert!(l.check_key(&k).is_err());
+        clock.advance(Duration::from_millis(1));
+        assert!(l.check_key(&k).is_ok());
+    }
+}
