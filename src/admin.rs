@@ -106,6 +106,7 @@ pub async fn handle(
                 serde_json::json!({"result": "error", "errors": errs.iter().map(ToString::to_string).collect::<Vec<_>>()}),
             ),
         },
+        (&Method::GET, "/usage") => usage(&gw, &snap, req.uri().query().unwrap_or("")).await,
         (&Method::POST, "/issuer/rotate") => match &snap.issuer {
             Some(issuer) => match issuer.keys().rotate(issuer.ttl()) {
                 Ok(kid) => json(
@@ -122,16 +123,128 @@ pub async fn handle(
                 serde_json::json!({"message": "no issuer is configured"}),
             ),
         },
-        (_, "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/issuer/rotate") => {
-            json(
-                StatusCode::METHOD_NOT_ALLOWED,
-                serde_json::json!({"message": "Method Not Allowed"}),
-            )
-        }
+        (
+            _,
+            "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/issuer/rotate"
+            | "/usage",
+        ) => json(
+            StatusCode::METHOD_NOT_ALLOWED,
+            serde_json::json!({"message": "Method Not Allowed"}),
+        ),
         _ => json(
             StatusCode::NOT_FOUND,
             serde_json::json!({"message": "Not Found"}),
         ),
     };
     Ok(resp)
+}
+
+/// Longest range `/usage` reports at once.
+const MAX_USAGE_DAYS: i64 = 400;
+
+/// `GET /usage?key=ID[&start=YYYY-MM-DD&end=YYYY-MM-DD]`: per-day used and remaining for one key.
+/// The range defaults to the current quota period (or the last 7 days without a quota).
+/// `remaining` is what was left of the period's quota at the end of that day.
+async fn usage(
+    gw: &Gateway,
+    snap: &crate::snapshot::Snapshot,
+    query: &str,
+) -> Response<Full<Bytes>> {
+    use crate::limits::period::{day_label, parse_day};
+    let bad = |m: &str| json(StatusCode::BAD_REQUEST, serde_json::json!({"message": m}));
+    let params: std::collections::HashMap<String, String> =
+        form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+    let Some(id) = params.get("key") else {
+        return bad("key is required: /usage?key=ID");
+    };
+    let Some(key) = snap.keys.as_ref().and_then(|t| t.by_id(id)) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"message": "no such API key"}),
+        );
+    };
+    let Some(plan) = key.plan.map(|i| &snap.plans[i]) else {
+        return json(
+            StatusCode::OK,
+            serde_json::json!({"key": id, "plan": null, "items": []}),
+        );
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let (default_start, default_end) = match plan.quota {
+        Some(q) => {
+            let (s, e) = q.period.bounds(now);
+            (
+                s.date(),
+                (e - time::Duration::days(1)).date().min(now.date()),
+            )
+        }
+        None => (now.date() - time::Duration::days(6), now.date()),
+    };
+    let parse = |name: &str, default| match params.get(name) {
+        Some(v) => parse_day(v).ok_or(()),
+        None => Ok(default),
+    };
+    let (Ok(start), Ok(end)) = (parse("start", default_start), parse("end", default_end)) else {
+        return bad("start and end are dates: YYYY-MM-DD");
+    };
+    if end < start || (end - start).whole_days() >= MAX_USAGE_DAYS {
+        return bad("end must not be before start, and the range is at most 400 days");
+    }
+    // Read from the start of the period containing `start`, so `remaining` is right.
+    let from = plan
+        .quota
+        .map_or(start, |q| {
+            q.period.bounds(start.midnight().assume_utc()).0.date()
+        })
+        .min(start);
+    let days = match gw
+        .limits()
+        .store
+        .usage(&plan.name, &key.id, from, end)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            return json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({"message": format!("usage unavailable: {e}")}),
+            );
+        }
+    };
+    let mut items = Vec::new();
+    let mut period = None;
+    let mut used_in_period = 0u64;
+    for d in days {
+        let Some(date) = parse_day(&d.day) else {
+            continue;
+        };
+        if let Some(q) = plan.quota {
+            let label = q.period.label(date.midnight().assume_utc());
+            if period.as_ref() != Some(&label) {
+                period = Some(label);
+                used_in_period = 0;
+            }
+            used_in_period += d.used;
+        }
+        if date >= start {
+            items.push(serde_json::json!({
+                "day": day_label(date),
+                "used": d.used,
+                "remaining": plan.quota.map(|q| q.limit.saturating_sub(used_in_period)),
+            }));
+        }
+    }
+    json(
+        StatusCode::OK,
+        serde_json::json!({
+            "key": id,
+            "plan": &*plan.name,
+            "quota": plan.quota.map(|q| serde_json::json!({"limit": q.limit, "period": format!("{:?}", q.period).to_lowercase()})),
+            "start": day_label(start),
+            "end": day_label(end),
+            "items": items,
+        }),
+    )
 }

@@ -4,7 +4,8 @@
 
 use bytes::Bytes;
 use http::header::{
-    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, PRAGMA, WWW_AUTHENTICATE,
+    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, PRAGMA, RETRY_AFTER,
+    WWW_AUTHENTICATE,
 };
 use http::{Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -38,6 +39,24 @@ pub enum Refusal {
     GatewayTimeout,
     /// The embedded issuer's token endpoint refused (RFC 6749 error body, not the gateway's).
     OAuth(crate::issuer::OAuthError),
+    /// The route needs an API key and the request's is missing, unknown or disabled.
+    ApiKey(crate::apikeys::KeyError),
+    /// A throttle's bucket is empty.
+    Throttled {
+        /// Seconds until a token is available.
+        retry_after: u64,
+        /// The bucket's size (`ratelimit-limit`).
+        limit: u64,
+    },
+    /// The key's quota for this period is used up.
+    QuotaExceeded {
+        /// Seconds until the next period.
+        retry_after: u64,
+        /// The quota (`ratelimit-limit`).
+        limit: u64,
+    },
+    /// The shared limit store cannot be reached and `state.on_error` is `deny`.
+    LimitsUnavailable,
 }
 
 impl Refusal {
@@ -54,6 +73,10 @@ impl Refusal {
             Refusal::BadGateway(r) => r,
             Refusal::GatewayTimeout => "upstream_timeout",
             Refusal::OAuth(e) => e.code(),
+            Refusal::ApiKey(e) => e.reason(),
+            Refusal::Throttled { .. } => "throttled",
+            Refusal::QuotaExceeded { .. } => "quota_exceeded",
+            Refusal::LimitsUnavailable => "limits_unavailable",
         }
     }
 
@@ -111,6 +134,28 @@ impl Refusal {
                 StatusCode::GATEWAY_TIMEOUT,
                 fixed(r#"{"message":"Endpoint request timed out"}"#),
             ),
+            Refusal::ApiKey(_) => (StatusCode::FORBIDDEN, fixed(r#"{"message":"Forbidden"}"#)),
+            Refusal::Throttled { retry_after, limit } => {
+                headers.extend(limited(retry_after, limit));
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    fixed(r#"{"message":"Too Many Requests"}"#),
+                )
+            }
+            Refusal::QuotaExceeded { retry_after, limit } => {
+                headers.extend(limited(retry_after, limit));
+                (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    fixed(r#"{"message":"Limit Exceeded"}"#),
+                )
+            }
+            Refusal::LimitsUnavailable => {
+                headers.push((RETRY_AFTER, HeaderValue::from_static("1")));
+                (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    fixed(r#"{"message":"Service Unavailable"}"#),
+                )
+            }
             Refusal::OAuth(e) => {
                 let (status, extra, body) = e.parts();
                 headers.push((CACHE_CONTROL, HeaderValue::from_static("no-store")));
@@ -126,6 +171,23 @@ impl Refusal {
         resp
     }
 }
+
+/// `retry-after` and the `ratelimit-*` headers of a 429.
+fn limited(retry_after: u64, limit: u64) -> [(HeaderName, HeaderValue); 4] {
+    [
+        (RETRY_AFTER, HeaderValue::from(retry_after)),
+        (RATELIMIT_LIMIT, HeaderValue::from(limit)),
+        (RATELIMIT_REMAINING, HeaderValue::from_static("0")),
+        (RATELIMIT_RESET, HeaderValue::from(retry_after)),
+    ]
+}
+
+/// `ratelimit-limit` (IETF RateLimit header fields draft).
+pub const RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+/// `ratelimit-remaining`.
+pub const RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+/// `ratelimit-reset` (seconds).
+pub const RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 
 /// `Bearer error="invalid_token", error_description="..."` for a token error.
 fn invalid_token_header(e: TokenError) -> HeaderValue {

@@ -8,8 +8,69 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 
+use crate::config::Parsed;
+use crate::config::schema::{OnError, StateBackend};
 use crate::config::{self, ConfigError};
+use crate::limits::{LimitState, Store, memory::MemoryStore, redis::RedisStore};
 use crate::metrics::Metrics;
+
+/// File under `state.path` where the memory store snapshots quota counters.
+pub const QUOTA_SNAPSHOT_FILE: &str = "quotas.json";
+/// Default prefix of Redis keys.
+pub const DEFAULT_REDIS_PREFIX: &str = "tollgate:";
+
+fn state_settings(p: &Parsed) -> String {
+    let s = &p.file.state;
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}",
+        s.backend, s.url, s.path, s.key_prefix, s.on_error
+    )
+}
+
+/// Opens the throttle and quota store the config names. Offline (`check`), a Redis URL is only
+/// validated and counters are not read from or written to disk.
+fn open_store(p: &Parsed, online: bool, metrics: &Arc<Metrics>) -> Result<Store, Vec<ConfigError>> {
+    let s = &p.file.state;
+    match s.backend {
+        StateBackend::Memory => {
+            if s.url.is_some() {
+                return Err(vec![
+                    p.error_at("state.url", "`url` is for `backend: redis`"),
+                ]);
+            }
+            let file = online.then(|| p.resolve(&s.path).join(QUOTA_SNAPSHOT_FILE));
+            Ok(Store::Memory(MemoryStore::open(file)))
+        }
+        StateBackend::Redis => {
+            let Some(url) = &s.url else {
+                return Err(vec![p.error_at(
+                    "state.backend",
+                    "`backend: redis` needs `url: redis://host:port`",
+                )]);
+            };
+            if let Err(e) = ::redis::Client::open(url.as_str()) {
+                return Err(vec![
+                    p.error_at("state.url", format!("not a Redis URL: {e}")),
+                ]);
+            }
+            if !online {
+                return Ok(Store::Memory(MemoryStore::open(None)));
+            }
+            let prefix = s
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string());
+            RedisStore::new(
+                url,
+                prefix,
+                s.on_error.unwrap_or(OnError::Deny),
+                metrics.clone(),
+            )
+            .map(Store::Redis)
+            .map_err(|e| vec![p.error_at("state.url", e)])
+        }
+    }
+}
 use crate::snapshot::{self, Registry, Snapshot};
 
 /// Shared state of a running gateway.
@@ -17,6 +78,9 @@ pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
     registry: Registry,
     metrics: Arc<Metrics>,
+    limits: Arc<LimitState>,
+    /// The `state:` settings the store was opened with; changing them needs a restart.
+    state_settings: String,
     config_path: PathBuf,
     /// Serialises reloads (SIGHUP, admin, file watch may coincide).
     reloading: Mutex<()>,
@@ -29,8 +93,10 @@ impl Gateway {
     /// remote key sets (for `tollgate check`). Refuses a config with any error, listing all.
     pub fn load(path: &Path, online: bool) -> Result<Gateway, Vec<ConfigError>> {
         let metrics = Arc::new(Metrics::new());
-        let registry = Registry::new(metrics.clone(), online);
         let parsed = config::read(path).map_err(|e| vec![e])?;
+        let store = open_store(&parsed, online, &metrics)?;
+        let limits = Arc::new(LimitState::new(store));
+        let registry = Registry::new(metrics.clone(), limits.clone(), online);
         let compiled = snapshot::compile(&parsed, &registry, 1);
         registry.sweep(compiled.is_ok());
         let snap = compiled?;
@@ -40,6 +106,8 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snap),
             registry,
             metrics,
+            limits,
+            state_settings: state_settings(&parsed),
             config_path: path.to_path_buf(),
             reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
@@ -59,7 +127,15 @@ impl Gateway {
         let generation = self.snapshot.load().generation + 1;
         let result = config::read(&self.config_path)
             .map_err(|e| vec![e])
-            .and_then(|p| snapshot::compile(&p, &self.registry, generation));
+            .and_then(|p| {
+                if state_settings(&p) != self.state_settings {
+                    return Err(vec![p.error_at(
+                        "state",
+                        "the state settings (backend, url, path, key_prefix, on_error) cannot change while running; restart to apply them",
+                    )]);
+                }
+                snapshot::compile(&p, &self.registry, generation)
+            });
         self.registry.sweep(result.is_ok());
         match result {
             Ok(snap) => {
@@ -85,6 +161,11 @@ impl Gateway {
                 Err(errs)
             }
         }
+    }
+
+    /// Throttle and quota state.
+    pub fn limits(&self) -> &Arc<LimitState> {
+        &self.limits
     }
 
     /// The metrics.

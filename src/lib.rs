@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod apikeys;
 pub mod auth;
 pub mod body;
 pub mod cli;

@@ -3,8 +3,11 @@
 //! order cannot be broken without the compiler noticing:
 //!
 //! ```text
-//! client ip ─▶ sanity ─▶ route ─▶ (CORS preflight) ─▶ authenticate ─▶ scopes ─▶ admit ─▶ forward
-//!   IpAddr                &Route                        Principal                Permit   Response
+//! client ip ─▶ route ─▶ (CORS preflight) ─▶ authenticate ─▶ scopes ─▶ api key ─▶ admit ─▶ forward
+//!   IpAddr    &Route                        Principal                  &ApiKey    Permit   Response
+//!
+//! `admit` runs the throttles (plan, route) and then the quota, so only requests that passed
+//! every check count.
 //! ```
 //!
 //! [`handle`] wraps the pipeline with what every answer gets: `x-request-id`, CORS headers for
@@ -20,10 +23,12 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
+use crate::apikeys::{ApiKey, KeyError};
 use crate::auth::Identity;
 use crate::body::{FailureCell, GuardedBody};
 use crate::error::{Refusal, ResponseBody};
 use crate::gateway::Gateway;
+use crate::limits::{LimitError, LimitState};
 use crate::snapshot::{Integration, Route, RouteAuth, Snapshot};
 
 /// `x-request-id`.
@@ -33,6 +38,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 128;
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_TOLLGATE_API_KEY_ID: HeaderName = HeaderName::from_static("x-tollgate-api-key-id");
 
 /// What the gateway knows about the client connection.
 #[derive(Debug, Clone)]
@@ -57,11 +63,13 @@ pub enum Principal {
 pub struct Permit<'s> {
     route: &'s Route,
     principal: Principal,
+    key: Option<&'s ApiKey>,
 }
 
 /// What every phase may consult about the request in hand.
 struct Ctx<'s> {
     snap: &'s Snapshot,
+    limits: &'s LimitState,
     conn: &'s ConnInfo,
     client_ip: IpAddr,
     request_id: HeaderValue,
@@ -71,6 +79,9 @@ struct Ctx<'s> {
 struct Outcome<'s> {
     route: Option<&'s Route>,
     principal: Option<Principal>,
+    key: Option<&'s ApiKey>,
+    /// `ratelimit-*` values for an admitted keyed request.
+    rate: Option<(u64, u64, u64)>,
     upstream: Option<Duration>,
     reason: Option<&'static str>,
 }
@@ -85,6 +96,7 @@ pub async fn handle(
     let snap = gw.snapshot();
     let ctx = Ctx {
         snap: &snap,
+        limits: gw.limits(),
         conn: &conn,
         client_ip: client_ip(&conn),
         request_id: request_id(req.headers()),
@@ -95,6 +107,8 @@ pub async fn handle(
     let mut out = Outcome {
         route: None,
         principal: None,
+        key: None,
+        rate: None,
         upstream: None,
         reason: None,
     };
@@ -107,6 +121,17 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(REQUEST_ID, ctx.request_id.clone());
+    if let Some((limit, remaining, reset)) = out.rate
+        && out.reason.is_none()
+    {
+        let h = resp.headers_mut();
+        h.insert(crate::error::RATELIMIT_LIMIT, HeaderValue::from(limit));
+        h.insert(
+            crate::error::RATELIMIT_REMAINING,
+            HeaderValue::from(remaining),
+        );
+        h.insert(crate::error::RATELIMIT_RESET, HeaderValue::from(reset));
+    }
     if let (Some(cors), Some(origin)) = (&snap.cors, &origin) {
         add_cors_headers(cors, origin, resp.headers_mut());
     }
@@ -138,7 +163,9 @@ async fn pipeline<'s>(
     let principal = authenticate(route, req.headers()).await?;
     out.principal = Some(principal.clone());
     check_scopes(route, &principal)?;
-    let permit = admit(snap, route, principal, req.headers())?;
+    let key = api_key(snap, route, req.headers())?;
+    out.key = key;
+    let permit = admit(ctx, route, principal, key, req.headers(), out).await?;
     forward(ctx, permit, req, out).await
 }
 
@@ -305,22 +332,92 @@ fn check_scopes(route: &Route, principal: &Principal) -> Result<(), Refusal> {
     }
 }
 
-/// Phase 7: admission. Refuses a declared body larger than the limit (413); bodies without a
-/// declared length are counted while they stream.
-fn admit<'s>(
-    snap: &Snapshot,
+/// Phase 6: the API key, on routes that require one. Refuses (403) a missing, unknown or
+/// disabled key. Routes that do not require a key ignore one.
+fn api_key<'s>(
+    snap: &'s Snapshot,
+    route: &Route,
+    headers: &HeaderMap,
+) -> Result<Option<&'s ApiKey>, Refusal> {
+    if !route.api_key_required {
+        return Ok(None);
+    }
+    let table = snap
+        .keys
+        .as_ref()
+        .ok_or(Refusal::ApiKey(KeyError::Unknown))?;
+    table.lookup(headers).map(Some).map_err(Refusal::ApiKey)
+}
+
+/// Phase 7: admission, in the contract's order: the key's plan throttle (or its per-route
+/// throttle), the route's throttle, then the quota, which counts only requests that passed
+/// everything else (a declared body over the limit is refused, 413, before it counts).
+/// Bodies without a declared length are measured while they stream.
+async fn admit<'s>(
+    ctx: &Ctx<'s>,
     route: &'s Route,
     principal: Principal,
+    key: Option<&'s ApiKey>,
     headers: &HeaderMap,
+    out: &mut Outcome<'s>,
 ) -> Result<Permit<'s>, Refusal> {
+    let store = &ctx.limits.store;
+    let keyed = key.and_then(|k| Some((k, &ctx.snap.plans[k.plan?])));
+    if let Some((k, plan)) = keyed
+        && let Some(t) = plan
+            .route_throttles
+            .get(&route.index)
+            .or(plan.throttle.as_ref())
+    {
+        match store.take(t, Some(&k.id)).await {
+            Ok(s) => out.rate = Some((s.limit, s.remaining, s.reset)),
+            Err(e) => {
+                plan.outcomes[1].inc();
+                return Err(limit_refusal(e, u64::from(t.spec.burst)));
+            }
+        }
+    }
+    if let Some(t) = &route.throttle {
+        store
+            .take(t, None)
+            .await
+            .map_err(|e| limit_refusal(e, u64::from(t.spec.burst)))?;
+    }
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > snap.limits.max_body) {
+    if declared.is_some_and(|n| n > ctx.snap.limits.max_body) {
         return Err(Refusal::PayloadTooLarge);
     }
-    Ok(Permit { route, principal })
+    if let Some((k, plan)) = keyed {
+        if let Some(q) = plan.quota {
+            match store
+                .count(&plan.name, &k.id, q, time::OffsetDateTime::now_utc())
+                .await
+            {
+                Ok(s) => out.rate = Some((s.limit, s.remaining, s.reset)),
+                Err(e) => {
+                    plan.outcomes[2].inc();
+                    return Err(limit_refusal(e, q.limit));
+                }
+            }
+        }
+        plan.outcomes[0].inc();
+    }
+    Ok(Permit {
+        route,
+        principal,
+        key,
+    })
+}
+
+fn limit_refusal(e: LimitError, limit: u64) -> Refusal {
+    match e {
+        LimitError::Throttled { retry_after } => Refusal::Throttled { retry_after, limit },
+        LimitError::QuotaExceeded { retry_after } => Refusal::QuotaExceeded { retry_after, limit },
+        LimitError::Unavailable => Refusal::LimitsUnavailable,
+    }
 }
 
 /// Phase 8: forward to the upstream, or answer with the route's fixed response.
@@ -366,6 +463,9 @@ async fn forward<'s>(
         for (k, v) in &id.upstream_headers {
             h.insert(k.clone(), v.clone());
         }
+    }
+    if let Some(key) = permit.key {
+        h.insert(X_TOLLGATE_API_KEY_ID, key.id_header.clone());
     }
     let failure = FailureCell::default();
     let body = GuardedBody::new(
@@ -464,6 +564,7 @@ fn record(
         upstream_ms = out.upstream.map(|d| d.as_secs_f64() * 1000.0),
         authorizer,
         principal,
+        api_key_id = out.key.map(|k| &*k.id),
         reason = out.reason,
     );
 }

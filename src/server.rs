@@ -62,6 +62,7 @@ pub struct Running {
     stop_admin: watch::Sender<bool>,
     tasks: JoinSet<()>,
     admin_task: tokio::task::JoinHandle<()>,
+    maintenance: tokio::task::JoinHandle<()>,
     graceful: Arc<GracefulShutdown>,
 }
 
@@ -111,7 +112,11 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     // The admin listener has its own stop signal: it keeps answering (`/readyz` 503) while
     // in-flight requests drain.
     let (stop_admin, stop_admin_rx) = watch::channel(false);
-    let admin_task = tokio::spawn(accept_admin(admin, gateway.clone(), stop_admin_rx));
+    let admin_task = tokio::spawn(accept_admin(admin, gateway.clone(), stop_admin_rx.clone()));
+    let maintenance = tokio::spawn(crate::limits::maintain(
+        gateway.limits().clone(),
+        stop_admin_rx,
+    ));
     gateway.set_ready(true);
     tracing::info!(public = ?public_addrs, admin = %admin_addr, generation = snap.generation, "tollgate serving");
     Ok(Running {
@@ -122,6 +127,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
         stop_admin,
         tasks,
         admin_task,
+        maintenance,
         graceful,
     })
 }
@@ -141,6 +147,8 @@ impl Running {
         };
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
+        // The last quota snapshot is written after the last request was counted.
+        let _ = self.maintenance.await;
         if clean {
             tracing::info!("shutdown complete");
         } else {

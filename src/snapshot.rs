@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, StatusCode};
 
+use crate::apikeys::{ApiKey, KeyRecord, KeyTable};
 use crate::auth::claims::ClaimRules;
 use crate::auth::jwks::{JwksSource, Loaded, RemoteJwks};
 use crate::auth::keys::KeySet;
@@ -23,6 +24,7 @@ use crate::config::{ConfigError, Parsed};
 use crate::fetch::Fetcher;
 use crate::issuer::keys::KeyRing;
 use crate::issuer::{Client, Endpoint, FailureCounter, Issuer};
+use crate::limits::{BucketSpec, LimitState, QuotaSpec, Throttle};
 use crate::metrics::Metrics;
 use crate::proxy::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Upstream};
 use crate::routes::{RouteKey, RouteTable};
@@ -134,6 +136,27 @@ pub struct Route {
     pub auth: RouteAuth,
     /// What it does.
     pub integration: Integration,
+    /// Whether callers must present an API key.
+    pub api_key_required: bool,
+    /// The route's own bucket, shared by all its callers (`throttle` or `defaults.throttle`).
+    pub throttle: Option<Throttle>,
+    /// Position in [`Snapshot::routes`] (plans keep per-route throttles by it).
+    pub index: usize,
+}
+
+/// A compiled usage plan.
+#[derive(Debug)]
+pub struct Plan {
+    /// Plan name.
+    pub name: Arc<str>,
+    /// Per-key bucket.
+    pub throttle: Option<Throttle>,
+    /// Per-key buckets for particular routes (by route index), replacing `throttle` there.
+    pub route_throttles: HashMap<usize, Throttle>,
+    /// Per-key quota.
+    pub quota: Option<QuotaSpec>,
+    /// `tollgate_api_key_requests_total{plan, result}` handles: admitted, throttled, quota.
+    pub outcomes: [prometheus::IntCounter; 3],
 }
 
 /// Settings of the admin listener.
@@ -168,12 +191,17 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// The embedded issuer, if configured.
     pub issuer: Option<Arc<Issuer>>,
+    /// Usage plans; API keys refer to them by index.
+    pub plans: Vec<Plan>,
+    /// Accepted API keys, if `api_keys` is configured.
+    pub keys: Option<KeyTable>,
 }
 
 /// State that outlives snapshots: remote key sets by source, token caches by authorizer
 /// fingerprint (a changed authorizer gets a fresh cache), and the outbound fetch client.
 pub struct Registry {
     metrics: Arc<Metrics>,
+    limits: Arc<LimitState>,
     fetcher: Fetcher,
     /// Whether remote key sets are fetched (off for `tollgate check`).
     online: bool,
@@ -194,9 +222,10 @@ struct Touched {
 
 impl Registry {
     /// A registry; `online: false` never starts network fetches.
-    pub fn new(metrics: Arc<Metrics>, online: bool) -> Registry {
+    pub fn new(metrics: Arc<Metrics>, limits: Arc<LimitState>, online: bool) -> Registry {
         Registry {
             metrics,
+            limits,
             fetcher: Fetcher::new(),
             online,
             jwks: Mutex::new(HashMap::new()),
@@ -212,6 +241,7 @@ impl Registry {
     /// of changed authorizers are freed. Either way the record of what was used is cleared.
     pub fn sweep(&self, kept: bool) {
         let touched = std::mem::take(&mut *self.touched.lock().expect("not poisoned"));
+        self.limits.sweep(kept);
         if !kept {
             return;
         }
@@ -246,6 +276,11 @@ impl Registry {
             rings.insert(path.to_path_buf(), ring.clone());
         }
         Ok(ring)
+    }
+
+    /// Throttle and quota state.
+    pub fn limits(&self) -> &Arc<LimitState> {
+        &self.limits
     }
 
     /// The metrics every snapshot reports into.
@@ -495,6 +530,9 @@ pub fn compile(
                 key: key.into(),
                 auth: RouteAuth::None,
                 integration: Integration::Issuer(iss.clone(), endpoint),
+                api_key_required: false,
+                throttle: None,
+                index: routes.len(),
             });
         }
     }
@@ -588,13 +626,46 @@ pub fn compile(
                 }
             }
         };
+        let throttle = match r.throttle.as_ref().or(f.defaults.throttle.as_ref()) {
+            Some(t) => match BucketSpec::new(t.rate, t.burst) {
+                Ok(spec) => Some(
+                    registry
+                        .limits()
+                        .throttle(&format!("route:{}", r.route), spec),
+                ),
+                Err(e) => {
+                    let at = if r.throttle.is_some() {
+                        format!("{path}.throttle")
+                    } else {
+                        "defaults.throttle".into()
+                    };
+                    errs.at(&at, e);
+                    continue;
+                }
+            },
+            None => None,
+        };
+        if r.api_key_required && f.api_keys.is_none() {
+            errs.at(
+                &format!("{path}.api_key_required"),
+                "API keys are required here but no `api_keys:` section is configured",
+            );
+        }
         keys.push((Some(i), key));
         routes.push(Route {
             key: r.route.as_str().into(),
             auth,
             integration,
+            api_key_required: r.api_key_required,
+            throttle,
+            index: routes.len(),
         });
     }
+    let plans = compile_plans(parsed, registry, &routes, &mut errs);
+    let key_table = f
+        .api_keys
+        .as_ref()
+        .and_then(|k| compile_keys(parsed, k, &plans, &mut errs));
     let table = match RouteTable::build(&keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()) {
         Ok(t) => Some(t),
         Err(c) => {
@@ -656,9 +727,194 @@ pub fn compile(
             table,
             routes,
             issuer,
+            plans,
+            keys: key_table,
         }),
         _ => Err(errs.list),
     }
+}
+
+/// A bucket spec from config, or an error at `at`.
+fn spec_at(
+    t: &crate::config::schema::ThrottleCfg,
+    at: &str,
+    errs: &mut Errors,
+) -> Option<BucketSpec> {
+    BucketSpec::new(t.rate, t.burst)
+        .map_err(|e| errs.at(at, e))
+        .ok()
+}
+
+/// Compiles `usage_plans`: throttles (per key), per-route throttles (by route index), quotas.
+fn compile_plans(
+    parsed: &Parsed,
+    registry: &Registry,
+    routes: &[Route],
+    errs: &mut Errors,
+) -> Vec<Plan> {
+    let mut plans = Vec::new();
+    for (name, p) in &parsed.file.usage_plans {
+        let path = format!("usage_plans.{name}");
+        let throttle = p
+            .throttle
+            .as_ref()
+            .and_then(|t| spec_at(t, &format!("{path}.throttle"), errs))
+            .map(|spec| registry.limits().throttle(&format!("plan:{name}"), spec));
+        let mut route_throttles = HashMap::new();
+        for (key, t) in &p.route_throttle {
+            let at = format!("{path}.route_throttle.{key}");
+            let Some(spec) = spec_at(t, &at, errs) else {
+                continue;
+            };
+            match routes.iter().find(|r| &*r.key == key.as_str()) {
+                Some(r) => {
+                    route_throttles.insert(
+                        r.index,
+                        registry
+                            .limits()
+                            .throttle(&format!("plan:{name}:route:{key}"), spec),
+                    );
+                }
+                None => errs.list.push(parsed.error_at_key(
+                    &format!("{path}.route_throttle"),
+                    key,
+                    format!("no route {key:?} is defined"),
+                )),
+            }
+        }
+        let quota = p.quota.map(|q| QuotaSpec {
+            limit: q.limit,
+            period: q.period.into(),
+        });
+        if quota.is_some_and(|q| q.limit == 0) {
+            errs.at(
+                &format!("{path}.quota.limit"),
+                "a quota limit must be at least 1",
+            );
+        }
+        let m = &registry.metrics().plan_requests;
+        plans.push(Plan {
+            name: name.as_str().into(),
+            throttle,
+            route_throttles,
+            quota,
+            outcomes: [
+                m.with_label_values(&[name.as_str(), "admitted"]),
+                m.with_label_values(&[name.as_str(), "throttled"]),
+                m.with_label_values(&[name.as_str(), "quota_exceeded"]),
+            ],
+        });
+    }
+    plans
+}
+
+/// Compiles `api_keys`: the keys in the config and the CSV import, with their plans resolved.
+/// Refuses unknown plans, duplicate ids and duplicate keys, each at its line.
+fn compile_keys(
+    parsed: &Parsed,
+    cfg: &crate::config::schema::ApiKeysCfg,
+    plans: &[Plan],
+    errs: &mut Errors,
+) -> Option<KeyTable> {
+    let header = match HeaderName::from_str(cfg.header.as_deref().unwrap_or("x-api-key")) {
+        Ok(h) => h,
+        Err(_) => {
+            errs.at("api_keys.header", "not a valid header name");
+            return None;
+        }
+    };
+    let mut records: Vec<(KeyRecord, Option<String>)> = Vec::new();
+    let mut literal = 0;
+    for (i, k) in cfg.keys.iter().enumerate() {
+        let path = format!("api_keys.keys.{i}");
+        match crate::apikeys::parse_key(&k.key) {
+            Ok((hash, was_literal)) => {
+                if was_literal {
+                    literal += 1;
+                }
+                records.push((
+                    KeyRecord {
+                        id: k.id.clone(),
+                        hash,
+                        plan: k.plan.clone(),
+                        enabled: k.enabled,
+                        line: None,
+                    },
+                    Some(path),
+                ));
+            }
+            Err(e) => errs.at(&format!("{path}.key"), e),
+        }
+    }
+    if literal > 0 {
+        tracing::warn!(keys = literal, at = %parsed.location("api_keys.keys"), "API keys written in plain text are hashed at load; write them as sha256:<hex> (tollgate hash-key)");
+    }
+    let csv_path = cfg.import.as_ref().map(|p| parsed.resolve(p));
+    if let Some(p) = &csv_path {
+        match crate::apikeys::read_csv(p) {
+            Ok((recs, literal)) => {
+                if literal > 0 {
+                    tracing::info!(keys = literal, file = %p.display(), "imported API keys hashed at load");
+                }
+                records.extend(recs.into_iter().map(|r| (r, None)));
+            }
+            Err(mut e) => errs.list.append(&mut e),
+        }
+    }
+    let mut by_hash = HashMap::with_capacity(records.len());
+    let mut ids = std::collections::HashSet::with_capacity(records.len());
+    for (rec, path) in records {
+        let at = |errs: &mut Errors, field: &str, msg: String| match (&path, rec.line, &csv_path) {
+            (Some(p), _, _) => errs.at(&format!("{p}.{field}"), msg),
+            (None, Some(line), Some(csv)) => errs.list.push(ConfigError {
+                file: csv.clone(),
+                line,
+                col: 1,
+                message: msg,
+            }),
+            _ => errs.at("api_keys", msg),
+        };
+        let plan = match &rec.plan {
+            Some(name) => match plans.iter().position(|p| &*p.name == name.as_str()) {
+                Some(i) => Some(i),
+                None => {
+                    at(
+                        errs,
+                        "plan",
+                        format!("key {:?}: usage plan {name:?} is not defined", rec.id),
+                    );
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let Ok(id_header) = HeaderValue::from_str(&rec.id) else {
+            at(
+                errs,
+                "id",
+                format!("key id {:?} cannot be sent in a header", rec.id),
+            );
+            continue;
+        };
+        if !ids.insert(rec.id.clone()) {
+            at(errs, "id", format!("key id {:?} is used twice", rec.id));
+            continue;
+        }
+        let key = ApiKey {
+            id: rec.id.as_str().into(),
+            id_header,
+            plan,
+            enabled: rec.enabled,
+        };
+        if by_hash.insert(rec.hash, key).is_some() {
+            at(
+                errs,
+                "key",
+                format!("key {:?} has the same key as another", rec.id),
+            );
+        }
+    }
+    Some(KeyTable::new(header, by_hash))
 }
 
 /// Whether `s` is an absolute `http://` or `https://` URL with a host.

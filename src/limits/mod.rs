@@ -183,17 +183,17 @@ impl Store {
 
 /// Limiter state beside the snapshots: the store, and the in-process limiters by bucket name
 /// (kept across reloads while a snapshot still names them).
-pub struct Limits {
+pub struct LimitState {
     /// Where buckets and counters live.
     pub store: Store,
     limiters: Mutex<HashMap<Arc<str>, Arc<KeyedLimiter>>>,
     touched: Mutex<HashSet<Arc<str>>>,
 }
 
-impl Limits {
+impl LimitState {
     /// Limits over `store`.
-    pub fn new(store: Store) -> Limits {
-        Limits {
+    pub fn new(store: Store) -> LimitState {
+        LimitState {
             store,
             limiters: Mutex::new(HashMap::new()),
             touched: Mutex::new(HashSet::new()),
@@ -239,6 +239,16 @@ impl Limits {
             .cloned()
             .collect();
         prune(&all);
+    }
+
+    /// Writes the memory store's quota snapshot if it changed (no-op for Redis). Errors are
+    /// logged; counting goes on in memory.
+    pub fn save(&self) {
+        if let Store::Memory(m) = &self.store
+            && let Err(e) = m.save()
+        {
+            tracing::error!(error = %e, "cannot write the quota snapshot");
+        }
     }
 
     /// Number of in-process buckets (for tests and metrics).
@@ -307,6 +317,30 @@ impl Throttle {
             }
         }
     }
+}
+
+/// How often quota counters are written to disk while they change (the most a crash loses).
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often idle in-process buckets are forgotten.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Runs until `stop` fires: saves quota counters every [`SAVE_INTERVAL`], prunes idle buckets
+/// every [`PRUNE_INTERVAL`], and saves once more on the way out.
+pub async fn maintain(limits: Arc<LimitState>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut save = tokio::time::interval(SAVE_INTERVAL);
+    let mut prune = tokio::time::interval(PRUNE_INTERVAL);
+    save.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = save.tick() => {
+                let l = limits.clone();
+                let _ = tokio::task::spawn_blocking(move || l.save()).await;
+            }
+            _ = prune.tick() => limits.prune(),
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || limits.save()).await;
 }
 
 /// Drops in-process buckets that have been full (idle) long enough to be forgotten, so

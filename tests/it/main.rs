@@ -7,5 +7,6 @@ mod auth_e2e;
 mod config;
 mod issuer;
 mod jwt;
+mod plans;
 mod proxy;
 mod routing;
