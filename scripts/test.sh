@@ -4,11 +4,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests use: promtool (from `prometheus`) validates the /metrics text.
-if ! command -v promtool >/dev/null 2>&1; then
+# Debian packages the tests use: promtool (from `prometheus`) validates the /metrics text, and
+# redis-server backs the Redis store tests (each test starts its own on a free port; the
+# package's own service is stopped so nothing is left listening on 6379).
+missing=()
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [[ " ${missing[*]} " == *" redis-server "* ]]; then
+    service redis-server stop >/dev/null 2>&1 || true
+  fi
 fi
 
 # Formatting and lints first: they are quick and a failure there is a failure.

@@ -9,4 +9,5 @@ mod issuer;
 mod jwt;
 mod plans;
 mod proxy;
+mod redis;
 mod routing;

@@ -2,4 +2,5 @@
 pub mod gateway;
 pub mod jwks_server;
 pub mod keys;
+pub mod redis_server;
 pub mod upstream;
