@@ -10,6 +10,10 @@
 //!   [`tollgate::server::start`] on loopback, to a `respond:` route, with a JWT and scope
 //!   (`respond_jwt`) and without an authorizer (`respond_open`).
 //!
+//! - `api_key/lookup_throttle_quota/*`: API key lookup by hash, the plan's throttle and the
+//!   quota count (memory store), with 1,000 and 1,000,000 keys loaded; prints the resident
+//!   memory the 1,000,000-key table takes.
+//!
 //! Everything runs on one tokio current-thread runtime: in `gateway/*` the client and the
 //! gateway share that thread, so the figure is the CPU cost of both sides plus loopback TCP. No
 //! log subscriber is installed, so the access-log line costs nothing here.
@@ -27,10 +31,15 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 
+use std::collections::HashMap;
 use tollgate::auth::claims::ClaimRules;
 use tollgate::auth::jwks::Loaded;
 use tollgate::auth::keys::KeySet;
 use tollgate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
+
+use tollgate::apikeys::{ApiKey, KeyTable};
+use tollgate::limits::memory::MemoryStore;
+use tollgate::limits::{BucketSpec, LimitState, Period, QuotaSpec, Store};
 use tollgate::metrics::Metrics;
 use tollgate::routes::{RouteKey, RouteTable};
 
@@ -382,5 +391,110 @@ fn gateway(c: &mut Criterion) {
     rt.block_on(running.shutdown(Some(Duration::from_secs(1))));
 }
 
-criterion_group!(benches, route_match, jwt, gateway);
+/// Resident memory of this process in bytes (Linux `/proc/self/statm`).
+fn rss_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+/// Keys presented in the keyed benchmarks (cycled through; each gets its own bucket).
+const ACTIVE_KEYS: usize = 10_000;
+
+/// A key table of `n` keys on one plan, plus header maps presenting the first
+/// [`ACTIVE_KEYS`] of them.
+fn key_table(n: usize) -> (KeyTable, Vec<http::HeaderMap>) {
+    let mut by_hash = HashMap::with_capacity(n);
+    for i in 0..n {
+        let id = format!("key-{i}");
+        by_hash.insert(
+            tollgate::util::sha256(format!("secret-{i}").as_bytes()),
+            ApiKey {
+                id_header: http::HeaderValue::from_str(&id).unwrap(),
+                id: id.into(),
+                plan: Some(0),
+                enabled: true,
+            },
+        );
+    }
+    let presented = (0..ACTIVE_KEYS.min(n))
+        .map(|i| {
+            let mut h = http::HeaderMap::new();
+            h.insert(
+                "x-api-key",
+                http::HeaderValue::from_str(&format!("secret-{i}")).unwrap(),
+            );
+            h
+        })
+        .collect();
+    (
+        KeyTable::new(HeaderName::from_static("x-api-key"), by_hash),
+        presented,
+    )
+}
+
+/// Key lookup + plan throttle + quota count per request, with 1,000 and 1,000,000 keys loaded
+/// (memory store). Also prints what the 1,000,000-key table costs in resident memory.
+fn api_keys(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("api_key");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    for n in [1_000usize, 1_000_000] {
+        let before = rss_bytes();
+        let (table, presented) = key_table(n);
+        let after = rss_bytes();
+        if n == 1_000_000 {
+            println!(
+                "api_key: {n} keys loaded: {:.1} MiB resident ({:.0} bytes per key)",
+                after.saturating_sub(before) as f64 / 1048576.0,
+                after.saturating_sub(before) as f64 / n as f64
+            );
+        }
+        let limits = LimitState::new(Store::Memory(MemoryStore::open(None)));
+        let throttle = limits.throttle(
+            "plan:gold",
+            BucketSpec::new(1_000_000.0, 1_000_000).unwrap(),
+        );
+        let quota = QuotaSpec {
+            limit: u64::MAX,
+            period: Period::Month,
+        };
+        // Sanity: a presented key is found, admitted by the throttle and counted.
+        rt.block_on(async {
+            let k = table.lookup(&presented[0]).unwrap();
+            limits.store.take(&throttle, Some(&k.id)).await.unwrap();
+            limits
+                .store
+                .count("gold", &k.id, quota, time::OffsetDateTime::now_utc())
+                .await
+                .unwrap();
+        });
+        let mut i = 0usize;
+        g.bench_function(format!("lookup_throttle_quota/{n}_keys"), |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let k = table
+                            .lookup(black_box(&presented[i % presented.len()]))
+                            .unwrap();
+                        black_box(limits.store.take(&throttle, Some(&k.id)).await.is_ok());
+                        let now = time::OffsetDateTime::now_utc();
+                        black_box(limits.store.count("gold", &k.id, quota, now).await.is_ok());
+                        i += 1;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, route_match, jwt, gateway, api_keys);
 criterion_main!(benches);

@@ -157,11 +157,6 @@ fn each_error_class_is_located() {
             "F:5:",
             "belongs to the embedded issuer",
         ),
-        (
-            "state: { backend: redis }\nroutes: []\n",
-            "F:3:",
-            "unknown variant `redis`",
-        ),
     ];
     for (yaml, loc, msg) in cases {
         let (code, out) = check(&format!("{BASE}{yaml}"));
@@ -279,5 +274,98 @@ fn config_flag_works_before_or_after_the_command_and_from_the_environment() {
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn api_key_and_plan_errors_are_located() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.csv"),
+        "Name,Key,Enabled,UsagePlanIds\nok,k1,true,gold\nbad,k2,true,platinum\n",
+    )
+    .unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "usage_plans:\n  gold: {}\napi_keys:\n  keys:\n    - { id: a, key: k, plan: silver }\nroutes: []\n",
+            "F:7:",
+            "usage plan \"silver\" is not defined",
+        ),
+        (
+            "usage_plans:\n  gold: { route_throttle: { \"GET /nope\": { rate: 1, burst: 1 } } }\nroutes: []\n",
+            "F:4:",
+            "no route \"GET /nope\" is defined",
+        ),
+        (
+            "usage_plans:\n  gold: { throttle: { rate: 0, burst: 1 } }\nroutes: []\n",
+            "F:4:",
+            "rate must be above 0",
+        ),
+        (
+            "usage_plans:\n  gold: { quota: { limit: 5, period: year } }\nroutes: []\n",
+            "F:4:",
+            "unknown variant `year`",
+        ),
+        (
+            "routes:\n  - { route: \"GET /a\", respond: {}, api_key_required: true }\n",
+            "F:4:",
+            "no `api_keys:` section",
+        ),
+        (
+            "usage_plans:\n  gold: {}\napi_keys:\n  keys:\n    - { id: a, key: k1 }\n    - { id: a, key: k2 }\nroutes: []\n",
+            "F:8:",
+            "key id \"a\" is used twice",
+        ),
+        (
+            "api_keys:\n  keys:\n    - { id: a, key: \"sha256:xyz\" }\nroutes: []\n",
+            "F:5:",
+            "64 hex digits",
+        ),
+        (
+            "state: { backend: redis }\nroutes: []\n",
+            "F:3:",
+            "needs `url",
+        ),
+        (
+            "state: { backend: redis, url: \"http://x\" }\nroutes: []\n",
+            "F:3:",
+            "not a Redis URL",
+        ),
+    ];
+    for (yaml, loc, msg) in cases {
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, format!("{BASE}{yaml}")).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["--log-level", "off", "check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).replace(&path.display().to_string(), "F");
+        assert_eq!(out.status.code(), Some(1), "{yaml}\n{text}");
+        assert!(
+            text.starts_with(loc) && text.contains(msg),
+            "{loc} {msg:?} for {yaml:?}, got: {text}"
+        );
+    }
+    // A bad CSV row is reported at its own file and line.
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!("{BASE}usage_plans:\n  gold: {{}}\napi_keys: {{ import: keys.csv }}\nroutes: []\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log-level", "off", "check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let csv = dir.path().join("keys.csv");
+    assert!(
+        text.contains(&format!(
+            "{}:3:1: key \"bad\": usage plan \"platinum\" is not defined",
+            csv.display()
+        )),
+        "{text}"
     );
 }
