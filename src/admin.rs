@@ -108,7 +108,7 @@ pub async fn handle(
         },
         (&Method::GET, "/usage") => usage(&gw, &snap, req.uri().query().unwrap_or("")).await,
         (&Method::POST, "/issuer/rotate") => match &snap.issuer {
-            Some(issuer) => match issuer.keys().rotate(issuer.ttl()) {
+            Some(issuer) => match issuer.keys().rotate() {
                 Ok(kid) => json(
                     StatusCode::OK,
                     serde_json::json!({"result": "ok", "kid": kid}),

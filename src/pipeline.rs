@@ -209,6 +209,7 @@ fn has_dot_segment(path: &str) -> bool {
             match code.to_ascii_lowercase().as_str() {
                 "2e" => decoded.push('.'),
                 "2f" | "5c" => decoded.push('/'),
+                "3b" => decoded.push(';'),
                 _ => decoded.push_str(&path[i..i + 3]),
             }
             i += 3;
@@ -586,6 +587,7 @@ mod tests {
             "/a/..",
             "/public/..;/admin",
             "/public/..;x=1/admin",
+            "/x/..%3b/y",
         ] {
             assert!(has_dot_segment(bad), "{bad}");
         }

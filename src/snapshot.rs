@@ -1130,10 +1130,20 @@ fn jwt_authorizer(
         errs.at(&format!("{path}.leeway"), "leeway is at most 5m");
     }
     let own = j.issuer == "self";
-    if own && issuer.is_none() {
+    if own && issuer.is_none() && parsed.file.issuer.is_none() {
         errs.at(
             &format!("{path}.issuer"),
             "`issuer: self` needs an `issuer:` section",
+        );
+    }
+    if own
+        && algorithms
+            .iter()
+            .any(|a| *a != jsonwebtoken::Algorithm::RS256)
+    {
+        errs.at(
+            &format!("{path}.algorithms"),
+            "the embedded issuer signs with RS256 only; `issuer: self` accepts [RS256]",
         );
     }
     if own && (j.jwks_uri.is_some() || j.jwks_file.is_some() || has_secret) {

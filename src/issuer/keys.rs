@@ -278,23 +278,35 @@ impl KeyRing {
         self.verify.clone()
     }
 
-    /// Rotates: a new key signs from now on; the old one stays published for `ttl` plus
-    /// [`RETIRE_MARGIN`], so tokens it signed keep verifying until they expire. Returns the new
-    /// key id. Refuses when the ring is read-only or the files cannot be written.
-    pub fn rotate(&self, ttl: Duration) -> Result<String, String> {
+    /// Rotates: a new key signs from now on; the old one stays published for the longest token
+    /// lifetime plus [`RETIRE_MARGIN`], so tokens it signed keep verifying until they expire.
+    /// Returns the new key id. Refuses when the ring is read-only or the files cannot be
+    /// written; the current key is unchanged then.
+    pub fn rotate(&self) -> Result<String, String> {
         if !self.writable {
             return Err("the key ring is read-only".into());
         }
         let _guard = self.rotating.lock().expect("not poisoned");
-        let until = now_unix() + ttl.as_secs() + RETIRE_MARGIN.as_secs();
+        // Tokens signed so far may have been minted under any lifetime the config allowed
+        // (a reload may have shortened it since), so the old key stays for the longest one.
+        let until = now_unix() + crate::issuer::MAX_TOKEN_TTL.as_secs() + RETIRE_MARGIN.as_secs();
         let retired_path = self
             .path
             .with_file_name(format!("{}{until}", Self::retired_prefix(&self.path)));
+        // The new key is on disk before the old one moves, so a failure leaves a current key.
+        let (pair, text) = generate()?;
+        let staged = self.path.with_extension("next");
+        write_private(&staged, &text)?;
+        let new = Arc::new(signing_key(&pair, text.as_bytes(), &self.path)?);
         std::fs::rename(&self.path, &retired_path)
             .map_err(|e| format!("cannot retire {}: {e}", self.path.display()))?;
-        let (pair, text) = generate()?;
-        write_private(&self.path, &text)?;
-        let new = Arc::new(signing_key(&pair, text.as_bytes(), &self.path)?);
+        if let Err(e) = std::fs::rename(&staged, &self.path) {
+            let _ = std::fs::rename(&retired_path, &self.path);
+            return Err(format!(
+                "cannot install the new key at {}: {e}",
+                self.path.display()
+            ));
+        }
         let old = self.ring.load();
         let mut retired = vec![(old.current.clone(), until)];
         retired.extend(old.retired.iter().cloned());
@@ -334,7 +346,7 @@ mod tests {
         let ring = KeyRing::open(&path, true).unwrap();
         let old = ring.current().kid.clone();
         let gen_before = ring.verify_keys().load().generation;
-        let new = ring.rotate(Duration::from_secs(3600)).unwrap();
+        let new = ring.rotate().unwrap();
         assert_ne!(old, new);
         let jwks: serde_json::Value = serde_json::from_slice(&ring.jwks()).unwrap();
         let kids: Vec<&str> = jwks["keys"]
@@ -364,7 +376,7 @@ mod tests {
             .path()
             .join(format!("issuer.pem.retired-{}", now_unix() - 1));
         std::fs::write(&stale, &text).unwrap();
-        ring.rotate(Duration::ZERO).unwrap();
+        ring.rotate().unwrap();
         let again = KeyRing::open(&path, true).unwrap();
         assert!(!stale.exists(), "expired retired key files are removed");
         let jwks: serde_json::Value = serde_json::from_slice(&again.jwks()).unwrap();

@@ -153,6 +153,11 @@ fn each_error_class_is_located() {
             "`issuer: self` needs an `issuer:` section",
         ),
         (
+            "issuer: { url: \"http://localhost:8080\" }\nauthorizers:\n  local: { type: jwt, issuer: self, algorithms: [ES256] }\nroutes: []\n",
+            "F:5:",
+            "accepts [RS256]",
+        ),
+        (
             "issuer: { url: \"http://localhost:8080\" }\nroutes:\n  - { route: \"POST /oauth2/token\", respond: {} }\n",
             "F:5:",
             "belongs to the embedded issuer",
