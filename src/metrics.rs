@@ -38,6 +38,9 @@ pub struct Metrics {
     /// `tollgate_redis_errors_total{result}`: Redis commands that failed or timed out, by what the
     /// gateway did about it (`allowed`, `denied`).
     pub redis_errors: IntCounterVec,
+    /// `tollgate_authorizer_cache_total{authorizer,result}`: external authorizer answer cache
+    /// lookups (`hit`, `miss`).
+    pub authorizer_cache: IntCounterVec,
     /// `tollgate_api_key_requests_total{plan,result}`: keyed requests by plan and outcome
     /// (`admitted`, `throttled`, `quota_exceeded`); per plan, not per key, to bound labels.
     pub plan_requests: IntCounterVec,
@@ -136,6 +139,11 @@ impl Metrics {
                 "tollgate_redis_errors_total",
                 "Redis commands that failed or timed out, by what the gateway then did.",
                 &["result"],
+            ),
+            authorizer_cache: counter(
+                "tollgate_authorizer_cache_total",
+                "External authorizer answer cache lookups, by authorizer and result.",
+                &["authorizer", "result"],
             ),
             plan_requests: counter(
                 "tollgate_api_key_requests_total",

@@ -501,6 +501,12 @@ pub fn compile(
                     authorizers.insert(name.as_str(), Arc::new(az));
                 }
             }
+            AuthorizerCfg::Sigv4(_) | AuthorizerCfg::Http(_) => {
+                errs.at(
+                    &path,
+                    "sigv4 and http authorizers are not available in this build yet",
+                );
+            }
         }
     }
 

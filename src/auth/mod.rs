@@ -4,8 +4,10 @@
 //! by `crate::error`.
 
 pub mod claims;
+pub mod external;
 pub mod jwks;
 pub mod keys;
+pub mod sigv4;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -33,6 +33,12 @@ pub struct FileConfig {
     /// API keys.
     #[serde(default)]
     pub api_keys: Option<ApiKeysCfg>,
+    /// How the client's IP is determined behind proxies.
+    #[serde(default)]
+    pub client_ip: Option<ClientIpCfg>,
+    /// Resource policies by name: allow and deny lists of CIDRs.
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicyCfg>,
     /// Named authorizers. `none` is reserved and means "no authorizer".
     #[serde(default)]
     pub authorizers: BTreeMap<String, AuthorizerCfg>,
@@ -56,6 +62,29 @@ pub struct FileConfig {
 pub struct ListenerCfg {
     /// `IP:PORT`; port 0 picks a free port (tests).
     pub bind: String,
+    /// Read a PROXY protocol v1/v2 header before HTTP (behind a network load balancer).
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+/// Client IP settings.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientIpCfg {
+    /// Peers whose `X-Forwarded-For` is believed (CIDRs or single addresses).
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+/// A resource policy on the client IP.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyCfg {
+    /// When given, only these CIDRs may call.
+    pub allow: Option<Vec<String>>,
+    /// These CIDRs may never call (an explicit deny wins over allow).
+    #[serde(default)]
+    pub deny: Vec<String>,
 }
 
 /// The admin listener.
@@ -288,6 +317,55 @@ pub enum SecretCfg {
 pub enum AuthorizerCfg {
     /// Validates JWT access tokens.
     Jwt(JwtCfg),
+    /// Verifies AWS Signature Version 4 signed requests.
+    Sigv4(SigV4Cfg),
+    /// Asks an external HTTP service (a "Lambda-style" custom authorizer).
+    Http(HttpAuthorizerCfg),
+}
+
+/// A SigV4 authorizer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigV4Cfg {
+    /// Region in the credential scope (`us-east-1`).
+    pub region: String,
+    /// Service in the credential scope (default `execute-api`).
+    #[serde(default = "default_sigv4_service")]
+    pub service: String,
+    /// Accepted access keys.
+    pub credentials: Vec<SigV4CredentialCfg>,
+}
+
+fn default_sigv4_service() -> String {
+    "execute-api".to_string()
+}
+
+/// One SigV4 access key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SigV4CredentialCfg {
+    /// The access key id (the principal).
+    pub access_key_id: String,
+    /// Its secret.
+    pub secret_access_key: SecretCfg,
+    /// Scopes this key holds (checked like JWT scopes); empty: none.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// An external HTTP authorizer.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpAuthorizerCfg {
+    /// Where to POST the request description.
+    pub url: String,
+    /// Identity sources: `header:NAME`, `query:NAME`, `route` (the route key). Missing ones: 401.
+    #[serde(default)]
+    pub identity: Vec<String>,
+    /// How long answers are cached by identity (default 300s, 0s = off, at most 3600s).
+    pub cache_ttl: Option<Dur>,
+    /// How long to wait for an answer (default 5s, at most 10s).
+    pub timeout: Option<Dur>,
 }
 
 /// A JWT authorizer.
@@ -337,6 +415,8 @@ pub struct DefaultsCfg {
     pub scopes: Option<Vec<String>>,
     /// Throttle of each route that sets none (one bucket per route, shared by all callers).
     pub throttle: Option<ThrottleCfg>,
+    /// Resource policy for routes that name none.
+    pub policy: Option<String>,
 }
 
 /// CORS settings.
@@ -380,6 +460,8 @@ pub struct RouteCfg {
     pub api_key_required: bool,
     /// This route's throttle (one bucket shared by all callers), instead of `defaults.throttle`.
     pub throttle: Option<ThrottleCfg>,
+    /// Resource policy (`none` for no policy), instead of `defaults.policy`.
+    pub policy: Option<String>,
 }
 
 /// A fixed response.

@@ -4,10 +4,13 @@ mod support;
 
 mod admin;
 mod auth_e2e;
+mod clientip;
 mod config;
+mod external;
 mod issuer;
 mod jwt;
 mod plans;
 mod proxy;
 mod redis;
 mod routing;
+mod sigv4;

@@ -1,0 +1,1 @@
+//! The external HTTP authorizer with an answer cache. (Being written.)

@@ -1,0 +1,1 @@
+//! The SigV4 authorizer: AWS Signature Version 4 signed requests. (Being written.)
