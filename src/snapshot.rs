@@ -476,6 +476,31 @@ pub fn compile(
         }
     }
 
+    // Refused until their enforcement is wired in: accepting them silently would be worse.
+    if !f.policies.is_empty() {
+        errs.at(
+            "policies",
+            "resource policies are not available in this build yet",
+        );
+    }
+    if f.client_ip.is_some() {
+        errs.at("client_ip", "client_ip is not available in this build yet");
+    }
+    for (i, l) in f.listeners.iter().enumerate() {
+        if l.proxy_protocol {
+            errs.at(
+                &format!("listeners.{i}.proxy_protocol"),
+                "the PROXY protocol is not available in this build yet",
+            );
+        }
+    }
+    if f.defaults.policy.is_some() || f.routes.iter().any(|r| r.policy.is_some()) {
+        errs.at(
+            "routes",
+            "route policies are not available in this build yet",
+        );
+    }
+
     let issuer = f
         .issuer
         .as_ref()
