@@ -28,7 +28,7 @@ use crate::auth::Identity;
 use crate::body::{FailureCell, GuardedBody};
 use crate::error::{Refusal, ResponseBody};
 use crate::gateway::Gateway;
-use crate::limits::{LimitError, LimitState};
+use crate::limits::{LimitError, LimitState, Period, QuotaSpec};
 use crate::snapshot::{Integration, Route, RouteAuth, Snapshot};
 
 /// `x-request-id`.
@@ -373,7 +373,9 @@ async fn admit<'s>(
         match store.take(t, Some(&k.id)).await {
             Ok(s) => out.rate = Some((s.limit, s.remaining, s.reset)),
             Err(e) => {
-                plan.outcomes[1].inc();
+                if matches!(e, LimitError::Throttled { .. }) {
+                    plan.outcomes[1].inc();
+                }
                 return Err(limit_refusal(e, u64::from(t.spec.burst)));
             }
         }
@@ -392,16 +394,27 @@ async fn admit<'s>(
         return Err(Refusal::PayloadTooLarge);
     }
     if let Some((k, plan)) = keyed {
-        if let Some(q) = plan.quota {
-            match store
-                .count(&plan.name, &k.id, q, time::OffsetDateTime::now_utc())
-                .await
-            {
+        let now = time::OffsetDateTime::now_utc();
+        match plan.quota {
+            Some(q) => match store.count(&plan.name, &k.id, q, now).await {
                 Ok(s) => out.rate = Some((s.limit, s.remaining, s.reset)),
                 Err(e) => {
-                    plan.outcomes[2].inc();
+                    if matches!(e, LimitError::QuotaExceeded { .. }) {
+                        plan.outcomes[2].inc();
+                    }
                     return Err(limit_refusal(e, q.limit));
                 }
+            },
+            // No quota: still counted (without a limit) so `/usage` reports the key's traffic.
+            None => {
+                let unlimited = QuotaSpec {
+                    limit: u64::MAX,
+                    period: Period::Day,
+                };
+                store
+                    .count(&plan.name, &k.id, unlimited, now)
+                    .await
+                    .map_err(|e| limit_refusal(e, 0))?;
             }
         }
         plan.outcomes[0].inc();

@@ -919,6 +919,10 @@ fn compile_keys(
             },
             None => None,
         };
+        if rec.id.is_empty() {
+            at(errs, "id", "a key id cannot be empty".to_string());
+            continue;
+        }
         let Ok(id_header) = HeaderValue::from_str(&rec.id) else {
             at(
                 errs,

@@ -65,6 +65,12 @@ async fn missing_unknown_and_disabled_keys_are_forbidden() {
         assert_eq!(up.last().headers["x-tollgate-api-key-id"], id);
         assert!(a.header("ratelimit-limit").is_some() && a.header("ratelimit-remaining").is_some());
     }
+    // A plan without a quota still reports the key's traffic.
+    let usage: serde_json::Value =
+        serde_json::from_slice(&gw.admin_get("/usage?key=partner-a").await.body).unwrap();
+    let today = usage["items"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(today["used"], 1, "{usage}");
+    assert!(today["remaining"].is_null(), "no quota, nothing remaining to report");
     let m = gw.admin_get("/metrics").await.text();
     for (reason, n) in [
         ("api_key_unknown", 1),
