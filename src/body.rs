@@ -137,3 +137,44 @@ impl Body for GuardedBody {
         self.inner.size_hint()
     }
 }
+
+/// A request body on its way through the pipeline: still streaming from the client, or read
+/// whole because an authorizer had to see it (SigV4 signs the body's hash).
+pub enum ReqBody {
+    /// Not read yet.
+    Streaming(Incoming),
+    /// Read whole (bounded by the body limit).
+    Buffered(Bytes),
+}
+
+/// Why a body could not be read whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CollectError {
+    /// Larger than the limit.
+    TooLarge,
+    /// Not complete within the deadline.
+    Timeout,
+    /// The client's stream broke.
+    Aborted,
+}
+
+impl ReqBody {
+    /// Reads the whole body, refusing more than `limit` bytes or taking longer than `deadline`.
+    pub async fn collect(self, limit: usize, deadline: Duration) -> Result<Bytes, CollectError> {
+        use http_body_util::BodyExt;
+        match self {
+            ReqBody::Buffered(b) if b.len() > limit => Err(CollectError::TooLarge),
+            ReqBody::Buffered(b) => Ok(b),
+            ReqBody::Streaming(inc) => {
+                let collected = tokio::time::timeout(deadline, http_body_util::Limited::new(inc, limit).collect())
+                    .await
+                    .map_err(|_| CollectError::Timeout)?;
+                match collected {
+                    Ok(c) => Ok(c.to_bytes()),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(CollectError::TooLarge),
+                    Err(_) => Err(CollectError::Aborted),
+                }
+            }
+        }
+    }
+}

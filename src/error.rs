@@ -57,6 +57,15 @@ pub enum Refusal {
     },
     /// The shared limit store cannot be reached and `state.on_error` is `deny`.
     LimitsUnavailable,
+    /// The client IP is outside the route's resource policy.
+    PolicyDenied,
+    /// The route's (non-bearer) authorizer found no credentials: an unsigned request for a
+    /// SigV4 route, a missing identity source for an external authorizer.
+    Unauthorized(&'static str),
+    /// The route's authorizer refused: a bad signature, an external deny, a missing scope.
+    Forbidden(&'static str),
+    /// The external authorizer could not give an answer (timeout, error, garbage).
+    AuthorizerFailed,
 }
 
 impl Refusal {
@@ -77,6 +86,9 @@ impl Refusal {
             Refusal::Throttled { .. } => "throttled",
             Refusal::QuotaExceeded { .. } => "quota_exceeded",
             Refusal::LimitsUnavailable => "limits_unavailable",
+            Refusal::PolicyDenied => "policy_denied",
+            Refusal::Unauthorized(r) | Refusal::Forbidden(r) => r,
+            Refusal::AuthorizerFailed => "authorizer_failed",
         }
     }
 
@@ -156,6 +168,16 @@ impl Refusal {
                     fixed(r#"{"message":"Service Unavailable"}"#),
                 )
             }
+            Refusal::PolicyDenied | Refusal::Forbidden(_) => {
+                (StatusCode::FORBIDDEN, fixed(r#"{"message":"Forbidden"}"#))
+            }
+            Refusal::Unauthorized(_) => {
+                (StatusCode::UNAUTHORIZED, fixed(r#"{"message":"Unauthorized"}"#))
+            }
+            Refusal::AuthorizerFailed => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                fixed(r#"{"message":"Internal server error"}"#),
+            ),
             Refusal::OAuth(e) => {
                 let (status, extra, body) = e.parts();
                 headers.push((CACHE_CONTROL, HeaderValue::from_static("no-store")));

@@ -19,13 +19,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::apikeys::{ApiKey, KeyError};
 use crate::auth::Identity;
-use crate::body::{FailureCell, GuardedBody};
+use crate::auth::external::{Decision, ExternalError};
+use crate::body::{FailureCell, GuardedBody, ReqBody};
 use crate::error::{Refusal, ResponseBody};
 use crate::gateway::Gateway;
 use crate::limits::{LimitError, LimitState, Period, QuotaSpec};
@@ -56,6 +58,8 @@ pub enum Principal {
     Anonymous,
     /// A verified JWT.
     Jwt(Arc<Identity>),
+    /// Allowed by an external authorizer, with the context it returned.
+    External(Arc<Decision>),
 }
 
 /// Permission to forward: the route and principal that passed every check.
@@ -154,19 +158,21 @@ async fn pipeline<'s>(
     out: &mut Outcome<'s>,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let snap = ctx.snap;
-    check_request(&req)?;
-    let route = route(snap, &req)?;
+    let (parts, body) = req.into_parts();
+    let mut body = ReqBody::Streaming(body);
+    check_request(&parts)?;
+    let route = route(snap, &parts)?;
     out.route = Some(route);
-    if let Some(preflight) = cors_preflight(snap, &req) {
+    if let Some(preflight) = cors_preflight(snap, &parts) {
         return Ok(preflight);
     }
-    let principal = authenticate(route, req.headers()).await?;
+    let principal = authenticate(ctx, route, &parts, &mut body).await?;
     out.principal = Some(principal.clone());
     check_scopes(route, &principal)?;
-    let key = api_key(snap, route, req.headers())?;
+    let key = api_key(snap, route, &parts.headers)?;
     out.key = key;
-    let permit = admit(ctx, route, principal, key, req.headers(), out).await?;
-    forward(ctx, permit, req, out).await
+    let permit = admit(ctx, route, principal, key, &parts.headers, out).await?;
+    forward(ctx, permit, parts, body, out).await
 }
 
 /// Phase 1: the client's IP (the TCP peer; trusted-proxy handling comes with resource policies).
@@ -180,11 +186,11 @@ fn client_ip(conn: &ConnInfo) -> IpAddr {
 /// Refuses requests that cannot be routed safely: no host (HTTP/1.1 requires one), and paths
 /// with dot segments (plain or percent-encoded), which an upstream might resolve to a path the
 /// gateway never authorized.
-fn check_request(req: &Request<Incoming>) -> Result<(), Refusal> {
-    if req.uri().authority().is_none() && !req.headers().contains_key(header::HOST) {
+fn check_request(req: &Parts) -> Result<(), Refusal> {
+    if req.uri.authority().is_none() && !req.headers.contains_key(header::HOST) {
         return Err(Refusal::BadRequest("no_host"));
     }
-    let path = req.uri().path();
+    let path = req.uri.path();
     if !path.starts_with('/') {
         return Err(Refusal::BadRequest("bad_path"));
     }
@@ -226,36 +232,36 @@ fn has_dot_segment(path: &str) -> bool {
 }
 
 /// Phase 2: the route. A CORS preflight is routed by the method it asks about.
-fn route<'s>(snap: &'s Snapshot, req: &Request<Incoming>) -> Result<&'s Route, Refusal> {
+fn route<'s>(snap: &'s Snapshot, req: &Parts) -> Result<&'s Route, Refusal> {
     let method = match preflight_method(snap, req) {
         Some(m) => m,
-        None => req.method().clone(),
+        None => req.method.clone(),
     };
     snap.table
-        .find(&method, req.uri().path())
+        .find(&method, req.uri.path())
         .map(|i| &snap.routes[i])
         .ok_or(Refusal::NotFound)
 }
 
-fn preflight_method(snap: &Snapshot, req: &Request<Incoming>) -> Option<Method> {
+fn preflight_method(snap: &Snapshot, req: &Parts) -> Option<Method> {
     if snap.cors.is_none()
-        || req.method() != Method::OPTIONS
-        || !req.headers().contains_key(header::ORIGIN)
+        || req.method != Method::OPTIONS
+        || !req.headers.contains_key(header::ORIGIN)
     {
         return None;
     }
-    let m = req.headers().get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
+    let m = req.headers.get(header::ACCESS_CONTROL_REQUEST_METHOD)?;
     Method::from_bytes(m.as_bytes()).ok()
 }
 
 /// Phase 3: a CORS preflight is answered here, before any authorization (browsers send no
 /// credentials on preflights). Origins not allowed get no `access-control-*` headers.
-fn cors_preflight(snap: &Snapshot, req: &Request<Incoming>) -> Option<Response<ResponseBody>> {
+fn cors_preflight(snap: &Snapshot, req: &Parts) -> Option<Response<ResponseBody>> {
     preflight_method(snap, req)?;
     let cors = snap.cors.as_ref()?;
     let mut resp = Response::new(Either::Left(Full::default()));
     *resp.status_mut() = StatusCode::NO_CONTENT;
-    let origin = req.headers().get(header::ORIGIN)?;
+    let origin = req.headers.get(header::ORIGIN)?;
     if origin.to_str().is_ok_and(|o| cors.allows(o)) {
         let h = resp.headers_mut();
         h.insert(
@@ -301,11 +307,30 @@ fn add_cors_headers(cors: &crate::snapshot::Cors, origin: &HeaderValue, h: &mut 
 }
 
 /// Phase 5: the route's authorizer. Refuses 401 without a token or with a bad one.
-async fn authenticate(route: &Route, headers: &HeaderMap) -> Result<Principal, Refusal> {
+async fn authenticate(
+    ctx: &Ctx<'_>,
+    route: &Route,
+    parts: &Parts,
+    _body: &mut ReqBody,
+) -> Result<Principal, Refusal> {
     match &route.auth {
         RouteAuth::None => Ok(Principal::Anonymous),
+        RouteAuth::External { authorizer, .. } => {
+            let request_id = ctx.request_id.to_str().unwrap_or("");
+            let decision = authorizer
+                .authorize(parts, &route.key, ctx.client_ip, request_id)
+                .await
+                .map_err(|e| match e {
+                    ExternalError::MissingIdentity => Refusal::Unauthorized(e.reason()),
+                    ExternalError::Denied => Refusal::Forbidden(e.reason()),
+                    ExternalError::Failed => Refusal::AuthorizerFailed,
+                })?;
+            Ok(Principal::External(decision))
+        }
         RouteAuth::Jwt { authorizer, .. } => {
-            let token = authorizer.token(headers).ok_or(Refusal::NoCredentials)?;
+            let token = authorizer
+                .token(&parts.headers)
+                .ok_or(Refusal::NoCredentials)?;
             let identity = authorizer
                 .verify(token)
                 .await
@@ -438,7 +463,8 @@ fn limit_refusal(e: LimitError, limit: u64) -> Refusal {
 async fn forward<'s>(
     ctx: &Ctx<'_>,
     permit: Permit<'s>,
-    req: Request<Incoming>,
+    mut parts: Parts,
+    body: ReqBody,
     out: &mut Outcome<'s>,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let upstream = match &permit.route.integration {
@@ -451,11 +477,12 @@ async fn forward<'s>(
             return Ok(resp);
         }
         Integration::Issuer(issuer, endpoint) => {
-            return issuer.serve(*endpoint, req, ctx.client_ip).await;
+            return issuer
+                .serve(*endpoint, Request::from_parts(parts, body), ctx.client_ip)
+                .await;
         }
         Integration::Proxy(u) => u,
     };
-    let (mut parts, body) = req.into_parts();
     let h = &mut parts.headers;
     crate::proxy::strip_hop_by_hop(h);
     remove_tollgate_headers(h);
@@ -473,21 +500,33 @@ async fn forward<'s>(
         HeaderValue::from_static(if ctx.conn.tls { "https" } else { "http" }),
     );
     h.insert(REQUEST_ID, ctx.request_id.clone());
-    if let Principal::Jwt(id) = &permit.principal {
-        for (k, v) in &id.upstream_headers {
-            h.insert(k.clone(), v.clone());
+    match (&permit.principal, &permit.route.auth) {
+        (Principal::Jwt(id), _) => {
+            for (k, v) in &id.upstream_headers {
+                h.insert(k.clone(), v.clone());
+            }
         }
+        (Principal::External(decision), RouteAuth::External { name, .. }) => {
+            for (k, v) in &decision.context_headers {
+                h.insert(k.clone(), v.clone());
+            }
+            h.insert(crate::auth::headers::AUTHORIZER, name.clone());
+        }
+        _ => {}
     }
     if let Some(key) = permit.key {
         h.insert(X_TOLLGATE_API_KEY_ID, key.id_header.clone());
     }
     let failure = FailureCell::default();
-    let body = GuardedBody::new(
-        body,
-        ctx.snap.limits.max_body,
-        ctx.snap.limits.body_idle_timeout,
-        failure.clone(),
-    );
+    let body = match body {
+        ReqBody::Streaming(incoming) => Either::Left(GuardedBody::new(
+            incoming,
+            ctx.snap.limits.max_body,
+            ctx.snap.limits.body_idle_timeout,
+            failure.clone(),
+        )),
+        ReqBody::Buffered(bytes) => Either::Right(Full::new(bytes)),
+    };
     let (resp, took) = upstream
         .forward(Request::from_parts(parts, body), &failure)
         .await?;
@@ -556,15 +595,14 @@ fn record(
     if let Some(reason) = out.reason {
         m.denied.with_label_values(&[route, reason]).inc();
     }
-    let (authorizer, principal) = match &out.principal {
-        Some(Principal::Jwt(id)) => (
-            out.route.and_then(|r| match &r.auth {
-                RouteAuth::Jwt { authorizer, .. } => Some(&**authorizer.name()),
-                RouteAuth::None => None,
-            }),
-            id.subject.as_deref(),
-        ),
-        _ => (None, None),
+    let authorizer = out.route.and_then(|r| match &r.auth {
+        RouteAuth::Jwt { authorizer, .. } => Some(&**authorizer.name()),
+        RouteAuth::External { authorizer, .. } => Some(&**authorizer.name()),
+        RouteAuth::None => None,
+    });
+    let principal = match &out.principal {
+        Some(Principal::Jwt(id)) => id.subject.as_deref(),
+        _ => None,
     };
     tracing::info!(
         target: "tollgate::access",

@@ -27,6 +27,10 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most idle connections kept per upstream target.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
 
+/// What goes to the upstream: the client's body streaming through its guard, or a body the
+/// gateway already read whole.
+pub type UpstreamBody = http_body_util::Either<GuardedBody, http_body_util::Full<bytes::Bytes>>;
+
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), never forwarded.
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -77,7 +81,7 @@ pub struct Upstream {
     next: AtomicUsize,
     epoch: Instant,
     timeout: Duration,
-    client: Client<HttpConnector, GuardedBody>,
+    client: Client<HttpConnector, UpstreamBody>,
     duration: prometheus::Histogram,
 }
 
@@ -189,7 +193,7 @@ impl Upstream {
     /// the client's body was cut off.
     pub async fn forward(
         &self,
-        mut req: Request<GuardedBody>,
+        mut req: Request<UpstreamBody>,
         body_failure: &FailureCell,
     ) -> Result<(Response<Incoming>, Duration), Refusal> {
         let i = self.pick();

@@ -18,6 +18,7 @@ use crate::apikeys::{ApiKey, KeyRecord, KeyTable};
 use crate::auth::claims::ClaimRules;
 use crate::auth::jwks::{JwksSource, Loaded, RemoteJwks};
 use crate::auth::keys::KeySet;
+use crate::auth::external::ExternalAuthorizer;
 use crate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
 use crate::config::schema::{AuthorizerCfg, JwtCfg, SecretCfg};
 use crate::config::{ConfigError, Parsed};
@@ -116,6 +117,13 @@ pub struct FixedResponse {
 pub enum RouteAuth {
     /// Open route.
     None,
+    /// An external HTTP authorizer decides (it grants no scopes).
+    External {
+        /// The authorizer.
+        authorizer: Arc<ExternalAuthorizer>,
+        /// Its name, ready for `x-tollgate-authorizer`.
+        name: HeaderValue,
+    },
     /// JWT with at least one of `scopes` (empty: any valid token).
     Jwt {
         /// The authorizer.
@@ -508,6 +516,7 @@ pub fn compile(
 
     // Authorizers.
     let mut authorizers: HashMap<&str, Arc<JwtAuthorizer>> = HashMap::new();
+    let mut externals: HashMap<&str, Arc<ExternalAuthorizer>> = HashMap::new();
     for (name, a) in &f.authorizers {
         let path = format!("authorizers.{name}");
         if name == "none" {
@@ -526,11 +535,24 @@ pub fn compile(
                     authorizers.insert(name.as_str(), Arc::new(az));
                 }
             }
-            AuthorizerCfg::Sigv4(_) | AuthorizerCfg::Http(_) => {
-                errs.at(
-                    &path,
-                    "sigv4 and http authorizers are not available in this build yet",
-                );
+            AuthorizerCfg::Http(h) => {
+                use crate::auth::external::{DEFAULT_CACHE_TTL, DEFAULT_TIMEOUT};
+                match ExternalAuthorizer::new(
+                    name,
+                    &h.url,
+                    &h.identity,
+                    h.cache_ttl.map_or(DEFAULT_CACHE_TTL, |d| d.0),
+                    h.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+                    registry.metrics(),
+                ) {
+                    Ok(a) => {
+                        externals.insert(name.as_str(), Arc::new(a));
+                    }
+                    Err(e) => errs.at(&path, e),
+                }
+            }
+            AuthorizerCfg::Sigv4(_) => {
+                errs.at(&path, "sigv4 authorizers are not available in this build yet");
             }
         }
     }
@@ -633,6 +655,20 @@ pub fn compile(
                 continue;
             }
             RouteAuth::None
+        } else if let Some(ext) = externals.get(auth_name) {
+            // An external authorizer grants no scopes: explicit ones are an error, inherited
+            // `defaults.scopes` do not apply.
+            if explicit_scopes && !scopes.is_empty() {
+                errs.at(
+                    &format!("{path}.scopes"),
+                    "an http authorizer grants no scopes; remove `scopes` from this route",
+                );
+                continue;
+            }
+            RouteAuth::External {
+                authorizer: ext.clone(),
+                name: HeaderValue::from_str(auth_name).unwrap_or(HeaderValue::from_static("http")),
+            }
         } else {
             match authorizers.get(auth_name) {
                 Some(a) => match crate::error::insufficient_scope_header(&scopes) {

@@ -15,10 +15,10 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{Either, Full};
 
 use self::keys::KeyRing;
+use crate::body::{CollectError, ReqBody};
 use crate::error::{Refusal, ResponseBody};
 
 /// Shortest token lifetime accepted in config.
@@ -299,7 +299,7 @@ impl Issuer {
     pub async fn serve(
         &self,
         endpoint: Endpoint,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         client_ip: IpAddr,
     ) -> Result<Response<ResponseBody>, Refusal> {
         match endpoint {
@@ -314,7 +314,7 @@ impl Issuer {
 
     async fn token(
         &self,
-        req: Request<Incoming>,
+        req: Request<ReqBody>,
         client_ip: IpAddr,
     ) -> Result<Response<ResponseBody>, OAuthError> {
         if req.method() != Method::POST {
@@ -339,14 +339,17 @@ impl Issuer {
             return Err(OAuthError::SlowDown);
         }
         let (parts, body) = req.into_parts();
-        let body = tokio::time::timeout(
-            TOKEN_REQUEST_BODY_TIMEOUT,
-            Limited::new(body, MAX_TOKEN_REQUEST_BYTES).collect(),
-        )
-        .await
-        .map_err(|_| OAuthError::InvalidRequest("the request body did not arrive in time"))?
-        .map_err(|_| OAuthError::InvalidRequest("the request body is too large or incomplete"))?
-        .to_bytes();
+        let body = body
+            .collect(MAX_TOKEN_REQUEST_BYTES, TOKEN_REQUEST_BODY_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                CollectError::Timeout => {
+                    OAuthError::InvalidRequest("the request body did not arrive in time")
+                }
+                CollectError::TooLarge | CollectError::Aborted => {
+                    OAuthError::InvalidRequest("the request body is too large or incomplete")
+                }
+            })?;
         let mut form: HashMap<String, String> = HashMap::new();
         for (k, v) in form_urlencoded::parse(&body) {
             if form.insert(k.into_owned(), v.into_owned()).is_some() {
