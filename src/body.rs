@@ -166,12 +166,17 @@ impl ReqBody {
             ReqBody::Buffered(b) if b.len() > limit => Err(CollectError::TooLarge),
             ReqBody::Buffered(b) => Ok(b),
             ReqBody::Streaming(inc) => {
-                let collected = tokio::time::timeout(deadline, http_body_util::Limited::new(inc, limit).collect())
-                    .await
-                    .map_err(|_| CollectError::Timeout)?;
+                let collected = tokio::time::timeout(
+                    deadline,
+                    http_body_util::Limited::new(inc, limit).collect(),
+                )
+                .await
+                .map_err(|_| CollectError::Timeout)?;
                 match collected {
                     Ok(c) => Ok(c.to_bytes()),
-                    Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(CollectError::TooLarge),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        Err(CollectError::TooLarge)
+                    }
                     Err(_) => Err(CollectError::Aborted),
                 }
             }

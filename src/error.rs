@@ -171,9 +171,10 @@ impl Refusal {
             Refusal::PolicyDenied | Refusal::Forbidden(_) => {
                 (StatusCode::FORBIDDEN, fixed(r#"{"message":"Forbidden"}"#))
             }
-            Refusal::Unauthorized(_) => {
-                (StatusCode::UNAUTHORIZED, fixed(r#"{"message":"Unauthorized"}"#))
-            }
+            Refusal::Unauthorized(_) => (
+                StatusCode::UNAUTHORIZED,
+                fixed(r#"{"message":"Unauthorized"}"#),
+            ),
             Refusal::AuthorizerFailed => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 fixed(r#"{"message":"Internal server error"}"#),

@@ -27,7 +27,8 @@ use hyper::body::Incoming;
 use crate::apikeys::{ApiKey, KeyError};
 use crate::auth::Identity;
 use crate::auth::external::{Decision, ExternalError};
-use crate::body::{FailureCell, GuardedBody, ReqBody};
+use crate::auth::sigv4::{SigV4Error, SigV4Identity};
+use crate::body::{CollectError, FailureCell, GuardedBody, ReqBody};
 use crate::error::{Refusal, ResponseBody};
 use crate::gateway::Gateway;
 use crate::limits::{LimitError, LimitState, Period, QuotaSpec};
@@ -60,6 +61,8 @@ pub enum Principal {
     Jwt(Arc<Identity>),
     /// Allowed by an external authorizer, with the context it returned.
     External(Arc<Decision>),
+    /// A request signed (SigV4) with a configured access key.
+    SigV4(Arc<SigV4Identity>),
 }
 
 /// Permission to forward: the route and principal that passed every check.
@@ -102,7 +105,7 @@ pub async fn handle(
         snap: &snap,
         limits: gw.limits(),
         conn: &conn,
-        client_ip: client_ip(&conn),
+        client_ip: crate::clientip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies),
         request_id: request_id(req.headers()),
     };
     let method = req.method().clone();
@@ -166,6 +169,7 @@ async fn pipeline<'s>(
     if let Some(preflight) = cors_preflight(snap, &parts) {
         return Ok(preflight);
     }
+    check_policy(route, ctx.client_ip)?;
     let principal = authenticate(ctx, route, &parts, &mut body).await?;
     out.principal = Some(principal.clone());
     check_scopes(route, &principal)?;
@@ -173,14 +177,6 @@ async fn pipeline<'s>(
     out.key = key;
     let permit = admit(ctx, route, principal, key, &parts.headers, out).await?;
     forward(ctx, permit, parts, body, out).await
-}
-
-/// Phase 1: the client's IP (the TCP peer; trusted-proxy handling comes with resource policies).
-fn client_ip(conn: &ConnInfo) -> IpAddr {
-    match conn.peer.ip() {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// Refuses requests that cannot be routed safely: no host (HTTP/1.1 requires one), and paths
@@ -306,15 +302,47 @@ fn add_cors_headers(cors: &crate::snapshot::Cors, origin: &HeaderValue, h: &mut 
     }
 }
 
+/// Phase 4: the route's resource policy on the client IP (403 outside it).
+fn check_policy(route: &Route, client_ip: IpAddr) -> Result<(), Refusal> {
+    match &route.policy {
+        Some(p) if !p.permits(client_ip) => Err(Refusal::PolicyDenied),
+        _ => Ok(()),
+    }
+}
+
 /// Phase 5: the route's authorizer. Refuses 401 without a token or with a bad one.
 async fn authenticate(
     ctx: &Ctx<'_>,
     route: &Route,
     parts: &Parts,
-    _body: &mut ReqBody,
+    body: &mut ReqBody,
 ) -> Result<Principal, Refusal> {
     match &route.auth {
         RouteAuth::None => Ok(Principal::Anonymous),
+        RouteAuth::SigV4 { verifier, .. } => {
+            if !crate::auth::sigv4::is_signed(parts) {
+                return Err(Refusal::Unauthorized(SigV4Error::Unsigned.reason()));
+            }
+            // The signature covers the body's hash: read it whole (bounded), then forward it.
+            let limits = &ctx.snap.limits;
+            let taken = std::mem::replace(body, ReqBody::Buffered(bytes::Bytes::new()));
+            let bytes = taken
+                .collect(limits.max_body as usize, limits.body_idle_timeout)
+                .await
+                .map_err(|e| match e {
+                    CollectError::TooLarge => Refusal::PayloadTooLarge,
+                    CollectError::Timeout => Refusal::RequestTimeout,
+                    CollectError::Aborted => Refusal::BadRequest("client_aborted"),
+                })?;
+            *body = ReqBody::Buffered(bytes.clone());
+            let identity = verifier
+                .verify(parts, &bytes, std::time::SystemTime::now())
+                .map_err(|e| match e {
+                    SigV4Error::Unsigned => Refusal::Unauthorized(e.reason()),
+                    _ => Refusal::Forbidden(e.reason()),
+                })?;
+            Ok(Principal::SigV4(Arc::new(identity)))
+        }
         RouteAuth::External { authorizer, .. } => {
             let request_id = ctx.request_id.to_str().unwrap_or("");
             let decision = authorizer
@@ -353,6 +381,11 @@ fn check_scopes(route: &Route, principal: &Principal) -> Result<(), Refusal> {
             Principal::Jwt(identity),
         ) if !identity.has_any_scope(scopes) => {
             Err(Refusal::InsufficientScope(insufficient_scope.clone()))
+        }
+        (RouteAuth::SigV4 { scopes, .. }, Principal::SigV4(identity))
+            if !identity.has_any_scope(scopes) =>
+        {
+            Err(Refusal::Forbidden("insufficient_scope"))
         }
         _ => Ok(()),
     }
@@ -494,7 +527,7 @@ async fn forward<'s>(
     if let Some(Ok(host)) = host {
         h.insert(X_FORWARDED_HOST, host);
     }
-    append_forwarded_for(h, ctx.client_ip);
+    forwarded_for(h, ctx);
     h.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if ctx.conn.tls { "https" } else { "http" }),
@@ -505,6 +538,17 @@ async fn forward<'s>(
             for (k, v) in &id.upstream_headers {
                 h.insert(k.clone(), v.clone());
             }
+        }
+        (Principal::SigV4(identity), RouteAuth::SigV4 { name, .. }) => {
+            if let Ok(v) = HeaderValue::from_str(&identity.access_key_id) {
+                h.insert(crate::auth::headers::PRINCIPAL, v);
+            }
+            if !identity.scopes.is_empty()
+                && let Ok(v) = HeaderValue::from_str(&identity.scopes.join(" "))
+            {
+                h.insert(crate::auth::headers::SCOPES, v);
+            }
+            h.insert(crate::auth::headers::AUTHORIZER, name.clone());
         }
         (Principal::External(decision), RouteAuth::External { name, .. }) => {
             for (k, v) in &decision.context_headers {
@@ -534,6 +578,18 @@ async fn forward<'s>(
     Ok(resp.map(Either::Right))
 }
 
+/// An `x-forwarded-for` entry as an address: bare, or with a port, canonicalised.
+fn lenient_ip(entry: &str) -> Option<IpAddr> {
+    let bare = entry
+        .strip_prefix('[')
+        .and_then(|e| e.strip_suffix(']'))
+        .unwrap_or(entry);
+    bare.parse::<IpAddr>()
+        .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+        .ok()
+        .map(crate::clientip::canonical)
+}
+
 /// Removes every `x-tollgate-*` header a client sent: only the gateway may set them.
 fn remove_tollgate_headers(h: &mut HeaderMap) {
     let names: Vec<HeaderName> = h
@@ -546,13 +602,38 @@ fn remove_tollgate_headers(h: &mut HeaderMap) {
     }
 }
 
-/// Appends the client IP to `x-forwarded-for` (the upstream should trust only the last entry).
-fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
-    let value = match h.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => format!("{prev}, {ip}"),
-        _ => ip.to_string(),
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+/// Sets `x-forwarded-for` so that it ends with the client IP the gateway determined. From an
+/// untrusted peer the peer is appended (anything the client wrote stays to its left, where an
+/// upstream must not trust it); from a trusted proxy the entries the proxies added after the
+/// client are dropped, so the list ends with the client.
+fn forwarded_for(h: &mut HeaderMap, ctx: &Ctx<'_>) {
+    let client = ctx.client_ip;
+    let peer = crate::clientip::canonical(ctx.conn.peer.ip());
+    let existing: Vec<String> = h
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect();
+    let mut entries = existing;
+    if client != peer {
+        // Drop what the trusted proxies added after the client, then the client's own entry
+        // (it is written again below in canonical form: no port, IPv4-mapped as IPv4).
+        while entries
+            .last()
+            .and_then(|e| lenient_ip(e))
+            .is_some_and(|ip| ip != client && ctx.snap.trusted_proxies.contains(ip))
+        {
+            entries.pop();
+        }
+        if entries.last().and_then(|e| lenient_ip(e)) == Some(client) {
+            entries.pop();
+        }
+    }
+    entries.push(client.to_string());
+    if let Ok(v) = HeaderValue::from_str(&entries.join(", ")) {
         h.insert(X_FORWARDED_FOR, v);
     }
 }
@@ -598,10 +679,12 @@ fn record(
     let authorizer = out.route.and_then(|r| match &r.auth {
         RouteAuth::Jwt { authorizer, .. } => Some(&**authorizer.name()),
         RouteAuth::External { authorizer, .. } => Some(&**authorizer.name()),
+        RouteAuth::SigV4 { name, .. } => name.to_str().ok(),
         RouteAuth::None => None,
     });
     let principal = match &out.principal {
         Some(Principal::Jwt(id)) => id.subject.as_deref(),
+        Some(Principal::SigV4(id)) => Some(id.access_key_id.as_str()),
         _ => None,
     };
     tracing::info!(
@@ -663,14 +746,5 @@ mod tests {
         assert_eq!(request_id(&h).len(), 36);
         h.insert(REQUEST_ID, HeaderValue::from_str(&"a".repeat(129)).unwrap());
         assert_eq!(request_id(&h).len(), 36);
-    }
-
-    #[test]
-    fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
-        append_forwarded_for(&mut h, "192.0.2.1".parse().unwrap());
-        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1");
-        append_forwarded_for(&mut h, "192.0.2.2".parse().unwrap());
-        assert_eq!(h[X_FORWARDED_FOR], "192.0.2.1, 192.0.2.2");
     }
 }

@@ -90,13 +90,15 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     let builder = Arc::new(builder);
 
     let mut public_addrs = Vec::new();
-    for addr in &snap.listeners {
+    for spec in &snap.listeners {
+        let addr = spec.addr;
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|e| StartError::Bind(*addr, e))?;
-        public_addrs.push(l.local_addr().map_err(|e| StartError::Bind(*addr, e))?);
+            .map_err(|e| StartError::Bind(addr, e))?;
+        public_addrs.push(l.local_addr().map_err(|e| StartError::Bind(addr, e))?);
         tasks.spawn(accept_public(
             l,
+            spec.proxy_protocol,
             gateway.clone(),
             builder.clone(),
             graceful.clone(),
@@ -187,28 +189,46 @@ async fn accept(
     }
 }
 
+/// Accepts connections and serves each in its own task. With `proxy_protocol`, each connection
+/// must open with a valid PROXY v1/v2 header (read in the connection's task, with its own
+/// timeout, so a slow sender never holds up accepting); its source address becomes the peer,
+/// and a connection without one is closed.
 async fn accept_public(
     listener: TcpListener,
+    proxy_protocol: bool,
     gateway: Arc<Gateway>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: Arc<GracefulShutdown>,
     mut stop: watch::Receiver<bool>,
 ) {
-    while let Some((stream, peer)) = accept(&listener, &mut stop).await {
+    while let Some((mut stream, tcp_peer)) = accept(&listener, &mut stop).await {
         let _ = stream.set_nodelay(true);
         let gauge = gateway.metrics().connections_active.clone();
         gauge.inc();
         let guard = ConnGuard(gauge);
-        let info = Arc::new(ConnInfo { peer, tls: false });
         let gw = gateway.clone();
-        let svc = service_fn(move |req| pipeline::handle(gw.clone(), info.clone(), req));
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _guard = guard;
-            if let Err(e) = conn.await {
+            let peer = if proxy_protocol {
+                match crate::proxy_protocol::read_header(&mut stream).await {
+                    Ok(Some(source)) => source,
+                    Ok(None) => tcp_peer,
+                    Err(e) => {
+                        tracing::debug!(%tcp_peer, error = %e, "connection without a valid PROXY header closed");
+                        return;
+                    }
+                }
+            } else {
+                tcp_peer
+            };
+            let info = Arc::new(ConnInfo { peer, tls: false });
+            let svc = service_fn(move |req| pipeline::handle(gw.clone(), info.clone(), req));
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });

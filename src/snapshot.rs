@@ -16,10 +16,12 @@ use http::{HeaderName, HeaderValue, StatusCode};
 
 use crate::apikeys::{ApiKey, KeyRecord, KeyTable};
 use crate::auth::claims::ClaimRules;
+use crate::auth::external::ExternalAuthorizer;
 use crate::auth::jwks::{JwksSource, Loaded, RemoteJwks};
 use crate::auth::keys::KeySet;
-use crate::auth::external::ExternalAuthorizer;
+use crate::auth::sigv4::SigV4Verifier;
 use crate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
+use crate::clientip::{CidrSet, Policy};
 use crate::config::schema::{AuthorizerCfg, JwtCfg, SecretCfg};
 use crate::config::{ConfigError, Parsed};
 use crate::fetch::Fetcher;
@@ -117,6 +119,15 @@ pub struct FixedResponse {
 pub enum RouteAuth {
     /// Open route.
     None,
+    /// AWS SigV4 signed requests, the key holding at least one of `scopes` (empty: any key).
+    SigV4 {
+        /// The verifier.
+        verifier: Arc<SigV4Verifier>,
+        /// Required scopes (any of).
+        scopes: Vec<Box<str>>,
+        /// The authorizer's name, ready for `x-tollgate-authorizer` and the log.
+        name: HeaderValue,
+    },
     /// An external HTTP authorizer decides (it grants no scopes).
     External {
         /// The authorizer.
@@ -150,6 +161,8 @@ pub struct Route {
     pub throttle: Option<Throttle>,
     /// Position in [`Snapshot::routes`] (plans keep per-route throttles by it).
     pub index: usize,
+    /// Resource policy on the client IP (`policy` or `defaults.policy`).
+    pub policy: Option<Arc<Policy>>,
 }
 
 /// A compiled usage plan.
@@ -165,6 +178,15 @@ pub struct Plan {
     pub quota: Option<QuotaSpec>,
     /// `tollgate_api_key_requests_total{plan, result}` handles: admitted, throttled, quota.
     pub outcomes: [prometheus::IntCounter; 3],
+}
+
+/// A public listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ListenerSpec {
+    /// Address to bind.
+    pub addr: SocketAddr,
+    /// Whether each connection starts with a PROXY protocol header.
+    pub proxy_protocol: bool,
 }
 
 /// Settings of the admin listener.
@@ -185,8 +207,10 @@ pub struct Snapshot {
     pub hash: String,
     /// When it was loaded.
     pub loaded_at: SystemTime,
-    /// Public listener addresses.
-    pub listeners: Vec<SocketAddr>,
+    /// Public listeners.
+    pub listeners: Vec<ListenerSpec>,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: CidrSet,
     /// Admin listener.
     pub admin: AdminSettings,
     /// Limits.
@@ -415,11 +439,16 @@ pub fn compile(
     if f.listeners.is_empty() {
         errs.at("listeners", "at least one listener is required");
     }
-    let listeners: Vec<SocketAddr> = f
+    let listeners: Vec<ListenerSpec> = f
         .listeners
         .iter()
         .enumerate()
-        .filter_map(|(i, l)| bind_addr(&l.bind, &format!("listeners.{i}.bind"), &mut errs))
+        .filter_map(|(i, l)| {
+            bind_addr(&l.bind, &format!("listeners.{i}.bind"), &mut errs).map(|addr| ListenerSpec {
+                addr,
+                proxy_protocol: l.proxy_protocol,
+            })
+        })
         .collect();
     let admin = match &f.admin {
         Some(a) => AdminSettings {
@@ -484,29 +513,52 @@ pub fn compile(
         }
     }
 
-    // Refused until their enforcement is wired in: accepting them silently would be worse.
-    if !f.policies.is_empty() {
-        errs.at(
-            "policies",
-            "resource policies are not available in this build yet",
-        );
-    }
-    if f.client_ip.is_some() {
-        errs.at("client_ip", "client_ip is not available in this build yet");
-    }
-    for (i, l) in f.listeners.iter().enumerate() {
-        if l.proxy_protocol {
-            errs.at(
-                &format!("listeners.{i}.proxy_protocol"),
-                "the PROXY protocol is not available in this build yet",
-            );
+    // Client IP: trusted proxies, and resource policies by name.
+    let trusted_proxies = match f
+        .client_ip
+        .as_ref()
+        .map(|c| CidrSet::parse(&c.trusted_proxies))
+    {
+        None => CidrSet::default(),
+        Some(Ok(set)) => set,
+        Some(Err((i, e))) => {
+            errs.at(&format!("client_ip.trusted_proxies.{i}"), e);
+            CidrSet::default()
         }
+    };
+    let mut policies: HashMap<&str, Arc<Policy>> = HashMap::new();
+    for (name, p) in &f.policies {
+        let path = format!("policies.{name}");
+        if name == "none" {
+            errs.list.push(parsed.error_at_key(
+                "policies",
+                name,
+                "`none` is reserved for routes without a policy",
+            ));
+            continue;
+        }
+        let allow = match p.allow.as_ref().map(|a| CidrSet::parse(a)) {
+            None => None,
+            Some(Ok(set)) => Some(set),
+            Some(Err((i, e))) => {
+                errs.at(&format!("{path}.allow.{i}"), e);
+                continue;
+            }
+        };
+        let deny = match CidrSet::parse(&p.deny) {
+            Ok(set) => set,
+            Err((i, e)) => {
+                errs.at(&format!("{path}.deny.{i}"), e);
+                continue;
+            }
+        };
+        policies.insert(name.as_str(), Arc::new(Policy::new(allow, deny)));
     }
-    if f.defaults.policy.is_some() || f.routes.iter().any(|r| r.policy.is_some()) {
-        errs.at(
-            "routes",
-            "route policies are not available in this build yet",
-        );
+    if let Some(p) = &f.defaults.policy
+        && p != "none"
+        && !f.policies.contains_key(p)
+    {
+        errs.at("defaults.policy", format!("policy {p:?} is not defined"));
     }
 
     let issuer = f
@@ -517,6 +569,7 @@ pub fn compile(
     // Authorizers.
     let mut authorizers: HashMap<&str, Arc<JwtAuthorizer>> = HashMap::new();
     let mut externals: HashMap<&str, Arc<ExternalAuthorizer>> = HashMap::new();
+    let mut sigv4s: HashMap<&str, Arc<SigV4Verifier>> = HashMap::new();
     for (name, a) in &f.authorizers {
         let path = format!("authorizers.{name}");
         if name == "none" {
@@ -551,8 +604,44 @@ pub fn compile(
                     Err(e) => errs.at(&path, e),
                 }
             }
-            AuthorizerCfg::Sigv4(_) => {
-                errs.at(&path, "sigv4 authorizers are not available in this build yet");
+            AuthorizerCfg::Sigv4(c) => {
+                let mut creds = Vec::new();
+                let mut ids = std::collections::HashSet::new();
+                for (k, cred) in c.credentials.iter().enumerate() {
+                    let at = format!("{path}.credentials.{k}");
+                    if !ids.insert(cred.access_key_id.as_str()) {
+                        errs.at(
+                            &format!("{at}.access_key_id"),
+                            "this access key id appears twice",
+                        );
+                        continue;
+                    }
+                    if let Some(secret) = read_secret(
+                        parsed,
+                        &cred.secret_access_key,
+                        &format!("{at}.secret_access_key"),
+                        &mut errs,
+                    ) {
+                        creds.push((cred.access_key_id.clone(), secret, cred.scopes.clone()));
+                    }
+                }
+                if c.credentials.is_empty() {
+                    errs.at(
+                        &format!("{path}.credentials"),
+                        "at least one credential is required",
+                    );
+                }
+                if c.region.is_empty() || c.service.is_empty() {
+                    errs.at(&path, "region and service must not be empty");
+                }
+                sigv4s.insert(
+                    name.as_str(),
+                    Arc::new(SigV4Verifier::new(
+                        c.region.clone(),
+                        c.service.clone(),
+                        creds,
+                    )),
+                );
             }
         }
     }
@@ -586,6 +675,7 @@ pub fn compile(
                 api_key_required: false,
                 throttle: None,
                 index: routes.len(),
+                policy: None,
             });
         }
     }
@@ -655,6 +745,12 @@ pub fn compile(
                 continue;
             }
             RouteAuth::None
+        } else if let Some(v) = sigv4s.get(auth_name) {
+            RouteAuth::SigV4 {
+                verifier: v.clone(),
+                scopes,
+                name: HeaderValue::from_str(auth_name).unwrap_or(HeaderValue::from_static("sigv4")),
+            }
         } else if let Some(ext) = externals.get(auth_name) {
             // An external authorizer grants no scopes: explicit ones are an error, inherited
             // `defaults.scopes` do not apply.
@@ -712,6 +808,21 @@ pub fn compile(
             },
             None => None,
         };
+        let policy = match r.policy.as_deref().or(f.defaults.policy.as_deref()) {
+            None | Some("none") => None,
+            Some(name) => match policies.get(name) {
+                Some(p) => Some(p.clone()),
+                None => {
+                    if r.policy.is_some() && !f.policies.contains_key(name) {
+                        errs.at(
+                            &format!("{path}.policy"),
+                            format!("policy {name:?} is not defined"),
+                        );
+                    }
+                    continue;
+                }
+            },
+        };
         if r.api_key_required && f.api_keys.is_none() {
             errs.at(
                 &format!("{path}.api_key_required"),
@@ -726,6 +837,7 @@ pub fn compile(
             api_key_required: r.api_key_required,
             throttle,
             index: routes.len(),
+            policy,
         });
     }
     let plans = compile_plans(parsed, registry, &routes, &mut errs);
@@ -788,6 +900,7 @@ pub fn compile(
             hash: parsed.hash.clone(),
             loaded_at: SystemTime::now(),
             listeners,
+            trusted_proxies,
             admin,
             limits,
             cors,

@@ -70,7 +70,10 @@ async fn missing_unknown_and_disabled_keys_are_forbidden() {
         serde_json::from_slice(&gw.admin_get("/usage?key=partner-a").await.body).unwrap();
     let today = usage["items"].as_array().unwrap().last().unwrap().clone();
     assert_eq!(today["used"], 1, "{usage}");
-    assert!(today["remaining"].is_null(), "no quota, nothing remaining to report");
+    assert!(
+        today["remaining"].is_null(),
+        "no quota, nothing remaining to report"
+    );
     let m = gw.admin_get("/metrics").await.text();
     for (reason, n) in [
         ("api_key_unknown", 1),
