@@ -26,3 +26,4 @@ pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod util;
+pub mod watch;

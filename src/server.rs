@@ -115,6 +115,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     // in-flight requests drain.
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let admin_task = tokio::spawn(accept_admin(admin, gateway.clone(), stop_admin_rx.clone()));
+    crate::watch::spawn(gateway.clone(), stop_admin_rx.clone());
     let maintenance = tokio::spawn(crate::limits::maintain(
         gateway.limits().clone(),
         stop_admin_rx,

@@ -12,5 +12,6 @@ mod jwt;
 mod plans;
 mod proxy;
 mod redis;
+mod reload;
 mod routing;
 mod sigv4;

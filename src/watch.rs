@@ -1,0 +1,140 @@
+//! Reload on file changes: the config file and every file it names are watched through their
+//! parent directories (so editors' rename-into-place and Kubernetes ConfigMap symlink swaps are
+//! seen), events are debounced, and a reload happens only when the content of a watched file
+//! (followed through symlinks) really changed. A refused config is logged and counted once, and
+//! the previous one keeps serving until the files change again.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify_debouncer_mini::notify::{RecommendedWatcher, RecursiveMode};
+use notify_debouncer_mini::{DebounceEventResult, Debouncer, new_debouncer};
+use tokio::sync::watch;
+
+use crate::gateway::Gateway;
+
+/// Quiet time after the last event before files are compared: editors and ConfigMap updates
+/// write several events for one change.
+pub const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// A digest of the watched files' contents (a missing file digests as empty).
+fn fingerprint(files: &[PathBuf]) -> Vec<[u8; 32]> {
+    files
+        .iter()
+        .map(|f| {
+            std::fs::read(f)
+                .map(|b| crate::util::sha256(&b))
+                .unwrap_or([0; 32])
+        })
+        .collect()
+}
+
+fn parent(f: &Path) -> PathBuf {
+    f.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Watches the parent directory of every file in `files`, and stops watching directories no
+/// longer needed.
+fn sync_watches(
+    d: &mut Debouncer<RecommendedWatcher>,
+    files: &[PathBuf],
+    dirs: &mut HashSet<PathBuf>,
+) {
+    let want: HashSet<PathBuf> = files.iter().map(|f| parent(f)).collect();
+    for gone in dirs.difference(&want).cloned().collect::<Vec<_>>() {
+        let _ = d.watcher().unwatch(&gone);
+        dirs.remove(&gone);
+    }
+    for dir in want {
+        if !dirs.contains(&dir) {
+            match d.watcher().watch(&dir, RecursiveMode::NonRecursive) {
+                Ok(()) => {
+                    dirs.insert(dir);
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for config changes")
+                }
+            }
+        }
+    }
+}
+
+/// Starts watching now (so any change after this returns is seen) and spawns the task that
+/// reloads `gw` whenever a watched file's content changes, until `stop` fires. Without file
+/// watching (no inotify), logs a warning; SIGHUP and `POST /reload` still work.
+pub fn spawn(gw: Arc<Gateway>, stop: watch::Receiver<bool>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut debouncer = match new_debouncer(DEBOUNCE, move |res: DebounceEventResult| {
+        if res.is_ok() {
+            let _ = tx.send(());
+        }
+    }) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP or POST /reload");
+            return;
+        }
+    };
+    let mut dirs = HashSet::new();
+    let files = gw.snapshot().files.clone();
+    sync_watches(&mut debouncer, &files, &mut dirs);
+    // A change between loading and watching shows up as a config that is not the loaded one.
+    let mut seen = fingerprint(&files);
+    if seen.first() != Some(&hash_bytes(&gw.snapshot().hash)) {
+        seen.clear();
+    }
+    tokio::spawn(run(gw, stop, debouncer, dirs, files, seen, rx));
+}
+
+fn hash_bytes(hex_digest: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    if let Ok(v) = hex::decode(hex_digest)
+        && v.len() == 32
+    {
+        out.copy_from_slice(&v);
+    }
+    out
+}
+
+async fn run(
+    gw: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+    mut debouncer: Debouncer<RecommendedWatcher>,
+    mut dirs: HashSet<PathBuf>,
+    mut files: Vec<PathBuf>,
+    mut seen: Vec<[u8; 32]>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    if seen.is_empty() {
+        // Changed before watching began: reload at once.
+        let g = gw.clone();
+        let _ = tokio::task::spawn_blocking(move || g.reload()).await;
+        files = gw.snapshot().files.clone();
+        sync_watches(&mut debouncer, &files, &mut dirs);
+        seen = fingerprint(&files);
+    }
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            event = rx.recv() => {
+                if event.is_none() {
+                    return;
+                }
+                let now = fingerprint(&files);
+                if now == seen {
+                    continue;
+                }
+                let g = gw.clone();
+                let _ = tokio::task::spawn_blocking(move || g.reload()).await;
+                // The new config may name other files.
+                files = gw.snapshot().files.clone();
+                sync_watches(&mut debouncer, &files, &mut dirs);
+                seen = fingerprint(&files);
+            }
+        }
+    }
+}
