@@ -136,11 +136,17 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
 }
 
 impl Running {
-    /// Graceful shutdown: readiness off, listeners closed, in-flight requests given `grace`
+    /// Graceful shutdown: readiness off, `limits.shutdown_delay` of still accepting (so load
+    /// balancers notice), listeners closed, in-flight requests given `grace`
     /// (default: the config's `limits.shutdown_grace`) to finish. Returns whether all finished.
     pub async fn shutdown(mut self, grace: Option<Duration>) -> bool {
         self.gateway.set_ready(false);
-        let grace = grace.unwrap_or(self.gateway.snapshot().limits.shutdown_grace);
+        let limits = self.gateway.snapshot().limits.clone();
+        let grace = grace.unwrap_or(limits.shutdown_grace);
+        if !limits.shutdown_delay.is_zero() {
+            tracing::info!(delay = ?limits.shutdown_delay, "not ready; still accepting while load balancers notice");
+            tokio::time::sleep(limits.shutdown_delay).await;
+        }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
         // Every accept loop has ended, so this is the last owner.

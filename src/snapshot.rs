@@ -66,6 +66,8 @@ pub struct Limits {
     pub body_idle_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
+    /// Time between readiness turning off and listeners closing.
+    pub shutdown_delay: Duration,
 }
 
 /// CORS settings in their response-ready form.
@@ -476,6 +478,7 @@ pub fn compile(
             .body_idle_timeout
             .map_or(DEFAULT_BODY_IDLE_TIMEOUT, |d| d.0),
         shutdown_grace: l.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
+        shutdown_delay: l.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
     };
     for (value, path) in [
         (limits.header_timeout, "limits.header_timeout"),

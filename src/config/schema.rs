@@ -114,6 +114,9 @@ pub struct LimitsCfg {
     pub body_idle_timeout: Option<Dur>,
     /// How long in-flight requests get to finish at shutdown (default 30s).
     pub shutdown_grace: Option<Dur>,
+    /// How long listeners keep accepting after `/readyz` turns 503 at shutdown, so load
+    /// balancers stop sending first (default 0s; e.g. 5s behind a load balancer or in Kubernetes).
+    pub shutdown_delay: Option<Dur>,
 }
 
 /// State storage.

@@ -191,3 +191,35 @@ async fn metrics_pass_promtool() {
         "{said}"
     );
 }
+
+#[tokio::test]
+async fn shutdown_delay_keeps_accepting_while_not_ready() {
+    let gw = gateway::start(
+        "limits: { shutdown_delay: 400ms }\nroutes:\n  - { route: \"GET /status\", respond: { body: ok } }\n",
+    )
+    .await;
+    let addr = gw.addr;
+    let mut gw = gw;
+    let running = gw.running.take().unwrap();
+    let gwy = running.gateway.clone();
+    let started = std::time::Instant::now();
+    let shutdown = tokio::spawn(running.shutdown(Some(Duration::from_secs(2))));
+    // Readiness turns off at once...
+    while gwy.is_ready() {
+        assert!(
+            started.elapsed() < Duration::from_millis(300),
+            "readiness did not turn off"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // ...but requests are still served during the delay.
+    let a = gw.get("/status", &[]).await;
+    assert_eq!(a.status, 200);
+    assert!(started.elapsed() < Duration::from_millis(400));
+    assert!(shutdown.await.unwrap());
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "listeners closed only after the delay"
+    );
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
