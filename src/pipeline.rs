@@ -202,29 +202,29 @@ fn has_dot_segment(path: &str) -> bool {
     if !path.contains('.') && !path.contains('%') {
         return false;
     }
-    let mut decoded = String::with_capacity(path.len());
+    // Bytes throughout: nothing here may split a multi-byte character.
+    let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
     let b = path.as_bytes();
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' && i + 2 < b.len() {
-            let code = &path[i + 1..i + 3];
-            match code.to_ascii_lowercase().as_str() {
-                "2e" => decoded.push('.'),
-                "2f" | "5c" => decoded.push('/'),
-                "3b" => decoded.push(';'),
-                _ => decoded.push_str(&path[i..i + 3]),
+            match [b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()] {
+                [b'2', b'e'] => decoded.push(b'.'),
+                [b'2', b'f'] | [b'5', b'c'] => decoded.push(b'/'),
+                [b'3', b'b'] => decoded.push(b';'),
+                _ => decoded.extend_from_slice(&b[i..i + 3]),
             }
             i += 3;
             continue;
         }
-        decoded.push(if b[i] == b'\\' { '/' } else { b[i] as char });
+        decoded.push(if b[i] == b'\\' { b'/' } else { b[i] });
         i += 1;
     }
     // `..;x` is `..` to servers that strip path parameters (`;`), such as Tomcat.
     decoded
-        .split('/')
-        .map(|s| s.split(';').next().unwrap_or(s))
-        .any(|s| s == "." || s == "..")
+        .split(|c| *c == b'/')
+        .map(|s| s.split(|c| *c == b';').next().unwrap_or(s))
+        .any(|s| s == b"." || s == b"..")
 }
 
 /// Phase 2: the route. A CORS preflight is routed by the method it asks about.

@@ -735,7 +735,8 @@ fn canonical_query(query: &Query, skip_signature: bool) -> String {
 /// `YYYYMMDDTHHMMSSZ` to seconds since the epoch.
 fn parse_amz_date(s: &str) -> Option<i64> {
     let b = s.as_bytes();
-    if b.len() != AMZ_DATE_LEN || b[8] != b'T' || b[15] != b'Z' {
+    // ASCII only: slicing below is by byte position (a decoded query value may be any UTF-8).
+    if !s.is_ascii() || b.len() != AMZ_DATE_LEN || b[8] != b'T' || b[15] != b'Z' {
         return None;
     }
     let num = |r: std::ops::Range<usize>| -> Option<u32> {
@@ -782,6 +783,13 @@ mod tests {
     //! `aws-signing-test-suite/v4`): credentials AKIDEXAMPLE, 2015-08-30T12:36:00Z, us-east-1,
     //! service `service`. Each vector names its directory.
     use super::*;
+
+    #[test]
+    fn non_ascii_dates_are_malformed_not_a_panic() {
+        assert_eq!(parse_amz_date("aaa\u{e9}aaaTaaaaaaZ"), None);
+        assert_eq!(parse_amz_date("2015083\u{e9}T123600Z"), None);
+        assert!(parse_amz_date("20150830T123600Z").is_some());
+    }
 
     const AKID: &str = "AKIDEXAMPLE";
     const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
