@@ -21,15 +21,14 @@ import base64
 import json
 import os
 import re
-import signal
-import socket
-import subprocess
 import time
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import jwt
 import pytest
+import tollgate_process
+from tollgate_process import REPO_ROOT
 import requests
 from authlib.integrations.base_client.errors import OAuthError
 from authlib.integrations.requests_client import OAuth2Session as AuthlibSession
@@ -39,13 +38,6 @@ from requests_oauthlib import OAuth2Session as OAuthlibSession
 
 # oauthlib refuses plain http unless told otherwise; the gateway under test listens on loopback.
 os.environ["OAUTHLIB_INSECURE_TRANSPORT"] = "1"
-# Never send loopback traffic through a proxy configured in the environment.
-for _var in ("NO_PROXY", "no_proxy"):
-    os.environ[_var] = ",".join(filter(None, [os.environ.get(_var), "127.0.0.1", "localhost"]))
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP_DEADLINE_S = 20.0
-SHUTDOWN_DEADLINE_S = 15.0
 HTTP_TIMEOUT_S = 10.0
 
 READ = "product-api/read_product"
@@ -68,19 +60,14 @@ BAD_AUTH_BUDGET = 8
 # --------------------------------------------------------------------------------------------
 
 
-class Gateway:
-    def __init__(self, proc: subprocess.Popen, base_url: str, stderr_path: Path):
-        self.proc = proc
-        self.base_url = base_url
-        self.stderr_path = stderr_path
+class Gateway(tollgate_process.Gateway):
+    def __init__(self, proc, base_url, stderr_path):
+        super().__init__(proc, base_url, stderr_path)
         self.bad_auth_requests = 0
 
     @property
     def token_url(self) -> str:
         return self.base_url + "/oauth2/token"
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
 
     def spend_bad_auth(self) -> None:
         """Counts one deliberately failed client authentication (see BAD_AUTH_BUDGET)."""
@@ -89,12 +76,6 @@ class Gateway:
             "the suite would trip the issuer's failed-authentication throttle; raise the "
             "budget only if the issuer's limit allows it"
         )
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _substitute(text: str, pattern: str, replacement: str) -> str:
@@ -124,90 +105,20 @@ def _config_for(shipped: str, port: int, state_dir: Path) -> str:
     return cfg
 
 
-def _binary() -> Path:
-    raw = os.environ.get("TOLLGATE_BIN", "target/debug/tollgate")
-    path = Path(raw)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    if not path.is_file():
-        pytest.fail(f"tollgate binary not found at {path}: build it first (cargo build)")
-    return path
-
-
-def _start(binary: Path, workdir: Path, attempt: int) -> Gateway | None:
-    """Starts tollgate on a fresh port and waits for its discovery document. Returns None when
-    the process exited during startup (e.g. the picked port was taken in the meantime)."""
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    config = workdir / f"gateway-{attempt}.yaml"
-    config.write_text(
-        _config_for((REPO_ROOT / "gateway.yaml").read_text(), port, workdir / "state")
-    )
-    stderr_path = workdir / f"tollgate-{attempt}.stderr"
-    with open(stderr_path, "wb") as err, open(workdir / f"tollgate-{attempt}.stdout", "wb") as out:
-        proc = subprocess.Popen(
-            [str(binary), "run", "-c", str(config), "--log-format", "json"],
-            cwd=workdir,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-        )
-    gw = Gateway(proc, base_url, stderr_path)
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            print(f"tollgate exited with {proc.returncode} during startup:\n{gw.stderr()}")
-            return None
-        try:
-            r = requests.get(base_url + "/.well-known/openid-configuration", timeout=1.0)
-            if r.status_code == 200:
-                return gw
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except requests.RequestException as e:
-            last = repr(e)
-        time.sleep(0.05)  # poll interval
-    proc.kill()
-    proc.wait()
-    pytest.fail(
-        f"tollgate did not serve its discovery document within {STARTUP_DEADLINE_S}s "
-        f"(last: {last}); stderr:\n{gw.stderr()}"
-    )
-
-
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory):
-    binary = _binary()
     workdir = tmp_path_factory.mktemp("tollgate")
-    gw = None
-    for attempt in range(3):
-        gw = _start(binary, workdir, attempt)
-        if gw is not None:
-            break
-    if gw is None:
-        pytest.fail("tollgate did not start (3 attempts); see the captured output above")
-
+    shipped = (REPO_ROOT / "gateway.yaml").read_text()
+    gw = tollgate_process.start(
+        workdir,
+        "issuer",
+        lambda port: _config_for(shipped, port, workdir / "state"),
+        "/.well-known/openid-configuration",
+        gateway_class=Gateway,
+    )
     yield gw
-
-    still_running = gw.proc.poll() is None
-    if still_running:
-        gw.proc.send_signal(signal.SIGTERM)
-    try:
-        code = gw.proc.wait(timeout=SHUTDOWN_DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        gw.proc.kill()
-        gw.proc.wait()
-        pytest.fail(f"tollgate did not exit within {SHUTDOWN_DEADLINE_S}s of SIGTERM")
-    stderr = gw.stderr()
-    assert still_running, f"tollgate died during the tests (exit {code}); stderr:\n{stderr}"
-    assert code == 0, f"tollgate exited {code} after SIGTERM; stderr:\n{stderr}"
-    # --log-format json: every stderr line is one JSON object.
-    for line in stderr.splitlines():
-        if line.strip():
-            assert isinstance(json.loads(line), dict), line
     # Client secrets never reach the logs.
-    for secret, _ in CLIENTS.values():
-        assert secret not in stderr
+    tollgate_process.stop(gw, secrets=tuple(secret for secret, _ in CLIENTS.values()))
 
 
 # --------------------------------------------------------------------------------------------

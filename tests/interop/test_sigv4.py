@@ -16,28 +16,16 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
-import signal
-import socket
-import subprocess
-import time
-from pathlib import Path
 
 import botocore.auth
 import pytest
 import requests
+import tollgate_process
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
 
-# Never send loopback traffic through a proxy configured in the environment.
-for _var in ("NO_PROXY", "no_proxy"):
-    os.environ[_var] = ",".join(filter(None, [os.environ.get(_var), "127.0.0.1", "localhost"]))
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-STARTUP_DEADLINE_S = 20.0
-SHUTDOWN_DEADLINE_S = 15.0
 HTTP_TIMEOUT_S = 10.0
 
 REGION = "us-east-1"
@@ -85,104 +73,15 @@ routes:
 # --------------------------------------------------------------------------------------------
 
 
-class Gateway:
-    def __init__(self, proc: subprocess.Popen, base_url: str, stderr_path: Path):
-        self.proc = proc
-        self.base_url = base_url
-        self.stderr_path = stderr_path
-
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _binary() -> Path:
-    raw = os.environ.get("TOLLGATE_BIN", "target/debug/tollgate")
-    path = Path(raw)
-    if not path.is_absolute():
-        path = REPO_ROOT / path
-    if not path.is_file():
-        pytest.fail(f"tollgate binary not found at {path}: build it first (cargo build)")
-    return path
-
-
-def _start(binary: Path, workdir: Path, attempt: int) -> Gateway | None:
-    """Starts tollgate on a fresh port and waits for its open route. Returns None when the
-    process exited during startup (e.g. the picked port was taken in the meantime)."""
-    port = _free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    config = workdir / f"sigv4-{attempt}.yaml"
-    config.write_text(_config(port))
-    stderr_path = workdir / f"tollgate-sigv4-{attempt}.stderr"
-    env = dict(os.environ, **{SECRET_ENV: SECRET_ACCESS_KEY})
-    with open(stderr_path, "wb") as err, open(workdir / f"tollgate-sigv4-{attempt}.stdout", "wb") as out:
-        proc = subprocess.Popen(
-            [str(binary), "run", "-c", str(config), "--log-format", "json"],
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=err,
-        )
-    gw = Gateway(proc, base_url, stderr_path)
-    deadline = time.monotonic() + STARTUP_DEADLINE_S
-    last = "no answer yet"
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            print(f"tollgate exited with {proc.returncode} during startup:\n{gw.stderr()}")
-            return None
-        try:
-            r = requests.get(base_url + "/ping", timeout=1.0)
-            if r.status_code == 200:
-                return gw
-            last = f"HTTP {r.status_code}: {r.text[:200]}"
-        except requests.RequestException as e:
-            last = repr(e)
-        time.sleep(0.05)  # poll interval
-    proc.kill()
-    proc.wait()
-    pytest.fail(
-        f"tollgate did not serve /ping within {STARTUP_DEADLINE_S}s (last: {last}); "
-        f"stderr:\n{gw.stderr()}"
-    )
-
-
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory):
-    binary = _binary()
     workdir = tmp_path_factory.mktemp("tollgate-sigv4")
-    gw = None
-    for attempt in range(3):
-        gw = _start(binary, workdir, attempt)
-        if gw is not None:
-            break
-    if gw is None:
-        pytest.fail("tollgate did not start (3 attempts); see the captured output above")
-
+    gw = tollgate_process.start(
+        workdir, "sigv4", _config, "/ping", env={SECRET_ENV: SECRET_ACCESS_KEY}
+    )
     yield gw
-
-    still_running = gw.proc.poll() is None
-    if still_running:
-        gw.proc.send_signal(signal.SIGTERM)
-    try:
-        code = gw.proc.wait(timeout=SHUTDOWN_DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        gw.proc.kill()
-        gw.proc.wait()
-        pytest.fail(f"tollgate did not exit within {SHUTDOWN_DEADLINE_S}s of SIGTERM")
-    stderr = gw.stderr()
-    assert still_running, f"tollgate died during the tests (exit {code}); stderr:\n{stderr}"
-    assert code == 0, f"tollgate exited {code} after SIGTERM; stderr:\n{stderr}"
-    for line in stderr.splitlines():
-        if line.strip():
-            assert isinstance(json.loads(line), dict), line
     # The secret never reaches the logs.
-    assert SECRET_ACCESS_KEY not in stderr
+    tollgate_process.stop(gw, secrets=(SECRET_ACCESS_KEY,))
 
 
 # --------------------------------------------------------------------------------------------
