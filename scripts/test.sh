@@ -50,5 +50,11 @@ if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$stamp" ] ||
   PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install -q -r "$REQS"
   echo "$stamp" >"$VENV/.requirements.sha256"
 fi
-cargo build --locked
+# target/debug/tollgate was built by `cargo test` above (integration tests need it).
 TOLLGATE_BIN=target/debug/tollgate "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests/interop
+
+# Deployment kit (deploy/README.md, "How the kit is checked"): hadolint on the Dockerfile,
+# systemd-analyze on the unit, promtool on the scrape configs and alerting rules (and their unit
+# tests), kubernetes-validate on the manifests, and tests/deploy against the same binary
+# (example configs served, health checks run, metric names checked against a live scrape).
+VENV="$VENV" TOLLGATE_BIN=target/debug/tollgate bash tests/deploy/run.sh
