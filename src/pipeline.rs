@@ -609,31 +609,39 @@ fn remove_tollgate_headers(h: &mut HeaderMap) {
 fn forwarded_for(h: &mut HeaderMap, ctx: &Ctx<'_>) {
     let client = ctx.client_ip;
     let peer = crate::clientip::canonical(ctx.conn.peer.ip());
-    let existing: Vec<String> = h
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|e| e.trim().to_string())
-        .filter(|e| !e.is_empty())
-        .collect();
-    let mut entries = existing;
-    if client != peer {
-        // Drop what the trusted proxies added after the client, then the client's own entry
-        // (it is written again below in canonical form: no port, IPv4-mapped as IPv4).
-        while entries
-            .last()
-            .and_then(|e| lenient_ip(e))
-            .is_some_and(|ip| ip != client && ctx.snap.trusted_proxies.contains(ip))
-        {
-            entries.pop();
+    let mut value = String::new();
+    {
+        // Entries borrow the request's header values; without one, nothing is allocated here.
+        let mut entries: Vec<&str> = h
+            .get_all(X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .collect();
+        if client != peer {
+            // Drop what the trusted proxies added after the client, then the client's own
+            // entry (written again below in canonical form: no port, IPv4-mapped as IPv4).
+            while entries
+                .last()
+                .and_then(|e| lenient_ip(e))
+                .is_some_and(|ip| ip != client && ctx.snap.trusted_proxies.contains(ip))
+            {
+                entries.pop();
+            }
+            if entries.last().and_then(|e| lenient_ip(e)) == Some(client) {
+                entries.pop();
+            }
         }
-        if entries.last().and_then(|e| lenient_ip(e)) == Some(client) {
-            entries.pop();
+        for e in entries {
+            value.push_str(e);
+            value.push_str(", ");
         }
     }
-    entries.push(client.to_string());
-    if let Ok(v) = HeaderValue::from_str(&entries.join(", ")) {
+    use std::fmt::Write as _;
+    let _ = write!(value, "{client}");
+    if let Ok(v) = HeaderValue::try_from(value) {
         h.insert(X_FORWARDED_FOR, v);
     }
 }

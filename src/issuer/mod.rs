@@ -290,11 +290,6 @@ impl Issuer {
         &self.keys
     }
 
-    /// Token lifetime.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
     /// Serves one issuer endpoint.
     pub async fn serve(
         &self,
