@@ -8,9 +8,8 @@ pub mod memory;
 pub mod period;
 pub mod redis;
 
-use std::collections::{HashMap, HashSet};
 use std::num::NonZeroU32;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::middleware::StateInformationMiddleware;
@@ -18,6 +17,7 @@ use governor::{Quota, RateLimiter};
 use time::OffsetDateTime;
 
 pub use self::period::Period;
+use crate::util::CarriedMap;
 
 /// A governor keyed limiter that reports remaining capacity.
 pub type KeyedLimiter = RateLimiter<
@@ -186,8 +186,7 @@ impl Store {
 pub struct LimitState {
     /// Where buckets and counters live.
     pub store: Store,
-    limiters: Mutex<HashMap<Arc<str>, Arc<KeyedLimiter>>>,
-    touched: Mutex<HashSet<Arc<str>>>,
+    limiters: CarriedMap<Arc<str>, Arc<KeyedLimiter>>,
 }
 
 impl LimitState {
@@ -195,8 +194,7 @@ impl LimitState {
     pub fn new(store: Store) -> LimitState {
         LimitState {
             store,
-            limiters: Mutex::new(HashMap::new()),
-            touched: Mutex::new(HashSet::new()),
+            limiters: CarriedMap::default(),
         }
     }
 
@@ -204,40 +202,20 @@ impl LimitState {
     /// in earlier snapshots.
     pub fn throttle(&self, name: &str, spec: BucketSpec) -> Throttle {
         let full: Arc<str> = Arc::from(format!("{name}|{}", spec.tag()));
-        self.touched
-            .lock()
-            .expect("not poisoned")
-            .insert(full.clone());
-        let local = self
-            .limiters
-            .lock()
-            .expect("not poisoned")
-            .entry(full.clone())
-            .or_insert_with(|| Arc::new(RateLimiter::keyed(spec.quota()).with_middleware()))
-            .clone();
+        let local = self.limiters.get_or_insert_with(full.clone(), || {
+            Arc::new(RateLimiter::keyed(spec.quota()).with_middleware())
+        });
         Throttle::new(full, spec, local)
     }
 
     /// Ends a compile: when its snapshot went live, limiters it does not name are dropped.
     pub fn sweep(&self, kept: bool) {
-        let touched = std::mem::take(&mut *self.touched.lock().expect("not poisoned"));
-        if kept {
-            self.limiters
-                .lock()
-                .expect("not poisoned")
-                .retain(|k, _| touched.contains(k));
-        }
+        self.limiters.sweep(kept);
     }
 
     /// Forgets idle in-process buckets (run periodically).
     pub fn prune(&self) {
-        let all: Vec<Arc<KeyedLimiter>> = self
-            .limiters
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .cloned()
-            .collect();
+        let all = self.limiters.values();
         prune(&all);
     }
 
@@ -253,12 +231,7 @@ impl LimitState {
 
     /// Number of in-process buckets (for tests and metrics).
     pub fn bucket_count(&self) -> usize {
-        self.limiters
-            .lock()
-            .expect("not poisoned")
-            .values()
-            .map(|l| l.len())
-            .sum()
+        self.limiters.values().iter().map(|l| l.len()).sum()
     }
 }
 

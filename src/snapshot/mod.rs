@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -41,6 +41,7 @@ use crate::limits::{BucketSpec, LimitState, QuotaSpec, Throttle};
 use crate::metrics::Metrics;
 use crate::proxy::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Upstream};
 use crate::routes::{RouteKey, RouteTable};
+use crate::util::CarriedMap;
 
 /// Default largest request body (the managed gateway's 10 MB payload limit).
 pub const DEFAULT_MAX_BODY: u64 = 10 * 1024 * 1024;
@@ -251,19 +252,10 @@ pub struct Registry {
     fetcher: Fetcher,
     /// Whether remote key sets are fetched (off for `tollgate check`).
     online: bool,
-    jwks: Mutex<HashMap<JwksSource, Arc<RemoteJwks>>>,
-    caches: Mutex<HashMap<String, TokenCache>>,
-    rings: Mutex<HashMap<PathBuf, Arc<KeyRing>>>,
+    jwks: CarriedMap<JwksSource, Arc<RemoteJwks>>,
+    caches: CarriedMap<String, TokenCache>,
+    rings: CarriedMap<PathBuf, Arc<KeyRing>>,
     failures: FailureCounter,
-    /// What the compile in progress used; everything else is dropped by [`Registry::sweep`].
-    touched: Mutex<Touched>,
-}
-
-#[derive(Default)]
-struct Touched {
-    jwks: std::collections::HashSet<JwksSource>,
-    caches: std::collections::HashSet<String>,
-    rings: std::collections::HashSet<PathBuf>,
 }
 
 impl Registry {
@@ -274,11 +266,10 @@ impl Registry {
             limits,
             fetcher: Fetcher::new(),
             online,
-            jwks: Mutex::new(HashMap::new()),
-            caches: Mutex::new(HashMap::new()),
-            rings: Mutex::new(HashMap::new()),
+            jwks: CarriedMap::default(),
+            caches: CarriedMap::default(),
+            rings: CarriedMap::default(),
             failures: FailureCounter::default(),
-            touched: Mutex::new(Touched::default()),
         }
     }
 
@@ -286,42 +277,21 @@ impl Registry {
     /// dropped: remote key sets stop refreshing once the last old snapshot is gone, and caches
     /// of changed authorizers are freed. Either way the record of what was used is cleared.
     pub fn sweep(&self, kept: bool) {
-        let touched = std::mem::take(&mut *self.touched.lock().expect("not poisoned"));
         self.limits.sweep(kept);
-        if !kept {
-            return;
-        }
-        self.jwks
-            .lock()
-            .expect("not poisoned")
-            .retain(|k, _| touched.jwks.contains(k));
-        self.caches
-            .lock()
-            .expect("not poisoned")
-            .retain(|k, _| touched.caches.contains(k));
-        self.rings
-            .lock()
-            .expect("not poisoned")
-            .retain(|k, _| touched.rings.contains(k));
+        self.jwks.sweep(kept);
+        self.caches.sweep(kept);
+        self.rings.sweep(kept);
     }
 
     /// The issuer key ring for `path`, opened once and shared by later snapshots. When not
     /// online (`tollgate check`), an absent key is generated in memory and not written.
     fn key_ring(&self, path: &Path) -> Result<Arc<KeyRing>, String> {
-        self.touched
-            .lock()
-            .expect("not poisoned")
-            .rings
-            .insert(path.to_path_buf());
-        let mut rings = self.rings.lock().expect("not poisoned");
-        if let Some(r) = rings.get(path) {
-            return Ok(r.clone());
+        if !self.online {
+            return KeyRing::open(path, false).map(Arc::new);
         }
-        let ring = Arc::new(KeyRing::open(path, self.online)?);
-        if self.online {
-            rings.insert(path.to_path_buf(), ring.clone());
-        }
-        Ok(ring)
+        self.rings.get_or_try_insert_with(path.to_path_buf(), || {
+            KeyRing::open(path, true).map(Arc::new)
+        })
     }
 
     /// Throttle and quota state.
@@ -335,39 +305,20 @@ impl Registry {
     }
 
     fn remote_jwks(&self, source: JwksSource, label: &str) -> Arc<RemoteJwks> {
-        self.touched
-            .lock()
-            .expect("not poisoned")
-            .jwks
-            .insert(source.clone());
-        self.jwks
-            .lock()
-            .expect("not poisoned")
-            .entry(source.clone())
-            .or_insert_with(|| {
-                RemoteJwks::start(
-                    source,
-                    label,
-                    self.fetcher.clone(),
-                    self.metrics.clone(),
-                    self.online,
-                )
-            })
-            .clone()
+        self.jwks.get_or_insert_with(source.clone(), || {
+            RemoteJwks::start(
+                source,
+                label,
+                self.fetcher.clone(),
+                self.metrics.clone(),
+                self.online,
+            )
+        })
     }
 
     fn token_cache(&self, fingerprint: String) -> TokenCache {
-        self.touched
-            .lock()
-            .expect("not poisoned")
-            .caches
-            .insert(fingerprint.clone());
         self.caches
-            .lock()
-            .expect("not poisoned")
-            .entry(fingerprint)
-            .or_default()
-            .clone()
+            .get_or_insert_with(fingerprint, TokenCache::default)
     }
 }
 
