@@ -4,8 +4,12 @@
 use std::process::Command;
 
 fn check(yaml: &str) -> (i32, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.yaml");
+    check_in(tempfile::tempdir().unwrap().path(), yaml)
+}
+
+/// `tollgate check` on `yaml` written as `dir/gateway.yaml`; that path reads `F` in the output.
+fn check_in(dir: &std::path::Path, yaml: &str) -> (i32, String) {
+    let path = dir.join("gateway.yaml");
     std::fs::write(&path, yaml).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
         .args(["--log-level", "off", "check", "-c"])
@@ -338,33 +342,20 @@ fn api_key_and_plan_errors_are_located() {
         ),
     ];
     for (yaml, loc, msg) in cases {
-        let path = dir.path().join("gateway.yaml");
-        std::fs::write(&path, format!("{BASE}{yaml}")).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-            .args(["--log-level", "off", "check", "-c"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).replace(&path.display().to_string(), "F");
-        assert_eq!(out.status.code(), Some(1), "{yaml}\n{text}");
+        let (code, text) = check_in(dir.path(), &format!("{BASE}{yaml}"));
+        assert_eq!(code, 1, "{yaml}\n{text}");
         assert!(
             text.starts_with(loc) && text.contains(msg),
             "{loc} {msg:?} for {yaml:?}, got: {text}"
         );
     }
     // A bad CSV row is reported at its own file and line.
-    let path = dir.path().join("gateway.yaml");
-    std::fs::write(
-        &path,
-        format!("{BASE}usage_plans:\n  gold: {{}}\napi_keys: {{ import: keys.csv }}\nroutes: []\n"),
-    )
-    .unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(["--log-level", "off", "check", "-c"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = check_in(
+        dir.path(),
+        &format!(
+            "{BASE}usage_plans:\n  gold: {{}}\napi_keys: {{ import: keys.csv }}\nroutes: []\n"
+        ),
+    );
     let csv = dir.path().join("keys.csv");
     assert!(
         text.contains(&format!(

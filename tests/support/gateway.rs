@@ -120,7 +120,18 @@ impl TestGateway {
 
     /// GET on the admin listener.
     pub async fn admin_get(&self, path: &str) -> Answer {
-        let req = Request::get(format!("http://{}{}", self.admin, path))
+        self.admin_request(http::Method::GET, path).await
+    }
+
+    /// POST on the admin listener.
+    pub async fn admin_post(&self, path: &str) -> Answer {
+        self.admin_request(http::Method::POST, path).await
+    }
+
+    async fn admin_request(&self, method: http::Method, path: &str) -> Answer {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.admin, path))
             .body(Full::new(Bytes::new()))
             .unwrap();
         let resp = client().request(req).await.expect("admin answered");
@@ -153,20 +164,6 @@ impl TestGateway {
             running: Some(running),
             dir: self.dir,
             config: self.config,
-        }
-    }
-
-    /// POST on the admin listener.
-    pub async fn admin_post(&self, path: &str) -> Answer {
-        let req = Request::post(format!("http://{}{}", self.admin, path))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let resp = client().request(req).await.expect("admin answered");
-        let (parts, body) = resp.into_parts();
-        Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body: body.collect().await.unwrap().to_bytes(),
         }
     }
 
