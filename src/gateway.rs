@@ -73,6 +73,28 @@ fn open_store(p: &Parsed, online: bool, metrics: &Arc<Metrics>) -> Result<Store,
 }
 use crate::snapshot::{self, Registry, Snapshot};
 
+/// Applies a new snapshot's `listeners:` to the running process (implemented by the server).
+pub trait ListenerControl: Send + Sync {
+    /// Runs before `next` is swapped in: binds every address `next` adds. Refuses (and so
+    /// refuses the reload) when one cannot be bound, naming the listener's index. On success
+    /// returns what to run right after the swap: start, update or stop accept loops.
+    fn prepare(&self, next: &Snapshot) -> Result<ListenerCommit, BindFailure>;
+}
+
+/// Work to run once the snapshot it was prepared for is being served.
+pub type ListenerCommit = Box<dyn FnOnce(&Arc<Snapshot>) + Send>;
+
+/// A listener address that could not be bound.
+#[derive(Debug)]
+pub struct BindFailure {
+    /// Index in `listeners:`.
+    pub index: usize,
+    /// The address.
+    pub addr: std::net::SocketAddr,
+    /// Why it could not be bound.
+    pub error: std::io::Error,
+}
+
 /// Shared state of a running gateway.
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
@@ -86,6 +108,8 @@ pub struct Gateway {
     reloading: Mutex<()>,
     ready: AtomicBool,
     last_error: Mutex<Option<String>>,
+    /// The running listeners, once the server has started them.
+    listeners: std::sync::OnceLock<std::sync::Weak<dyn ListenerControl>>,
 }
 
 impl Gateway {
@@ -112,6 +136,7 @@ impl Gateway {
             reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
             last_error: Mutex::new(None),
+            listeners: std::sync::OnceLock::new(),
         })
     }
 
@@ -134,12 +159,26 @@ impl Gateway {
                         "the state settings (backend, url, path, key_prefix, on_error) cannot change while running; restart to apply them",
                     )]);
                 }
-                snapshot::compile(&p, &self.registry, generation)
+                let snap = snapshot::compile(&p, &self.registry, generation)?;
+                let commit = match self.listeners.get().and_then(std::sync::Weak::upgrade) {
+                    Some(l) => Some(l.prepare(&snap).map_err(|f| {
+                        vec![p.error_at(
+                            &format!("listeners.{}.bind", f.index),
+                            format!("cannot listen on {}: {}", f.addr, f.error),
+                        )]
+                    })?),
+                    None => None,
+                };
+                Ok((snap, commit))
             });
         self.registry.sweep(result.is_ok());
         match result {
-            Ok(snap) => {
-                self.snapshot.store(Arc::new(snap));
+            Ok((snap, commit)) => {
+                let snap = Arc::new(snap);
+                self.snapshot.store(snap.clone());
+                if let Some(commit) = commit {
+                    commit(&snap);
+                }
                 self.metrics.config_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.config_generation.set(generation as i64);
                 *self.last_error.lock().expect("not poisoned") = None;
@@ -161,6 +200,12 @@ impl Gateway {
                 Err(errs)
             }
         }
+    }
+
+    /// Hands reloads the server's listeners, so `listeners:` changes apply without a restart.
+    /// Only the first call has an effect.
+    pub fn attach_listeners(&self, control: std::sync::Weak<dyn ListenerControl>) {
+        let _ = self.listeners.set(control);
     }
 
     /// Throttle and quota state.

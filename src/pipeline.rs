@@ -50,6 +50,8 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Whether the connection is TLS (for `x-forwarded-proto`).
     pub tls: bool,
+    /// The client certificate the TLS handshake verified (mTLS), if any.
+    pub client_cert: Option<crate::tls::ClientCert>,
 }
 
 /// Who is calling, as established by the route's authorizer.
@@ -169,7 +171,7 @@ async fn pipeline<'s>(
     if let Some(preflight) = cors_preflight(snap, &parts) {
         return Ok(preflight);
     }
-    check_policy(route, ctx.client_ip)?;
+    check_policy(route, ctx)?;
     let principal = authenticate(ctx, route, &parts, &mut body).await?;
     out.principal = Some(principal.clone());
     check_scopes(route, &principal)?;
@@ -302,10 +304,14 @@ fn add_cors_headers(cors: &crate::snapshot::Cors, origin: &HeaderValue, h: &mut 
     }
 }
 
-/// Phase 4: the route's resource policy on the client IP (403 outside it).
-fn check_policy(route: &Route, client_ip: IpAddr) -> Result<(), Refusal> {
+/// Phase 4: the route's resource policy: a verified client certificate where the route
+/// requires one, and the client IP inside the policy (403 otherwise).
+fn check_policy(route: &Route, ctx: &Ctx<'_>) -> Result<(), Refusal> {
+    if route.require_client_cert && ctx.conn.client_cert.is_none() {
+        return Err(Refusal::Forbidden("client_cert_required"));
+    }
     match &route.policy {
-        Some(p) if !p.permits(client_ip) => Err(Refusal::PolicyDenied),
+        Some(p) if !p.permits(ctx.client_ip) => Err(Refusal::PolicyDenied),
         _ => Ok(()),
     }
 }
@@ -560,6 +566,10 @@ async fn forward<'s>(
     }
     if let Some(key) = permit.key {
         h.insert(X_TOLLGATE_API_KEY_ID, key.id_header.clone());
+    }
+    if let Some(cert) = &ctx.conn.client_cert {
+        h.insert(crate::tls::CLIENT_CERT_SUBJECT, cert.subject.clone());
+        h.insert(crate::tls::CLIENT_CERT_SHA256, cert.sha256.clone());
     }
     let failure = FailureCell::default();
     let body = match body {

@@ -65,6 +65,36 @@ pub struct ListenerCfg {
     /// Read a PROXY protocol v1/v2 header before HTTP (behind a network load balancer).
     #[serde(default)]
     pub proxy_protocol: bool,
+    /// Serve HTTPS on this listener.
+    pub tls: Option<TlsCfg>,
+}
+
+/// TLS settings of a listener. Every file is watched; a change reloads the certificates.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsCfg {
+    /// PEM certificate chain (leaf first) served when no other certificate matches the SNI name.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert`.
+    pub key: PathBuf,
+    /// More certificates, each chosen when the client's SNI name matches one of its DNS names.
+    #[serde(default)]
+    pub certificates: Vec<CertKeyCfg>,
+    /// PEM bundle of CAs whose client certificates are accepted (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// Refuse the TLS handshake without a client certificate signed by `client_ca`.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// A certificate and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertKeyCfg {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// Client IP settings.
@@ -465,6 +495,9 @@ pub struct RouteCfg {
     pub throttle: Option<ThrottleCfg>,
     /// Resource policy (`none` for no policy), instead of `defaults.policy`.
     pub policy: Option<String>,
+    /// Only clients that presented a verified TLS client certificate (mTLS) may call it.
+    #[serde(default)]
+    pub require_client_cert: bool,
 }
 
 /// A fixed response.

@@ -33,6 +33,17 @@ pub fn referenced_files(p: &Parsed) -> Vec<PathBuf> {
             AuthorizerCfg::Http(_) => {}
         }
     }
+    for t in f.listeners.iter().filter_map(|l| l.tls.as_ref()) {
+        out.push(p.resolve(&t.cert));
+        out.push(p.resolve(&t.key));
+        for c in &t.certificates {
+            out.push(p.resolve(&c.cert));
+            out.push(p.resolve(&c.key));
+        }
+        if let Some(ca) = &t.client_ca {
+            out.push(p.resolve(ca));
+        }
+    }
     if let Some(i) = &f.issuer {
         for c in &i.clients {
             secret(&c.client_secret, &mut out);

@@ -176,6 +176,8 @@ pub struct Route {
     pub index: usize,
     /// Resource policy on the client IP (`policy` or `defaults.policy`).
     pub policy: Option<Arc<Policy>>,
+    /// Only connections with a verified TLS client certificate may call it.
+    pub require_client_cert: bool,
 }
 
 /// A compiled usage plan.
@@ -194,12 +196,14 @@ pub struct Plan {
 }
 
 /// A public listener.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ListenerSpec {
     /// Address to bind.
     pub addr: SocketAddr,
     /// Whether each connection starts with a PROXY protocol header.
     pub proxy_protocol: bool,
+    /// TLS (certificates, client verification), or plain HTTP.
+    pub tls: Option<Arc<crate::tls::TlsSettings>>,
 }
 
 /// Settings of the admin listener.
@@ -404,17 +408,47 @@ pub fn compile(
     if f.listeners.is_empty() {
         errs.at("listeners", "at least one listener is required");
     }
-    let listeners: Vec<ListenerSpec> = f
-        .listeners
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| {
-            bind_addr(&l.bind, &format!("listeners.{i}.bind"), &mut errs).map(|addr| ListenerSpec {
+    let mut listeners: Vec<ListenerSpec> = Vec::new();
+    for (i, l) in f.listeners.iter().enumerate() {
+        let tls = l.tls.as_ref().and_then(|t| {
+            let (cert, key) = (parsed.resolve(&t.cert), parsed.resolve(&t.key));
+            let extra: Vec<_> = t
+                .certificates
+                .iter()
+                .map(|c| (parsed.resolve(&c.cert), parsed.resolve(&c.key)))
+                .collect();
+            let ca = t.client_ca.as_ref().map(|c| parsed.resolve(c));
+            let files = crate::tls::TlsFiles {
+                default: (&cert, &key),
+                extra: extra
+                    .iter()
+                    .map(|(c, k)| (c.as_path(), k.as_path()))
+                    .collect(),
+                client_ca: ca.as_deref(),
+                require_client_cert: t.require_client_cert,
+            };
+            match crate::tls::compile(&files) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(e) => {
+                    errs.at(&format!("listeners.{i}.tls.{}", e.field), e.message);
+                    None
+                }
+            }
+        });
+        if let Some(addr) = bind_addr(&l.bind, &format!("listeners.{i}.bind"), &mut errs) {
+            if addr.port() != 0 && listeners.iter().any(|o| o.addr == addr) {
+                errs.at(
+                    &format!("listeners.{i}.bind"),
+                    format!("{addr} is already used by another listener"),
+                );
+            }
+            listeners.push(ListenerSpec {
                 addr,
                 proxy_protocol: l.proxy_protocol,
-            })
-        })
-        .collect();
+                tls,
+            });
+        }
+    }
     let admin = match &f.admin {
         Some(a) => AdminSettings {
             bind: bind_addr(&a.bind, "admin.bind", &mut errs)
@@ -642,6 +676,7 @@ pub fn compile(
                 throttle: None,
                 index: routes.len(),
                 policy: None,
+                require_client_cert: false,
             });
         }
     }
@@ -804,6 +839,7 @@ pub fn compile(
             throttle,
             index: routes.len(),
             policy,
+            require_client_cert: r.require_client_cert,
         });
     }
     let plans = compile_plans(parsed, registry, &routes, &mut errs);
