@@ -2,5 +2,6 @@
 pub mod gateway;
 pub mod jwks_server;
 pub mod keys;
+pub mod pki;
 pub mod redis_server;
 pub mod upstream;
