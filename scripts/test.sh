@@ -6,9 +6,11 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: promtool (from `prometheus`) validates the /metrics text, and
 # redis-server backs the Redis store tests (each test starts its own on a free port; the
-# package's own service is stopped so nothing is left listening on 6379).
+# package's own service is stopped so nothing is left listening on 6379). curl (OpenSSL, with
+# HTTP/2) is a second TLS client for the interop suite.
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
