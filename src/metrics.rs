@@ -2,7 +2,8 @@
 //! are route keys (never raw paths) and method labels fold unknown methods into `OTHER`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Latency buckets in seconds: fine below 10 ms where a gateway's own cost lives, coarse above.
@@ -44,6 +45,12 @@ pub struct Metrics {
     /// `tollgate_api_key_requests_total{plan,result}`: keyed requests by plan and outcome
     /// (`admitted`, `throttled`, `quota_exceeded`); per plan, not per key, to bound labels.
     pub plan_requests: IntCounterVec,
+    /// `tollgate_tls_certificate_expiry_timestamp_seconds{listener,certificate}`: when each
+    /// served certificate expires (Unix time), for expiry alerts.
+    pub tls_certificate_expiry: IntGaugeVec,
+    /// `tollgate_tls_handshake_failures_total`: TLS handshakes that failed or timed out
+    /// (untrusted or missing client certificates, scanners, protocol mismatches).
+    pub tls_handshake_failures: IntCounter,
 }
 
 impl Default for Metrics {
@@ -81,7 +88,28 @@ impl Metrics {
                 .expect("unique metric");
             g
         };
+        let tls_certificate_expiry = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate a TLS listener serves expires (Unix time).",
+            ),
+            &["listener", "certificate"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_certificate_expiry.clone()))
+            .expect("unique metric");
+        let tls_handshake_failures = IntCounter::new(
+            "tollgate_tls_handshake_failures_total",
+            "TLS handshakes on public listeners that failed or timed out.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(tls_handshake_failures.clone()))
+            .expect("unique metric");
         Metrics {
+            tls_certificate_expiry,
+            tls_handshake_failures,
             requests: counter(
                 "tollgate_requests_total",
                 "Requests answered, by route key, method and status.",

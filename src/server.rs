@@ -328,6 +328,15 @@ impl Listeners {
     /// (bound by `prepare`) started, removed ones stopped.
     fn commit(&self, snap: &Snapshot, mut bound: Vec<((SocketAddr, usize), TcpListener)>) {
         let http = Arc::new(http_builder(&snap.limits));
+        let expiry = &self.gateway.metrics().tls_certificate_expiry;
+        expiry.reset();
+        for spec in &snap.listeners {
+            for (file, not_after) in spec.tls.iter().flat_map(|t| &t.certificates) {
+                expiry
+                    .with_label_values(&[&spec.addr.to_string(), file])
+                    .set(*not_after);
+            }
+        }
         let mut live = self.live.lock().expect("not poisoned");
         let mut old: Vec<((SocketAddr, usize), Live)> = Vec::new();
         for l in live.drain(..) {
@@ -447,10 +456,12 @@ async fn connection(
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
+                gateway.metrics().tls_handshake_failures.inc();
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
                 return;
             }
             Err(_) => {
+                gateway.metrics().tls_handshake_failures.inc();
                 tracing::debug!(%peer, "TLS handshake timed out");
                 return;
             }

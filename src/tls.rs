@@ -34,6 +34,8 @@ pub struct TlsSettings {
     pub acceptor: tokio_rustls::TlsAcceptor,
     /// Whether client certificates are asked for (a `client_ca` is set).
     pub client_auth: bool,
+    /// Each certificate file served (default first) with its leaf's expiry (Unix time).
+    pub certificates: Vec<(String, i64)>,
 }
 
 impl std::fmt::Debug for TlsSettings {
@@ -87,10 +89,12 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-/// The DNS names a leaf certificate is valid for (subject alternative names), lower-case.
-fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+/// The DNS names a leaf certificate is valid for (subject alternative names), lower-case, and
+/// when it expires (Unix time).
+fn names_and_expiry(cert: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
         .map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let not_after = parsed.validity().not_after.timestamp();
     let mut names = Vec::new();
     if let Ok(Some(san)) = parsed.subject_alternative_name() {
         for n in &san.value.general_names {
@@ -99,7 +103,7 @@ fn dns_names(cert: &CertificateDer<'_>) -> Result<Vec<String>, String> {
             }
         }
     }
-    Ok(names)
+    Ok((names, not_after))
 }
 
 /// Chooses the certificate for a handshake: an exact SNI name, else a `*.` wildcard covering
@@ -176,12 +180,17 @@ pub fn compile(files: &TlsFiles<'_>) -> Result<TlsSettings, TlsError> {
         exact: HashMap::new(),
         wildcard: HashMap::new(),
     };
-    let mut add = |ck: &Arc<CertifiedKey>, field: &str, required: bool| -> Result<(), TlsError> {
-        let names = dns_names(
-            ck.end_entity_cert()
-                .map_err(|e| err(field, e.to_string()))?,
-        )
-        .map_err(|m| err(field, m))?;
+    let mut certificates = Vec::new();
+    let mut add = |ck: &Arc<CertifiedKey>,
+                   field: &str,
+                   file: &Path,
+                   required: bool|
+     -> Result<(), TlsError> {
+        let leaf = ck
+            .end_entity_cert()
+            .map_err(|e| err(field, e.to_string()))?;
+        let (names, not_after) = names_and_expiry(leaf).map_err(|m| err(field, m))?;
+        certificates.push((file.display().to_string(), not_after));
         if names.is_empty() && required {
             return Err(err(
                 field,
@@ -203,11 +212,11 @@ pub fn compile(files: &TlsFiles<'_>) -> Result<TlsSettings, TlsError> {
         Ok(())
     };
     let default = resolver.default.clone();
-    add(&default, "cert", false)?;
+    add(&default, "cert", files.default.0, false)?;
     for (i, (cert, key)) in files.extra.iter().enumerate() {
         let field = format!("certificates.{i}.cert");
         let ck = Arc::new(load_certified_key(cert, key, &provider).map_err(|m| err(&field, m))?);
-        add(&ck, &field, true)?;
+        add(&ck, &field, cert, true)?;
     }
 
     let verifier: Option<Arc<dyn ClientCertVerifier>> = match files.client_ca {
@@ -247,6 +256,7 @@ pub fn compile(files: &TlsFiles<'_>) -> Result<TlsSettings, TlsError> {
     Ok(TlsSettings {
         acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
         client_auth,
+        certificates,
     })
 }
 

@@ -3,7 +3,8 @@ real binary exports.
 
 A gateway is started with a config that exercises every metric tollgate has (the embedded
 issuer, a JWT authorizer fetching a remote key set, an external HTTP authorizer, an upstream,
-an API key with a usage plan on a Redis backend that cannot be reached, a refused reload), a
+an API key with a usage plan on a Redis backend that cannot be reached, a refused reload, a
+TLS listener with a certificate made at test time), a
 little traffic makes the labelled series appear (a 200, a 401, a 404, tokens issued and
 refused, ...), and the metric families of its /metrics scrape (`# TYPE` lines) are compared
 with every `tollgate_*` name in deploy/prometheus/rules/tollgate.rules.yml,
@@ -116,11 +117,39 @@ class Backend(BaseHTTPRequestHandler):
         pass
 
 
-def config_text(port: int, backend: str, redis_port: int, state: Path, secret: Path) -> str:
+def self_signed(work: Path) -> tuple[Path, Path]:
+    """A throwaway certificate and key for the TLS listener."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "metrics.test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("metrics.test")]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = work / "tls.pem", work / "tls.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def config_text(port: int, backend: str, redis_port: int, state: Path, secret: Path,
+                tls: tuple[Path, Path]) -> str:
     base = f"http://127.0.0.1:{port}"
     key_hash = hashlib.sha256(API_KEY.encode()).hexdigest()
     return f"""
-listeners: [{{ bind: "127.0.0.1:{port}" }}]
+listeners:
+  - {{ bind: "127.0.0.1:{port}" }}
+  - {{ bind: "127.0.0.1:0", tls: {{ cert: {json.dumps(str(tls[0]))}, key: {json.dumps(str(tls[1]))} }} }}
 admin: {{ bind: "127.0.0.1:0" }}
 limits: {{ shutdown_grace: 5s }}
 state:
@@ -162,7 +191,8 @@ def scrape(tmp_path_factory) -> str:
     secret.write_text(CLIENT_SECRET + "\n")
     config = work / "gateway.yaml"
     port = free_port()
-    good = config_text(port, f"http://127.0.0.1:{backend.server_address[1]}", free_port(), work / "state", secret)
+    good = config_text(port, f"http://127.0.0.1:{backend.server_address[1]}", free_port(),
+                       work / "state", secret, self_signed(work))
     config.write_text(good)
     gw = start_gateway(config, work)
     try:

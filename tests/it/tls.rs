@@ -106,6 +106,21 @@ async fn sni_picks_the_certificate_and_both_tls_versions_work() {
     }
     let seen = up.last();
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
+
+    // Every served certificate's expiry is exported, for alerts.
+    let metrics = gw.admin_get("/metrics").await.text();
+    for (file, leaf) in [("gw.pem", &default), ("a.pem", &a), ("wild.pem", &wild)] {
+        let (_, parsed) = x509_parser::parse_x509_certificate(&leaf.der).unwrap();
+        let want = parsed.validity().not_after.timestamp();
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("tollgate_tls_certificate_expiry_timestamp_seconds{")
+                    && l.contains(&format!("{file}\""))
+            })
+            .unwrap_or_else(|| panic!("no expiry series for {file}:\n{metrics}"));
+        assert!(line.ends_with(&format!(" {want}")), "{line}");
+    }
     gw.stop().await;
 }
 
@@ -281,6 +296,11 @@ async fn optional_mtls_forwards_the_certificate_and_routes_can_require_it() {
     stranger.client_cert = Some(&mallory);
     assert!(stranger.get(gw.addr, "/open", &[]).await.is_err());
     assert_eq!(up.seen().len(), before);
+    let metrics = gw.admin_get("/metrics").await.text();
+    assert!(
+        metrics.contains("tollgate_tls_handshake_failures_total 1"),
+        "{metrics}"
+    );
     gw.stop().await;
 }
 
