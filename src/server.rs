@@ -85,6 +85,14 @@ pub struct Running {
 pub async fn start(config: &Path) -> Result<Running, StartError> {
     let gateway = Arc::new(Gateway::load(config, true).map_err(StartError::Config)?);
     let snap = gateway.snapshot();
+    let admin = TcpListener::bind(snap.admin.bind)
+        .await
+        .map_err(|e| StartError::Bind(snap.admin.bind, e))?;
+    let admin_addr = admin
+        .local_addr()
+        .map_err(|e| StartError::Bind(snap.admin.bind, e))?;
+    // Every public address is bound before any accept loop starts: a failure leaves nothing
+    // running.
     let listeners = Listeners::new(gateway.clone());
     let commit = listeners
         .prepare(&snap)
@@ -93,13 +101,6 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     let control: Weak<dyn ListenerControl> = Arc::downgrade(&listeners) as _;
     gateway.attach_listeners(control);
     let public_addrs = listeners.local_addrs();
-
-    let admin = TcpListener::bind(snap.admin.bind)
-        .await
-        .map_err(|e| StartError::Bind(snap.admin.bind, e))?;
-    let admin_addr = admin
-        .local_addr()
-        .map_err(|e| StartError::Bind(snap.admin.bind, e))?;
     // The admin listener has its own stop signal: it keeps answering (`/readyz` 503) while
     // in-flight requests drain.
     let (stop_admin, stop_admin_rx) = watch::channel(false);
