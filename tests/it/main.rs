@@ -15,3 +15,4 @@ mod redis;
 mod reload;
 mod routing;
 mod sigv4;
+mod upstream_tls;

@@ -3,4 +3,5 @@ pub mod gateway;
 pub mod jwks_server;
 pub mod keys;
 pub mod redis_server;
+pub mod test_ca;
 pub mod upstream;
