@@ -25,5 +25,6 @@ pub mod proxy_protocol;
 pub mod routes;
 pub mod server;
 pub mod snapshot;
+pub mod upgrade;
 pub mod util;
 pub mod watch;

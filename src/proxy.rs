@@ -98,8 +98,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers, including every header the `Connection` header names. With
+/// `keep_upgrade` (an upgrade handshake: the request asking for one, the `101` granting it), an
+/// `Upgrade` header stays, with `Connection: upgrade` as its only companion.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade: Vec<HeaderValue> = if keep_upgrade {
+        headers.get_all(header::UPGRADE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -116,6 +123,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(h);
     }
     headers.remove(header::TRANSFER_ENCODING);
+    if !upgrade.is_empty() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for v in upgrade {
+            headers.append(header::UPGRADE, v);
+        }
+    }
 }
 
 /// One target of a pool.
@@ -375,7 +388,8 @@ impl Upstream {
                 }
             }
             Ok(Ok(mut resp)) => {
-                strip_hop_by_hop(resp.headers_mut());
+                let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(resp.headers_mut(), switching);
                 Ok((resp, took))
             }
         }
@@ -410,9 +424,16 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        let mut upgrading = h.clone();
+        strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        strip_hop_by_hop(&mut upgrading, true);
+        assert_eq!(upgrading.len(), 3, "{upgrading:?}");
+        assert_eq!(upgrading[header::UPGRADE], "websocket");
+        assert_eq!(upgrading[header::CONNECTION], "upgrade");
+        assert!(upgrading.contains_key("x-kept"));
     }
 
     #[test]

@@ -150,10 +150,16 @@ impl Running {
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
         // Every accept loop has ended, so this is the last owner.
-        let clean = match Arc::try_unwrap(self.graceful) {
-            Ok(g) => tokio::time::timeout(grace, g.shutdown()).await.is_ok(),
-            Err(_) => false,
+        let graceful = self.graceful;
+        let requests = async move {
+            match Arc::try_unwrap(graceful) {
+                Ok(g) => tokio::time::timeout(grace, g.shutdown()).await.is_ok(),
+                Err(_) => false,
+            }
         };
+        // Upgraded (WebSocket) connections get the same grace period, then are closed.
+        let (requests, upgrades) = tokio::join!(requests, self.gateway.upgrades().drain(grace));
+        let clean = requests && upgrades;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         // The last quota snapshot is written after the last request was counted.

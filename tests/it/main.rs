@@ -16,3 +16,4 @@ mod reload;
 mod routing;
 mod sigv4;
 mod upstream_tls;
+mod websocket;

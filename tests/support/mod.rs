@@ -5,3 +5,4 @@ pub mod keys;
 pub mod redis_server;
 pub mod test_ca;
 pub mod upstream;
+pub mod ws_upstream;
