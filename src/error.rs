@@ -66,6 +66,9 @@ pub enum Refusal {
     Forbidden(&'static str),
     /// The external authorizer could not give an answer (timeout, error, garbage).
     AuthorizerFailed,
+    /// The client asked to switch protocols (WebSocket) on a route whose upstream speaks
+    /// HTTP/2, where an HTTP/1.1 upgrade cannot be passed on.
+    UpgradeUnsupported,
 }
 
 impl Refusal {
@@ -89,6 +92,7 @@ impl Refusal {
             Refusal::PolicyDenied => "policy_denied",
             Refusal::Unauthorized(r) | Refusal::Forbidden(r) => r,
             Refusal::AuthorizerFailed => "authorizer_failed",
+            Refusal::UpgradeUnsupported => "upgrade_unsupported",
         }
     }
 
@@ -178,6 +182,10 @@ impl Refusal {
             Refusal::AuthorizerFailed => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 fixed(r#"{"message":"Internal server error"}"#),
+            ),
+            Refusal::UpgradeUnsupported => (
+                StatusCode::NOT_IMPLEMENTED,
+                fixed(r#"{"message":"Not Implemented"}"#),
             ),
             Refusal::OAuth(e) => {
                 let (status, extra, body) = e.parts();

@@ -13,6 +13,7 @@ use crate::config::schema::{OnError, StateBackend};
 use crate::config::{self, ConfigError};
 use crate::limits::{LimitState, Store, memory::MemoryStore, redis::RedisStore};
 use crate::metrics::Metrics;
+use crate::upgrade::Upgrades;
 
 /// File under `state.path` where the memory store snapshots quota counters.
 pub const QUOTA_SNAPSHOT_FILE: &str = "quotas.json";
@@ -110,6 +111,8 @@ pub struct Gateway {
     last_error: Mutex<Option<String>>,
     /// The running listeners, once the server has started them.
     listeners: std::sync::OnceLock<std::sync::Weak<dyn ListenerControl>>,
+    /// Upgraded (WebSocket) connections, for shutdown to drain.
+    upgrades: Arc<Upgrades>,
 }
 
 impl Gateway {
@@ -127,6 +130,7 @@ impl Gateway {
         metrics.config_reloads.with_label_values(&["ok"]).inc();
         metrics.config_generation.set(1);
         Ok(Gateway {
+            upgrades: Arc::new(Upgrades::new(metrics.upgraded_connections_active.clone())),
             snapshot: ArcSwap::from_pointee(snap),
             registry,
             metrics,
@@ -211,6 +215,11 @@ impl Gateway {
     /// Throttle and quota state.
     pub fn limits(&self) -> &Arc<LimitState> {
         &self.limits
+    }
+
+    /// Upgraded (WebSocket) connections spliced to upstreams.
+    pub fn upgrades(&self) -> &Arc<Upgrades> {
+        &self.upgrades
     }
 
     /// The metrics.

@@ -26,5 +26,6 @@ pub mod routes;
 pub mod server;
 pub mod snapshot;
 pub mod tls;
+pub mod upgrade;
 pub mod util;
 pub mod watch;

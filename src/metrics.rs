@@ -30,6 +30,9 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     /// `tollgate_connections_active`
     pub connections_active: IntGauge,
+    /// `tollgate_upgraded_connections_active`: connections switched to another protocol
+    /// (WebSocket) and spliced to an upstream.
+    pub upgraded_connections_active: IntGauge,
     /// `tollgate_token_cache_total{authorizer,result}`: verified-token cache hits and misses.
     pub token_cache: IntCounterVec,
     /// `tollgate_tokens_issued_total{client_id}` (client ids come from config only).
@@ -147,6 +150,10 @@ impl Metrics {
             connections_active: gauge(
                 "tollgate_connections_active",
                 "Client connections open on the public listeners.",
+            ),
+            upgraded_connections_active: gauge(
+                "tollgate_upgraded_connections_active",
+                "Upgraded (WebSocket) connections spliced to an upstream.",
             ),
             token_cache: counter(
                 "tollgate_token_cache_total",

@@ -32,7 +32,9 @@ use crate::body::{CollectError, FailureCell, GuardedBody, ReqBody};
 use crate::error::{Refusal, ResponseBody};
 use crate::gateway::Gateway;
 use crate::limits::{LimitError, LimitState, Period, QuotaSpec};
+use crate::proxy::Protocol;
 use crate::snapshot::{Integration, Route, RouteAuth, Snapshot};
+use crate::upgrade::Upgrades;
 
 /// `x-request-id`.
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -79,6 +81,7 @@ pub struct Permit<'s> {
 struct Ctx<'s> {
     snap: &'s Snapshot,
     limits: &'s LimitState,
+    upgrades: &'s Arc<Upgrades>,
     conn: &'s ConnInfo,
     client_ip: IpAddr,
     request_id: HeaderValue,
@@ -106,6 +109,7 @@ pub async fn handle(
     let ctx = Ctx {
         snap: &snap,
         limits: gw.limits(),
+        upgrades: gw.upgrades(),
         conn: &conn,
         client_ip: crate::clientip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies),
         request_id: request_id(req.headers()),
@@ -498,7 +502,10 @@ fn limit_refusal(e: LimitError, limit: u64) -> Refusal {
     }
 }
 
-/// Phase 8: forward to the upstream, or answer with the route's fixed response.
+/// Phase 8: forward to the upstream, or answer with the route's fixed response. A request
+/// asking to switch protocols (WebSocket) is forwarded with its `Upgrade` header; when the
+/// upstream answers `101`, the client gets that `101` and the two connections are spliced
+/// ([`crate::upgrade`]). Any other answer to it is passed on as usual.
 async fn forward<'s>(
     ctx: &Ctx<'_>,
     permit: Permit<'s>,
@@ -522,8 +529,12 @@ async fn forward<'s>(
         }
         Integration::Proxy(u) => u,
     };
+    let upgrade = crate::upgrade::take_requested(&mut parts);
+    if upgrade.is_some() && upstream.protocol() != Protocol::Http1 {
+        return Err(Refusal::UpgradeUnsupported);
+    }
     let h = &mut parts.headers;
-    crate::proxy::strip_hop_by_hop(h);
+    crate::proxy::strip_hop_by_hop(h, upgrade.is_some());
     remove_tollgate_headers(h);
     let host = parts
         .uri
@@ -581,10 +592,19 @@ async fn forward<'s>(
         )),
         ReqBody::Buffered(bytes) => Either::Right(Full::new(bytes)),
     };
-    let (resp, took) = upstream
+    let (mut resp, took) = upstream
         .forward(Request::from_parts(parts, body), &failure)
         .await?;
     out.upstream = Some(took);
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(client) = upgrade else {
+            // Switching protocols unasked would hand the client's connection to the upstream.
+            return Err(Refusal::BadGateway("upstream_unasked_101"));
+        };
+        ctx.upgrades.splice(client, hyper::upgrade::on(&mut resp));
+        let (head, _) = resp.into_parts();
+        return Ok(Response::from_parts(head, Either::Left(Full::default())));
+    }
     Ok(resp.map(Either::Right))
 }
 

@@ -1,17 +1,21 @@
 //! Forwarding to upstreams: target choice (round robin, a target that refused a connection set
-//! aside for a while), the pooled keep-alive client, hop-by-hop header hygiene, and the mapping
-//! of upstream failures to 502 / 504 (or to 413 / 408 when the client's body was at fault).
+//! aside for a while), the pooled keep-alive client (HTTP/1.1, or HTTP/2 over TLS or in clear
+//! text, to `http://` and `https://` targets), hop-by-hop header hygiene, and the mapping of
+//! upstream failures to 502 / 504 (or to 413 / 408 when the client's body was at fault).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
+use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::{ClientConfig, RootCertStore};
 
 use crate::body::{BodyFailure, FailureCell, GuardedBody};
 use crate::error::Refusal;
@@ -26,6 +30,57 @@ pub const TARGET_COOLDOWN: Duration = Duration::from_secs(10);
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most idle connections kept per upstream target.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
+/// TCP keep-alive probes on upstream connections, so dead peers are noticed on idle connections.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+
+/// The HTTP version spoken to an upstream's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1, to `http://` and `https://` targets (no ALPN offered over TLS: HTTP/1.1 is what
+    /// a server speaks without it).
+    Http1,
+    /// HTTP/2 over TLS, negotiated by ALPN `h2`; `https://` targets only.
+    H2,
+    /// HTTP/2 with prior knowledge, without TLS; `http://` targets only.
+    H2c,
+}
+
+impl Protocol {
+    /// The name used in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::H2 => "h2",
+            Protocol::H2c => "h2c",
+        }
+    }
+}
+
+/// The certificates an upstream's `https://` targets must chain to.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// The system's root certificates (loaded once per process; the Mozilla roots built into
+    /// tollgate when the system has none).
+    System,
+    /// Only these: a configured CA bundle.
+    Roots(Arc<RootCertStore>),
+}
+
+/// How an upstream is spoken to.
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// Time until the upstream's response head arrives.
+    pub timeout: Duration,
+    /// Time to establish a TCP connection.
+    pub connect_timeout: Duration,
+    /// The HTTP version.
+    pub protocol: Protocol,
+    /// Which certificates `https://` targets must present.
+    pub trust: Trust,
+}
+
+/// The connector of every upstream client: TCP, and TLS for `https://` targets.
+type Connector = HttpsConnector<HttpConnector>;
 
 /// What goes to the upstream: the client's body streaming through its guard, or a body the
 /// gateway already read whole.
@@ -43,8 +98,15 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-/// Removes hop-by-hop headers, including every header the `Connection` header names.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes hop-by-hop headers, including every header the `Connection` header names. With
+/// `keep_upgrade` (an upgrade handshake: the request asking for one, the `101` granting it), an
+/// `Upgrade` header stays, with `Connection: upgrade` as its only companion.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let upgrade: Vec<HeaderValue> = if keep_upgrade {
+        headers.get_all(header::UPGRADE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
@@ -61,6 +123,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(h);
     }
     headers.remove(header::TRANSFER_ENCODING);
+    if !upgrade.is_empty() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for v in upgrade {
+            headers.append(header::UPGRADE, v);
+        }
+    }
 }
 
 /// One target of a pool.
@@ -81,7 +149,8 @@ pub struct Upstream {
     next: AtomicUsize,
     epoch: Instant,
     timeout: Duration,
-    client: Client<HttpConnector, UpstreamBody>,
+    protocol: Protocol,
+    client: Client<Connector, UpstreamBody>,
     duration: prometheus::Histogram,
 }
 
@@ -93,7 +162,7 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// Parses a target URL. Refuses anything but `http://host[:port][/prefix]` without query.
+/// Parses a target URL. Refuses anything but `http(s)://host[:port][/prefix]` without query.
 pub fn parse_target(s: &str) -> Result<(Scheme, Authority, String), String> {
     let uri: Uri = s
         .parse()
@@ -102,9 +171,9 @@ pub fn parse_target(s: &str) -> Result<(Scheme, Authority, String), String> {
         .scheme()
         .cloned()
         .ok_or_else(|| format!("target {s:?} needs a scheme"))?;
-    if scheme != Scheme::HTTP {
+    if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
         return Err(format!(
-            "target {s:?}: only http:// upstreams are supported"
+            "target {s:?}: only http:// and https:// targets are supported"
         ));
     }
     let authority = uri
@@ -118,13 +187,79 @@ pub fn parse_target(s: &str) -> Result<(Scheme, Authority, String), String> {
     Ok((scheme, authority, prefix))
 }
 
+/// Refuses a target whose scheme the protocol cannot speak over.
+fn check_scheme(protocol: Protocol, target: &str, scheme: &Scheme) -> Result<(), String> {
+    match protocol {
+        Protocol::H2 if *scheme != Scheme::HTTPS => Err(format!(
+            "protocol h2 needs https:// targets, and {target:?} is not one (use protocol: h2c for HTTP/2 without TLS)"
+        )),
+        Protocol::H2c if *scheme != Scheme::HTTP => Err(format!(
+            "protocol h2c is HTTP/2 without TLS and needs http:// targets, and {target:?} is not one (use protocol: h2 for HTTP/2 over TLS)"
+        )),
+        Protocol::Http1 | Protocol::H2 | Protocol::H2c => Ok(()),
+    }
+}
+
+/// A TLS client config builder on aws-lc-rs (named explicitly: another crypto provider may be
+/// compiled in through a dependency, and then rustls has no process default).
+fn tls_builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
+    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
+}
+
+/// A TLS client config trusting the system's root certificates, loaded once per process (a
+/// changed system store is seen after a restart). When the system has none, the Mozilla roots
+/// built into tollgate are trusted instead, with a warning.
+fn system_tls() -> ClientConfig {
+    static SYSTEM: OnceLock<ClientConfig> = OnceLock::new();
+    SYSTEM
+        .get_or_init(|| match tls_builder().with_native_roots() {
+            Ok(b) => b.with_no_client_auth(),
+            Err(e) => {
+                tracing::warn!(error = %e,
+                    "no system root certificates; https upstreams are verified against the Mozilla roots built into tollgate");
+                tls_builder().with_webpki_roots().with_no_client_auth()
+            }
+        })
+        .clone()
+}
+
+/// The connector for `protocol`: plain TCP for `http://` targets, TLS verified against `trust`
+/// (with the target's host as SNI and verified name) for `https://` ones.
+fn connector(settings: &UpstreamSettings, any_https: bool) -> Connector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+    let tls = match (&settings.trust, any_https) {
+        // No TLS is ever made: skip reading the system's store.
+        (_, false) => tls_builder()
+            .with_root_certificates(RootCertStore::empty())
+            .with_no_client_auth(),
+        (Trust::System, true) => system_tls(),
+        (Trust::Roots(roots), true) => tls_builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth(),
+    };
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http();
+    match settings.protocol {
+        // Offers only `h2`: a target that cannot speak it fails the handshake (502).
+        Protocol::H2 => builder.enable_http2().wrap_connector(http),
+        Protocol::Http1 | Protocol::H2c => builder.enable_http1().wrap_connector(http),
+    }
+}
+
 impl Upstream {
-    /// Builds a pool and its connection pool. Refuses an empty or unparsable target list.
+    /// Builds a pool and its connection pool. Refuses an empty or unparsable target list, and
+    /// targets whose scheme the protocol cannot be spoken over.
     pub fn new(
         name: &str,
         targets: &[String],
-        timeout: Duration,
-        connect_timeout: Duration,
+        settings: &UpstreamSettings,
         metrics: &crate::metrics::Metrics,
     ) -> Result<Upstream, String> {
         if targets.is_empty() {
@@ -133,6 +268,7 @@ impl Upstream {
         let mut ts = Vec::new();
         for t in targets {
             let (scheme, authority, prefix) = parse_target(t)?;
+            check_scheme(settings.protocol, t, &scheme)?;
             let host_header =
                 HeaderValue::from_str(authority.as_str()).map_err(|e| e.to_string())?;
             ts.push(Target {
@@ -143,25 +279,29 @@ impl Upstream {
                 down_until: AtomicU64::new(0),
             });
         }
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let any_https = ts.iter().any(|t| t.scheme == Scheme::HTTPS);
         let client = Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector);
+            .http2_only(settings.protocol != Protocol::Http1)
+            .build(connector(settings, any_https));
         Ok(Upstream {
             duration: metrics.upstream_duration.with_label_values(&[name]),
             name: name.into(),
             targets: ts,
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
-            timeout,
+            timeout: settings.timeout,
+            protocol: settings.protocol,
             client,
         })
+    }
+
+    /// The HTTP version spoken to the targets.
+    pub fn protocol(&self) -> Protocol {
+        self.protocol
     }
 
     /// The pool's name.
@@ -217,7 +357,10 @@ impl Upstream {
             .map_err(|_| Refusal::BadRequest("bad_uri"))?;
         req.headers_mut()
             .insert(header::HOST, t.host_header.clone());
-        *req.version_mut() = http::Version::HTTP_11;
+        *req.version_mut() = match self.protocol {
+            Protocol::Http1 => http::Version::HTTP_11,
+            Protocol::H2 | Protocol::H2c => http::Version::HTTP_2,
+        };
 
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
@@ -245,7 +388,8 @@ impl Upstream {
                 }
             }
             Ok(Ok(mut resp)) => {
-                strip_hop_by_hop(resp.headers_mut());
+                let switching = resp.status() == http::StatusCode::SWITCHING_PROTOCOLS;
+                strip_hop_by_hop(resp.headers_mut(), switching);
                 Ok((resp, took))
             }
         }
@@ -280,9 +424,26 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         h.insert("x-kept", HeaderValue::from_static("1"));
-        strip_hop_by_hop(&mut h);
+        let mut upgrading = h.clone();
+        strip_hop_by_hop(&mut h, false);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+
+        strip_hop_by_hop(&mut upgrading, true);
+        assert_eq!(upgrading.len(), 3, "{upgrading:?}");
+        assert_eq!(upgrading[header::UPGRADE], "websocket");
+        assert_eq!(upgrading[header::CONNECTION], "upgrade");
+        assert!(upgrading.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn protocols_need_their_schemes() {
+        assert!(check_scheme(Protocol::H2, "http://a", &Scheme::HTTP).is_err());
+        assert!(check_scheme(Protocol::H2, "https://a", &Scheme::HTTPS).is_ok());
+        assert!(check_scheme(Protocol::H2c, "https://a", &Scheme::HTTPS).is_err());
+        assert!(check_scheme(Protocol::H2c, "http://a", &Scheme::HTTP).is_ok());
+        assert!(check_scheme(Protocol::Http1, "https://a", &Scheme::HTTPS).is_ok());
+        assert!(check_scheme(Protocol::Http1, "http://a", &Scheme::HTTP).is_ok());
     }
 
     #[test]
@@ -294,6 +455,7 @@ mod tests {
         );
         assert!(parse_target("127.0.0.1:9001").is_err());
         assert!(parse_target("ftp://x").is_err());
+        assert!(parse_target("https://x:8443/p").is_ok());
         assert!(parse_target("http://x/?q=1").is_err());
     }
 }

@@ -141,9 +141,14 @@ impl Running {
             tokio::time::sleep(limits.shutdown_delay).await;
         }
         let graceful = self.listeners.close().await;
-        let clean = tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_ok();
+        let requests = async move {
+            tokio::time::timeout(grace, graceful.shutdown())
+                .await
+                .is_ok()
+        };
+        // Upgraded (WebSocket) connections get the same grace period, then are closed.
+        let (requests, upgrades) = tokio::join!(requests, self.gateway.upgrades().drain(grace));
+        let clean = requests && upgrades;
         let _ = self.stop_admin.send(true);
         let _ = self.admin_task.await;
         // The last quota snapshot is written after the last request was counted.

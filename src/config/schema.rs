@@ -430,12 +430,39 @@ pub struct JwtCfg {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamCfg {
-    /// Base URLs (`http://host:port[/prefix]`), used round robin.
+    /// Base URLs (`http://host:port[/prefix]` or `https://...`), used round robin.
     pub targets: Vec<String>,
     /// Time allowed until the upstream's response head arrives (default 29s).
     pub timeout: Option<Dur>,
     /// Time allowed to connect (default 2s).
     pub connect_timeout: Option<Dur>,
+    /// The HTTP version spoken to the targets (default `http1`).
+    #[serde(default)]
+    pub protocol: UpstreamProtocol,
+    /// How `https://` targets are verified (default: the system's root certificates).
+    pub tls: Option<UpstreamTlsCfg>,
+}
+
+/// The HTTP version an upstream is spoken to in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over `http://` or `https://` targets.
+    #[default]
+    Http1,
+    /// HTTP/2 negotiated by ALPN over `https://` targets.
+    H2,
+    /// HTTP/2 with prior knowledge over `http://` targets (no TLS).
+    H2c,
+}
+
+/// TLS settings for an upstream's `https://` targets.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsCfg {
+    /// PEM file of the CA certificates the targets' certificates must chain to; replaces the
+    /// system's root certificates for this upstream. Relative to the config file's directory.
+    pub ca: PathBuf,
 }
 
 /// Settings inherited by routes.

@@ -2,8 +2,8 @@
 
 use super::*;
 
-/// The config file (first) and every file it names (key imports, key sets, secret files),
-/// resolved.
+/// The config file (first) and every file it names (key imports, key sets, secret files,
+/// upstream CA bundles), resolved.
 pub fn referenced_files(p: &Parsed) -> Vec<PathBuf> {
     let f = &p.file;
     let mut out = Vec::new();
@@ -51,6 +51,11 @@ pub fn referenced_files(p: &Parsed) -> Vec<PathBuf> {
     }
     if let Some(import) = f.api_keys.as_ref().and_then(|k| k.import.as_ref()) {
         out.push(p.resolve(import));
+    }
+    for u in f.upstreams.values() {
+        if let Some(tls) = &u.tls {
+            out.push(p.resolve(&tls.ca));
+        }
     }
     out.sort();
     out.dedup();

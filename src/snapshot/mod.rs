@@ -32,14 +32,16 @@ use crate::auth::keys::KeySet;
 use crate::auth::sigv4::SigV4Verifier;
 use crate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
 use crate::clientip::{CidrSet, Policy};
-use crate::config::schema::{AuthorizerCfg, JwtCfg, SecretCfg};
+use crate::config::schema::{AuthorizerCfg, JwtCfg, SecretCfg, UpstreamProtocol};
 use crate::config::{ConfigError, Parsed};
 use crate::fetch::Fetcher;
 use crate::issuer::keys::KeyRing;
 use crate::issuer::{Client, Endpoint, FailureCounter, Issuer};
 use crate::limits::{BucketSpec, LimitState, QuotaSpec, Throttle};
 use crate::metrics::Metrics;
-use crate::proxy::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Upstream};
+use crate::proxy::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Protocol, Trust, Upstream, UpstreamSettings,
+};
 use crate::routes::{RouteKey, RouteTable};
 use crate::util::CarriedMap;
 
@@ -338,6 +340,30 @@ impl Errors<'_> {
     }
 }
 
+/// Reads a PEM bundle of CA certificates (an upstream's `tls.ca`) into a root store. Refuses
+/// an unreadable file, PEM that does not parse, a file without certificates, and certificates
+/// that cannot serve as trust anchors.
+fn load_ca(p: &Parsed, file: &Path) -> Result<rustls::RootCertStore, String> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let shown = file.display();
+    let bytes =
+        std::fs::read(p.resolve(file)).map_err(|e| format!("cannot read CA file {shown}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
+        let cert = cert.map_err(|e| format!("CA file {shown} is not valid PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("CA file {shown}: certificate {} is unusable: {e}", i + 1))?;
+    }
+    if roots.is_empty() {
+        return Err(format!(
+            "CA file {shown} holds no certificates (expected PEM `BEGIN CERTIFICATE` blocks)"
+        ));
+    }
+    Ok(roots)
+}
+
 fn read_secret(p: &Parsed, s: &SecretCfg, path: &str, errs: &mut Errors) -> Option<String> {
     match s {
         SecretCfg::Env { env } => match std::env::var(env) {
@@ -499,13 +525,39 @@ pub fn compile(
                 errs.at(&format!("{path}.{key}"), "must be greater than 0");
             }
         }
-        match Upstream::new(
-            name,
-            &u.targets,
-            u.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
-            u.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
-            registry.metrics(),
-        ) {
+        let trust = match &u.tls {
+            None => Trust::System,
+            Some(tls) => {
+                let any_https = u.targets.iter().any(|t| {
+                    crate::proxy::parse_target(t)
+                        .is_ok_and(|(scheme, ..)| scheme == http::uri::Scheme::HTTPS)
+                });
+                if !any_https {
+                    errs.at(
+                        &format!("{path}.tls"),
+                        "`tls` is for https:// targets, and this upstream has none",
+                    );
+                }
+                match load_ca(parsed, &tls.ca) {
+                    Ok(roots) => Trust::Roots(Arc::new(roots)),
+                    Err(e) => {
+                        errs.at(&format!("{path}.tls.ca"), e);
+                        continue;
+                    }
+                }
+            }
+        };
+        let settings = UpstreamSettings {
+            timeout: u.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+            connect_timeout: u.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
+            protocol: match u.protocol {
+                UpstreamProtocol::Http1 => Protocol::Http1,
+                UpstreamProtocol::H2 => Protocol::H2,
+                UpstreamProtocol::H2c => Protocol::H2c,
+            },
+            trust,
+        };
+        match Upstream::new(name, &u.targets, &settings, registry.metrics()) {
             Ok(up) => {
                 upstreams.insert(name.as_str(), Arc::new(up));
             }

@@ -8,7 +8,7 @@ fn check(yaml: &str) -> (i32, String) {
 }
 
 /// `tollgate check` on `yaml` written as `dir/gateway.yaml`; that path reads `F` in the output.
-fn check_in(dir: &std::path::Path, yaml: &str) -> (i32, String) {
+pub(crate) fn check_in(dir: &std::path::Path, yaml: &str) -> (i32, String) {
     let path = dir.join("gateway.yaml");
     std::fs::write(&path, yaml).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
@@ -134,7 +134,7 @@ fn each_error_class_is_located() {
         (
             "upstreams:\n  a: { targets: [\"ftp://x\"] }\nroutes: []\n",
             "F:4:",
-            "only http:// upstreams",
+            "only http:// and https:// targets are supported",
         ),
         (
             "issuer:\n  url: http://localhost:8080\n  clients:\n    - { client_id: a, client_secret: s, scopes: [api/read] }\nroutes: []\n",

@@ -16,3 +16,5 @@ mod reload;
 mod routing;
 mod sigv4;
 mod tls;
+mod upstream_tls;
+mod websocket;

@@ -4,4 +4,6 @@ pub mod jwks_server;
 pub mod keys;
 pub mod pki;
 pub mod redis_server;
+pub mod test_ca;
 pub mod upstream;
+pub mod ws_upstream;
