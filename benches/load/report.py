@@ -3,7 +3,8 @@
 of every round for each target, and the issue's targets as measured ratios.
 
 Input: results.jsonl (one line per wrk run) and idle.jsonl (one line per proxy in scenario 5),
-both written by run.sh. Standard library only.
+both written by run.sh. With --progress, formats one result line from stdin instead.
+Standard library only.
 """
 
 import json
@@ -57,7 +58,18 @@ def summarize(runs):
     }
 
 
+def progress():
+    """One result line (stdin) as run.sh logs it while running."""
+    r = json.loads(sys.stdin.readline())
+    print(
+        f"{r['requests'] / (r['duration_us'] / 1e6):,.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, "
+        f"p99 {r['p99_us'] / 1000:.2f} ms, non-2xx {r['status']}, RSS {r['rss_kib'] / 1024:.1f} MiB"
+    )
+
+
 def main():
+    if sys.argv[1:] == ["--progress"]:
+        return progress()
     results, idle = load(sys.argv[1]), load(sys.argv[2])
     by = {}
     for r in results:

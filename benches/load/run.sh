@@ -235,7 +235,7 @@ measure() { # scenario round target path mode(static|rotate) seconds record(1|0)
     [ "$record" = 1 ] || return 0
     printf '{"scenario":%d,"round":%d,"target":"%s","rss_kib":%d,"cpu_ticks":%d,"clk_tck":%d,"cache_hit":%d,"cache_miss":%d,%s\n' \
         "$sc" "$round" "$name" "$rss" $((c1 - c0)) "$clk_tck" $((h1 - h0)) $((m1 - m0)) "${line#RESULT \{}" >>"$results"
-    log "S$sc round $round $name: $(tail -1 "$results" | "$py" -c 'import json,sys; r=json.load(sys.stdin); print(f"{r["requests"]/(r["duration_us"]/1e6):,.0f} req/s p50 {r["p50_us"]/1000:.2f} ms p99 {r["p99_us"]/1000:.2f} ms non-2xx {r["status"]} rss {r["rss_kib"]/1024:.1f} MiB")')"
+    log "S$sc round $round $name: $(tail -1 "$results" | "$py" "$here/report.py" --progress)"
 }
 
 # Runs one scenario: starts its targets, warms each up, then the rounds.
