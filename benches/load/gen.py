@@ -328,7 +328,11 @@ def main() -> None:
             {"kty": "RSA", "use": "sig", "alg": "RS256", "kid": KID, "n": b64u(nums.n), "e": b64u(nums.e)}
         ]
     }
-    write(f"{d}/jwks.json", json.dumps(jwks))
+    # tollgate's files get a directory of their own: tollgate watches the directories of its
+    # config and the files it names, and the logs and results written to `d` must not wake it.
+    tg = f"{d}/tollgate"
+    os.makedirs(f"{tg}/state", exist_ok=True)
+    write(f"{tg}/jwks.json", json.dumps(jwks))
 
     # Tokens: one for the repeated-token scenarios, many distinct ones for scenario 2.
     # The repeated one is not among the distinct ones, so it never warms their cache.
@@ -341,7 +345,7 @@ def main() -> None:
     write(f"{d}/haproxy-keys-1.lst", BENCH_KEY + "\n")
     write(f"{d}/bench-key.txt", BENCH_KEY + "\n")
     mid = a.keys // 2
-    with open(f"{d}/keys.csv", "w", encoding="utf-8") as csvf, open(
+    with open(f"{tg}/keys.csv", "w", encoding="utf-8") as csvf, open(
         f"{d}/haproxy-keys-many.lst", "w", encoding="utf-8"
     ) as lst:
         csvf.write("Name,Key,Description,Enabled,UsagePlanIds\n")
@@ -354,16 +358,16 @@ def main() -> None:
     write(f"{d}/haproxy-routes.lst", "\n".join(p + "/" for p in route_prefixes()) + "\n")
 
     w = a.workers
-    write(f"{d}/tollgate-s1.yaml", tollgate_yaml(ports, False, None))
-    write(f"{d}/tollgate-s3.yaml", tollgate_yaml(ports, True, None))
-    write(f"{d}/tollgate-s4.yaml", tollgate_yaml(ports, False, "keys.csv"))
+    write(f"{tg}/tollgate-s1.yaml", tollgate_yaml(ports, False, None))
+    write(f"{tg}/tollgate-s3.yaml", tollgate_yaml(ports, True, None))
+    write(f"{tg}/tollgate-s4.yaml", tollgate_yaml(ports, False, "keys.csv"))
     write(f"{d}/haproxy-s1.cfg", haproxy_cfg(ports, d, False, f"{d}/haproxy-keys-1.lst", w, a.nofile))
     write(f"{d}/haproxy-s3.cfg", haproxy_cfg(ports, d, True, f"{d}/haproxy-keys-1.lst", w, a.nofile))
     write(f"{d}/haproxy-s4.cfg", haproxy_cfg(ports, d, False, f"{d}/haproxy-keys-many.lst", w, a.nofile))
     write(f"{d}/nginx-s1.conf", nginx_proxy_conf(ports, d, w, False, a.nofile))
     write(f"{d}/nginx-s3.conf", nginx_proxy_conf(ports, d, w, True, a.nofile))
     write(f"{d}/upstream.conf", nginx_upstream_conf(ports, d, w, a.nofile))
-    for name in ("nginx-tmp", "upstream-tmp", "state"):
+    for name in ("nginx-tmp", "upstream-tmp"):
         os.makedirs(f"{d}/{name}", exist_ok=True)
     write(f"{d}/haproxy-maxconn.txt", f"{haproxy_maxconn(a.nofile)}\n")
     print(

@@ -135,7 +135,7 @@ start() { # name config-suffix
         nginx) nginx -c "$tmp/nginx-$cfg.conf" -g 'daemon off;' 2>>"$tmp/nginx.log" & ;;
         haproxy) haproxy -db -f "$tmp/haproxy-$cfg.cfg" 2>>"$tmp/haproxy.log" & ;;
         tollgate)
-            TOKIO_WORKER_THREADS=$workers "$bin" run -c "$tmp/tollgate-$cfg.yaml" \
+            TOKIO_WORKER_THREADS=$workers "$bin" run -c "$tmp/tollgate/tollgate-$cfg.yaml" \
                 --log-level warn 2>>"$tmp/tollgate.log" & ;;
     esac
     pids[$name]=$!
