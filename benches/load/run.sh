@@ -24,7 +24,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 duration=10 rounds=3 connections=64 threads=2 workers=2 tokens=150000 keys=1000000 idle=10000
 scenarios="1 2 3 4 5" warmup=2 out="$repo/target/load-bench" build=1 keep=0 port_base=18080
 
-usage() { sed -n '2,19p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) duration=2 rounds=1 tokens=4000 keys=20000 idle=500 warmup=1 ;;
