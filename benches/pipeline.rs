@@ -13,6 +13,12 @@
 //! - `api_key/lookup_throttle_quota/*`: API key lookup by hash, the plan's throttle and the
 //!   quota count (memory store), with 1,000 and 1,000,000 keys loaded; prints the resident
 //!   memory the 1,000,000-key table takes.
+//! - `ip_policy/*`: [`Policy::permits`] for an allowed IPv4 and IPv6 client, with an allow list
+//!   of one CIDR and of 10,000 CIDRs plus a deny list (the lookup walks a prefix trie, so the
+//!   two should cost about the same).
+//! - `throttle/*`: one token from a token bucket (memory store) alone: route buckets shared by
+//!   every caller (100 routes in turn, so each stays under its rate and admits), a plan's bucket
+//!   per API key (10,000 keys in turn), and a refusal from an emptied bucket.
 //!
 //! Everything runs on one tokio current-thread runtime: in `gateway/*` the client and the
 //! gateway share that thread, so the figure is the CPU cost of both sides plus loopback TCP. No
@@ -38,6 +44,7 @@ use tollgate::auth::keys::KeySet;
 use tollgate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
 
 use tollgate::apikeys::{ApiKey, KeyTable};
+use tollgate::clientip::{CidrSet, Policy};
 use tollgate::limits::memory::MemoryStore;
 use tollgate::limits::{BucketSpec, LimitState, Period, QuotaSpec, Store};
 use tollgate::metrics::Metrics;
@@ -496,5 +503,102 @@ fn api_keys(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, route_match, jwt, gateway, api_keys);
+// ---------------------------------------------------------------------------------------------
+// ip_policy
+
+/// An allow list of `n` CIDRs (IPv4 /24s and IPv6 /48s, half each) that holds the clients
+/// looked up, and a deny list of one address inside it that they are not.
+fn policy(n: usize) -> Policy {
+    let mut allow: Vec<String> = (0..n / 2)
+        .map(|i| format!("10.{}.{}.0/24", (i >> 8) & 0xff, i & 0xff))
+        .collect();
+    allow.extend((0..n - n / 2).map(|i| format!("2001:db8:{:x}::/48", i)));
+    let allow = CidrSet::parse(&allow).expect("allow list parses");
+    let deny = CidrSet::parse(&["10.0.0.66".to_string()]).expect("deny list parses");
+    Policy::new(Some(allow), deny)
+}
+
+fn ip_policy(c: &mut Criterion) {
+    let mut g = c.benchmark_group("ip_policy");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let v4: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+    let v6: std::net::IpAddr = "2001:db8:0:1::7".parse().unwrap();
+    let denied: std::net::IpAddr = "10.0.0.66".parse().unwrap();
+    for n in [2usize, 10_000] {
+        let p = policy(n);
+        assert!(p.permits(v4) && p.permits(v6) && !p.permits(denied));
+        g.bench_function(format!("{n}_cidrs_v4"), |b| {
+            b.iter(|| p.permits(black_box(v4)))
+        });
+        g.bench_function(format!("{n}_cidrs_v6"), |b| {
+            b.iter(|| p.permits(black_box(v6)))
+        });
+    }
+    g.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// throttle
+
+fn throttle(c: &mut Criterion) {
+    let rt = runtime();
+    let mut g = c.benchmark_group("throttle");
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3));
+    let limits = LimitState::new(Store::Memory(MemoryStore::open(None)));
+    // The highest rate a throttle may have. One bucket called in a tight loop outruns it and
+    // would measure refusals, so the admitted cases spread the calls over many buckets.
+    let spec = BucketSpec::new(1_000_000.0, 1_000_000).unwrap();
+    let routes: Vec<_> = (0..100)
+        .map(|i| limits.throttle(&format!("route:GET /r{i}"), spec))
+        .collect();
+    let plan = limits.throttle("plan:gold", spec);
+    let ids: Vec<Arc<str>> = (0..ACTIVE_KEYS)
+        .map(|i| Arc::from(format!("key-{i}")))
+        .collect();
+    let tiny = limits.throttle("route:GET /tiny", BucketSpec::new(0.001, 1).unwrap());
+    rt.block_on(async {
+        assert!(limits.store.take(&routes[0], None).await.is_ok());
+        assert!(limits.store.take(&plan, Some(&ids[0])).await.is_ok());
+        assert!(limits.store.take(&tiny, None).await.is_ok());
+        assert!(limits.store.take(&tiny, None).await.is_err());
+    });
+    let shared = [None];
+    let keyed: Vec<Option<Arc<str>>> = ids.into_iter().map(Some).collect();
+    // Each call takes from buckets[n % len] under keys[n % len].
+    let cases = [
+        ("route_bucket", &routes[..], &shared[..]),
+        ("refused", std::slice::from_ref(&tiny), &shared[..]),
+        ("per_key_bucket", std::slice::from_ref(&plan), &keyed[..]),
+    ];
+    for (name, buckets, keys) in cases {
+        let mut n = 0usize;
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        let t = &buckets[n % buckets.len()];
+                        let key = keys[n % keys.len()].as_ref();
+                        black_box(limits.store.take(black_box(t), key).await.is_ok());
+                        n += 1;
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    route_match,
+    ip_policy,
+    jwt,
+    throttle,
+    gateway,
+    api_keys
+);
 criterion_main!(benches);

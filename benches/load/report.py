@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Turns the load benchmark's raw results into Markdown: one table per scenario with the median
+of every round for each target, and the issue's targets as measured ratios.
+
+Input: results.jsonl (one line per wrk run) and idle.jsonl (one line per proxy in scenario 5),
+both written by run.sh. With --progress, formats one result line from stdin instead.
+Standard library only.
+"""
+
+import json
+import statistics
+import sys
+
+SCENARIOS = {
+    1: "Scenario 1: one token repeated (full pipeline, token cache warm)",
+    2: "Scenario 2: a distinct token on every request (RSA on every request)",
+    3: "Scenario 3: 10,000 routes loaded",
+    4: "Scenario 4: 1,000,000 API keys loaded",
+}
+WHAT = {
+    "upstream": "nginx upstream alone (no proxy)",
+    "nginx": "nginx: allow list + limit_req, keep-alive upstream",
+    "haproxy": "HAProxy: src ACL + JWT (jwt_verify, iss/exp/scope...) + API key + stick-table",
+    "tollgate": "tollgate: policy + JWT + API key with plan + throttle",
+}
+
+
+def load(path):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def med(xs):
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarize(runs):
+    """Medians over the rounds of one target in one scenario."""
+    rps = [r["requests"] / (r["duration_us"] / 1e6) for r in runs]
+    cpu = [r["cpu_ticks"] * 1e6 / r["clk_tck"] / r["requests"] for r in runs if r["requests"]]
+    return {
+        "rounds": len(runs),
+        "rps": med(rps),
+        "rps_min": min(rps),
+        "rps_max": max(rps),
+        "p50": med([r["p50_us"] / 1000 for r in runs]),
+        "p99": med([r["p99_us"] / 1000 for r in runs]),
+        "non2xx": sum(r["status"] for r in runs),
+        "sockerr": sum(r["connect"] + r["read"] + r["write"] + r["timeout"] for r in runs),
+        "rss": med([r["rss_kib"] / 1024 for r in runs]),
+        "cpu": med(cpu),
+        "hits": sum(r.get("cache_hit", 0) for r in runs),
+        "misses": sum(r.get("cache_miss", 0) for r in runs),
+        "requests": sum(r["requests"] for r in runs),
+    }
+
+
+def progress():
+    """One result line (stdin) as run.sh logs it while running."""
+    r = json.loads(sys.stdin.readline())
+    print(
+        f"{r['requests'] / (r['duration_us'] / 1e6):,.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, "
+        f"p99 {r['p99_us'] / 1000:.2f} ms, non-2xx {r['status']}, RSS {r['rss_kib'] / 1024:.1f} MiB"
+    )
+
+
+def main():
+    if sys.argv[1:] == ["--progress"]:
+        return progress()
+    results, idle = load(sys.argv[1]), load(sys.argv[2])
+    by = {}
+    for r in results:
+        by.setdefault(r["scenario"], {}).setdefault(r["target"], []).append(r)
+    s = {sc: {t: summarize(runs) for t, runs in ts.items()} for sc, ts in by.items()}
+    out = []
+    for sc in sorted(s):
+        out.append(f"### {SCENARIOS.get(sc, sc)}\n")
+        out.append(
+            "| target | req/s (median) | min–max | p50 ms | p99 ms | non-2xx | socket errors "
+            "| RSS MiB | proxy CPU µs/req | token cache hit/miss |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for t in ("upstream", "nginx", "haproxy", "tollgate"):
+            if t not in s[sc]:
+                continue
+            v = s[sc][t]
+            cache = f"{v['hits']}/{v['misses']}" if t == "tollgate" else "–"
+            rss = f"{v['rss']:.1f}" if t != "upstream" else "–"
+            out.append(
+                f"| {t} | {v['rps']:,.0f} | {v['rps_min']:,.0f}–{v['rps_max']:,.0f} "
+                f"| {v['p50']:.2f} | {v['p99']:.2f} | {v['non2xx']} | {v['sockerr']} | {rss} "
+                f"| {v['cpu']:.0f} | {cache} |"
+            )
+        out.append("")
+    if idle:
+        out.append("### Scenario 5: idle keep-alive connections held open\n")
+        out.append(
+            "| target | connections held | failed | non-200 | RSS before MiB | RSS held MiB "
+            "| KiB per connection | still open (of checked) |"
+        )
+        out.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+        for r in idle:
+            out.append(
+                f"| {r['target']} | {r['connections']} | {r['failed']} | {r['non200']} "
+                f"| {r['rss_before_kib'] / 1024:.1f} | {r['rss_held_kib'] / 1024:.1f} "
+                f"| {r['per_conn_kib']} | {r['still_open']}/{r['checked']} |"
+            )
+        out.append("")
+
+    out.append("### The issue's targets, as measured in this run\n")
+    out.append("| target | measured | met |")
+    out.append("|---|---|---|")
+
+    def row(name, measured, ok):
+        out.append(f"| {name} | {measured} | {'yes' if ok else '**no**'} |")
+
+    def get(sc, t):
+        return s.get(sc, {}).get(t)
+
+    tg1, ng1, hp1 = get(1, "tollgate"), get(1, "nginx"), get(1, "haproxy")
+    if tg1 and ng1:
+        ratio = tg1["rps"] / ng1["rps"]
+        row("S1: tollgate req/s ≥ 1.2 × nginx", f"{ratio:.2f}× ({tg1['rps']:,.0f} vs {ng1['rps']:,.0f})", ratio >= 1.2)
+        row("S1: tollgate p99 ≤ nginx p99", f"{tg1['p99']:.2f} ms vs {ng1['p99']:.2f} ms", tg1["p99"] <= ng1["p99"])
+    if tg1 and hp1:
+        ratio = tg1["rps"] / hp1["rps"]
+        row("S1: tollgate req/s ≥ 3 × HAProxy with JWT", f"{ratio:.2f}× ({tg1['rps']:,.0f} vs {hp1['rps']:,.0f})", ratio >= 3)
+    tg2, hp2 = get(2, "tollgate"), get(2, "haproxy")
+    if tg2 and hp2:
+        ratio = tg2["rps"] / hp2["rps"]
+        row("S2: tollgate req/s ≥ 1.5 × HAProxy with JWT", f"{ratio:.2f}× ({tg2['rps']:,.0f} vs {hp2['rps']:,.0f})", ratio >= 1.5)
+    for sc in (3, 4):
+        tg = get(sc, "tollgate")
+        if tg and tg1:
+            ratio = tg["rps"] / tg1["rps"]
+            row(f"S{sc}: tollgate within 5% of S1", f"{ratio:.3f} of S1 ({tg['rps']:,.0f} vs {tg1['rps']:,.0f})", ratio >= 0.95)
+    for r in idle:
+        if r["target"] == "tollgate":
+            row("S5: tollgate ≤ 10 KiB RSS per idle connection", f"{r['per_conn_kib']} KiB", r["per_conn_kib"] is not None and r["per_conn_kib"] <= 10)
+    bad = [
+        f"S{sc} {t}: {v['non2xx']} non-2xx, {v['sockerr']} socket errors"
+        for sc in s
+        for t, v in s[sc].items()
+        if t == "tollgate" and (v["non2xx"] or v["sockerr"])
+    ]
+    bad += [f"S5 tollgate: {r['non200']} non-200, {r['failed']} failed" for r in idle if r["target"] == "tollgate" and (r["non200"] or r["failed"])]
+    row("zero non-2xx from tollgate in every scenario", "; ".join(bad) if bad else "none", not bad)
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
