@@ -1,7 +1,9 @@
 //! Reload on file changes: the config file and every file it names are watched through their
 //! parent directories (so editors' rename-into-place and Kubernetes ConfigMap symlink swaps are
 //! seen), events are debounced, and a reload happens only when the content of a watched file
-//! (followed through symlinks) really changed. A refused config is logged and counted once, and
+//! (followed through symlinks) really changed. A file is read and hashed only when its metadata
+//! (size, times, inode) changed: reading it would itself raise an inotify event (notify watches
+//! opens too), and re-reading a large key import on every event would burn a core. A refused config is logged and counted once, and
 //! the previous one keeps serving until the files change again.
 
 use std::collections::HashSet;
@@ -19,16 +21,68 @@ use crate::gateway::Gateway;
 /// write several events for one change.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 
-/// A digest of the watched files' contents (a missing file digests as empty).
-fn fingerprint(files: &[PathBuf]) -> Vec<[u8; 32]> {
+/// What `stat` says about a file (through symlinks): any write, rename or swap changes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    ino: u64,
+    dev: u64,
+}
+
+fn stamp(f: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(f).ok()?;
+    Some(Stamp {
+        len: m.len(),
+        mtime: (m.mtime(), m.mtime_nsec()),
+        ctime: (m.ctime(), m.ctime_nsec()),
+        ino: m.ino(),
+        dev: m.dev(),
+    })
+}
+
+/// One watched file as last seen: its metadata and the digest of its content (a missing file
+/// digests as zeros).
+#[derive(Debug, Clone)]
+struct Seen {
+    stamp: Option<Stamp>,
+    digest: [u8; 32],
+}
+
+/// The watched files' digests, re-reading only files whose metadata differs from `prev` (same
+/// order as `files`; pass `&[]` to read every file).
+fn fingerprint(files: &[PathBuf], prev: &[Seen]) -> Vec<Seen> {
     files
         .iter()
-        .map(|f| {
-            std::fs::read(f)
-                .map(|b| crate::util::sha256(&b))
-                .unwrap_or([0; 32])
+        .enumerate()
+        .map(|(i, f)| {
+            let stamp = stamp(f);
+            match prev.get(i) {
+                Some(p) if stamp.is_some() && p.stamp == stamp => p.clone(),
+                _ => Seen {
+                    digest: std::fs::read(f)
+                        .map(|b| crate::util::sha256(&b))
+                        .unwrap_or([0; 32]),
+                    stamp,
+                },
+            }
         })
         .collect()
+}
+
+/// Whether two fingerprints name the same contents.
+fn same_content(a: &[Seen], b: &[Seen]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.digest == y.digest)
+}
+
+/// [`fingerprint`] off the async workers (reading a large key import blocks).
+async fn fingerprint_blocking(files: &[PathBuf], prev: &[Seen]) -> Vec<Seen> {
+    let (files, prev) = (files.to_vec(), prev.to_vec());
+    tokio::task::spawn_blocking(move || fingerprint(&files, &prev))
+        .await
+        .unwrap_or_default()
 }
 
 fn parent(f: &Path) -> PathBuf {
@@ -83,8 +137,8 @@ pub fn spawn(gw: Arc<Gateway>, stop: watch::Receiver<bool>) {
     let files = gw.snapshot().files.clone();
     sync_watches(&mut debouncer, &files, &mut dirs);
     // A change between loading and watching shows up as a config that is not the loaded one.
-    let mut seen = fingerprint(&files);
-    if seen.first() != Some(&hash_bytes(&gw.snapshot().hash)) {
+    let mut seen = fingerprint(&files, &[]);
+    if seen.first().map(|s| s.digest) != Some(hash_bytes(&gw.snapshot().hash)) {
         seen.clear();
     }
     tokio::spawn(run(gw, stop, debouncer, dirs, files, seen, rx));
@@ -106,7 +160,7 @@ async fn run(
     mut debouncer: Debouncer<RecommendedWatcher>,
     mut dirs: HashSet<PathBuf>,
     mut files: Vec<PathBuf>,
-    mut seen: Vec<[u8; 32]>,
+    mut seen: Vec<Seen>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
 ) {
     if seen.is_empty() {
@@ -115,7 +169,7 @@ async fn run(
         let _ = tokio::task::spawn_blocking(move || g.reload()).await;
         files = gw.snapshot().files.clone();
         sync_watches(&mut debouncer, &files, &mut dirs);
-        seen = fingerprint(&files);
+        seen = fingerprint_blocking(&files, &[]).await;
     }
     loop {
         tokio::select! {
@@ -124,8 +178,10 @@ async fn run(
                 if event.is_none() {
                     return;
                 }
-                let now = fingerprint(&files);
-                if now == seen {
+                let now = fingerprint_blocking(&files, &seen).await;
+                if same_content(&now, &seen) {
+                    // Metadata may have changed (a touch, an identical rewrite): remember it.
+                    seen = now;
                     continue;
                 }
                 let g = gw.clone();
@@ -133,7 +189,7 @@ async fn run(
                 // The new config may name other files.
                 files = gw.snapshot().files.clone();
                 sync_watches(&mut debouncer, &files, &mut dirs);
-                seen = fingerprint(&files);
+                seen = fingerprint_blocking(&files, &[]).await;
             }
         }
     }

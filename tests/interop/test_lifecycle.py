@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import http.server
 import json
 import shutil
@@ -29,6 +30,10 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 import tollgate_process as tp
 
 SWAP_DEADLINE_S = 5.0
+IDLE_SETTLE_S = 1.0
+IDLE_WINDOW_S = 3.0
+# One read and hash of the 8 MB file costs ~30 ms; the old loop did it several times a second.
+IDLE_CPU_BUDGET_S = 0.1
 CONNECT_REFUSED_DEADLINE_S = 5.0
 
 
@@ -256,3 +261,38 @@ def test_sigterm_lets_the_in_flight_request_finish_refuses_new_ones_and_exits_0(
     assert gw.proc.wait(timeout=tp.SHUTDOWN_DEADLINE_S) == 0
     for line in gw.stderr().splitlines():
         assert isinstance(json.loads(line), dict), line
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_gateway_with_a_large_key_import_does_not_reread_it(tmp_path, upstream):
+    """Reading a watched file raises an inotify event; the watcher must not answer its own reads
+    by reading again (that once kept half a core busy hashing a large CSV several times a
+    second)."""
+    rows = ["Name,Key,Description,Enabled,UsagePlanIds"]
+    rows += [f"key-{i},secret-key-value-{i:012d},generated,true,basic" for i in range(150_000)]
+    (tmp_path / "keys.csv").write_text("\n".join(rows) + "\n")
+    assert (tmp_path / "keys.csv").stat().st_size > 8_000_000
+
+    def for_port(port: int) -> str:
+        return f"""
+listeners: [{{ bind: 127.0.0.1:{port} }}]
+admin: {{ bind: 127.0.0.1:0 }}
+usage_plans: {{ basic: {{}} }}
+api_keys: {{ import: keys.csv }}
+routes:
+  - {{ route: "GET /ready", respond: {{ body: ok }} }}
+"""
+
+    gw = tp.start(tmp_path, "idle", for_port, "/ready")
+    try:
+        time.sleep(IDLE_SETTLE_S)  # the watcher's first events (its own first reads) pass
+        before = cpu_seconds(gw.proc.pid)
+        time.sleep(IDLE_WINDOW_S)
+        used = cpu_seconds(gw.proc.pid) - before
+        assert used < IDLE_CPU_BUDGET_S, f"an idle gateway used {used:.2f} s of CPU in {IDLE_WINDOW_S} s"
+    finally:
+        tp.stop(gw)
