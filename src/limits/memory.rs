@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
-use super::period::{day_label, parse_day};
+use super::period::{Period, day_label, parse_day};
 use super::{DayUsage, LimitError, QuotaSpec, QuotaState};
 
 /// Days of per-day counts kept for `/usage` (older days are dropped).
@@ -26,7 +26,66 @@ struct Counter {
     used: u64,
     /// Per-day counts, oldest first (`YYYY-MM-DD`, count).
     days: Vec<(String, u64)>,
+    /// The period kind, its start and the day of the last count: while they hold, `period`
+    /// and the last entry of `days` are current, and counting formats no label.
+    #[serde(skip)]
+    last: Option<(Period, i64, Date)>,
 }
+
+/// The map key: (plan, key id), looked up by borrowed strings without allocating.
+#[derive(Debug, Clone)]
+struct PlanKey(Arc<str>, Arc<str>);
+
+/// A (plan, key id) pair, owned or borrowed, hashed and compared as the pair of strings.
+trait Pair {
+    fn pair(&self) -> (&str, &str);
+}
+
+impl Pair for PlanKey {
+    fn pair(&self) -> (&str, &str) {
+        (&self.0, &self.1)
+    }
+}
+
+impl Pair for (&str, &str) {
+    fn pair(&self) -> (&str, &str) {
+        (self.0, self.1)
+    }
+}
+
+impl<'a> std::borrow::Borrow<dyn Pair + 'a> for PlanKey {
+    fn borrow(&self) -> &(dyn Pair + 'a) {
+        self
+    }
+}
+
+impl std::hash::Hash for dyn Pair + '_ {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+
+impl PartialEq for dyn Pair + '_ {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+
+impl Eq for dyn Pair + '_ {}
+
+impl std::hash::Hash for PlanKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.pair().hash(h);
+    }
+}
+
+impl PartialEq for PlanKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.pair() == other.pair()
+    }
+}
+
+impl Eq for PlanKey {}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct SnapshotFile {
@@ -36,7 +95,7 @@ struct SnapshotFile {
 
 /// Quota counters in memory.
 pub struct MemoryStore {
-    counters: DashMap<(Arc<str>, Arc<str>), Counter>,
+    counters: DashMap<PlanKey, Counter>,
     dirty: AtomicBool,
     file: Option<PathBuf>,
 }
@@ -55,7 +114,7 @@ impl MemoryStore {
                 Ok(bytes) => match serde_json::from_slice::<SnapshotFile>(&bytes) {
                     Ok(snap) => {
                         for (plan, key, c) in snap.counters {
-                            store.counters.insert((plan.into(), key.into()), c);
+                            store.counters.insert(PlanKey(plan.into(), key.into()), c);
                         }
                         tracing::info!(file = %f.display(), counters = store.counters.len(), "quota counters restored");
                     }
@@ -82,30 +141,46 @@ impl MemoryStore {
         spec: QuotaSpec,
         now: OffsetDateTime,
     ) -> Result<QuotaState, LimitError> {
-        let label = spec.period.label(now);
+        let (start, _) = spec.period.bounds(now);
         let reset = spec.period.seconds_left(now);
-        let mut c = self
-            .counters
-            .entry((Arc::from(plan), Arc::from(key_id)))
-            .or_default();
-        if c.period != label {
-            c.period = label;
-            c.used = 0;
+        let today = now.date();
+        let lookup: &dyn Pair = &(plan, key_id);
+        let mut c = match self.counters.get_mut(lookup) {
+            Some(c) => c,
+            None => self
+                .counters
+                .entry(PlanKey(Arc::from(plan), Arc::from(key_id)))
+                .or_default(),
+        };
+        let same_period =
+            matches!(c.last, Some((p, s, _)) if p == spec.period && s == start.unix_timestamp());
+        if !same_period {
+            let label = spec.period.label(now);
+            if c.period != label {
+                c.period = label;
+                c.used = 0;
+            }
         }
         if c.used >= spec.limit {
             return Err(LimitError::QuotaExceeded { retry_after: reset });
         }
         c.used += 1;
-        let today = day_label(now.date());
-        match c.days.last_mut() {
-            Some((d, n)) if *d == today => *n += 1,
+        match (c.last, c.days.last_mut()) {
+            (Some((_, _, day)), Some((_, n))) if day == today => *n += 1,
             _ => {
-                c.days.push((today, 1));
-                let oldest = now.date() - time::Duration::days(USAGE_DAYS_KEPT);
-                c.days
-                    .retain(|(d, _)| parse_day(d).is_some_and(|d| d > oldest));
+                let label = day_label(today);
+                match c.days.last_mut() {
+                    Some((d, n)) if *d == label => *n += 1,
+                    _ => {
+                        c.days.push((label, 1));
+                        let oldest = today - time::Duration::days(USAGE_DAYS_KEPT);
+                        c.days
+                            .retain(|(d, _)| parse_day(d).is_some_and(|d| d > oldest));
+                    }
+                }
             }
         }
+        c.last = Some((spec.period, start.unix_timestamp(), today));
         let remaining = spec.limit - c.used;
         drop(c);
         self.dirty.store(true, Ordering::Release);
@@ -121,7 +196,7 @@ impl MemoryStore {
     pub fn usage(&self, plan: &str, key_id: &str, from: Date, to: Date) -> Vec<DayUsage> {
         let days: Vec<(String, u64)> = self
             .counters
-            .get(&(Arc::from(plan), Arc::from(key_id)))
+            .get(&(plan, key_id) as &dyn Pair)
             .map(|c| c.days.clone())
             .unwrap_or_default();
         let mut out = Vec::new();
@@ -187,6 +262,29 @@ mod tests {
     use super::*;
     use crate::limits::Period;
     use time::macros::{date, datetime};
+
+    #[test]
+    fn a_plan_whose_period_kind_changes_starts_a_new_count() {
+        // A day and a month can start at the same instant: the kind is part of the period.
+        let s = MemoryStore::open(None);
+        let now = datetime!(2026-11-01 10:00 UTC);
+        let day = QuotaSpec {
+            limit: 5,
+            period: Period::Day,
+        };
+        let month = QuotaSpec {
+            limit: 5,
+            period: Period::Month,
+        };
+        s.count("p", "k", day, now).unwrap();
+        assert_eq!(s.count("p", "k", day, now).unwrap().remaining, 3);
+        assert_eq!(s.count("p", "k", month, now).unwrap().remaining, 4);
+        // The per-day usage counts every request whatever the period.
+        assert_eq!(
+            s.usage("p", "k", date!(2026 - 11 - 01), date!(2026 - 11 - 01))[0].used,
+            3
+        );
+    }
 
     #[test]
     fn counts_until_the_limit_then_refuses_without_counting() {

@@ -281,9 +281,9 @@ impl Throttle {
                 })
             }
             Err(not_until) => {
-                let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                    &governor::clock::DefaultClock::default(),
-                ));
+                // The limiter's own clock: building a new one per refusal cost microseconds.
+                let wait =
+                    not_until.wait_time_from(governor::clock::Clock::now(self.local.clock()));
                 Err(LimitError::Throttled {
                     retry_after: wait.as_secs_f64().ceil().max(1.0) as u64,
                 })
