@@ -4,8 +4,23 @@
 use std::collections::HashMap;
 use std::str::FromStr;
 
-use jsonwebtoken::jwk::{Jwk, PublicKeyUse};
+use std::sync::Arc;
+
+use aws_lc_rs::encoding::AsDer;
+use aws_lc_rs::signature::{self as sig, ParsedPublicKey, RsaPublicKeyComponents};
+use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, errors::ErrorKind};
+
+/// The RSA algorithms and the aws-lc-rs verification each means (as jsonwebtoken maps them).
+const RSA_ALGORITHMS: [(Algorithm, &sig::RsaParameters); 6] = [
+    (Algorithm::RS256, &sig::RSA_PKCS1_2048_8192_SHA256),
+    (Algorithm::RS384, &sig::RSA_PKCS1_2048_8192_SHA384),
+    (Algorithm::RS512, &sig::RSA_PKCS1_2048_8192_SHA512),
+    (Algorithm::PS256, &sig::RSA_PSS_2048_8192_SHA256),
+    (Algorithm::PS384, &sig::RSA_PSS_2048_8192_SHA384),
+    (Algorithm::PS512, &sig::RSA_PSS_2048_8192_SHA512),
+];
 
 /// One key ready for verification.
 #[derive(Clone)]
@@ -14,6 +29,44 @@ pub struct VerifyKey {
     pub decoding: DecodingKey,
     /// When the JWK names an `alg`, only that algorithm may be used with it.
     pub alg: Option<Algorithm>,
+    /// An RSA key parsed once for each algorithm it may verify: jsonwebtoken parses the key
+    /// again on every verification, which is a large part of an uncached token's cost.
+    pub parsed: Vec<(Algorithm, Arc<ParsedPublicKey>)>,
+}
+
+impl VerifyKey {
+    /// The pre-parsed key for `alg`, if this is an RSA key that may verify it.
+    pub fn parsed_for(&self, alg: Algorithm) -> Option<&ParsedPublicKey> {
+        self.parsed
+            .iter()
+            .find(|(a, _)| *a == alg)
+            .map(|(_, k)| &**k)
+    }
+}
+
+/// Parses an RSA JWK's public key once per algorithm it may be used with (`alg`, or every RSA
+/// algorithm). Empty for other key types, or when aws-lc refuses the key (verification then
+/// goes through jsonwebtoken, which refuses it the same way).
+fn parse_rsa(jwk: &Jwk, alg: Option<Algorithm>) -> Vec<(Algorithm, Arc<ParsedPublicKey>)> {
+    let AlgorithmParameters::RSA(p) = &jwk.algorithm else {
+        return Vec::new();
+    };
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (Ok(n), Ok(e)) = (b64.decode(&p.n), b64.decode(&p.e)) else {
+        return Vec::new();
+    };
+    let Ok(der) = (RsaPublicKeyComponents { n, e }).as_der() else {
+        return Vec::new();
+    };
+    RSA_ALGORITHMS
+        .iter()
+        .filter(|(a, _)| alg.is_none_or(|want| want == *a))
+        .filter_map(|(a, params)| {
+            ParsedPublicKey::new(*params, der.as_ref())
+                .ok()
+                .map(|k| (*a, Arc::new(k)))
+        })
+        .collect()
 }
 
 /// The keys an authorizer verifies with.
@@ -41,6 +94,7 @@ impl KeySet {
             secret: Some(VerifyKey {
                 decoding: DecodingKey::from_secret(secret),
                 alg: None,
+                parsed: Vec::new(),
             }),
         }
     }
@@ -81,7 +135,15 @@ impl KeySet {
                 },
                 None => None,
             };
-            by_kid.insert(kid, VerifyKey { decoding, alg });
+            let parsed = parse_rsa(&jwk, alg);
+            by_kid.insert(
+                kid,
+                VerifyKey {
+                    decoding,
+                    alg,
+                    parsed,
+                },
+            );
         }
         if by_kid.is_empty() {
             return Err("JWKS holds no usable signing key".to_string());

@@ -348,17 +348,22 @@ impl JwtAuthorizer {
             .find(|(f, _)| *f == header.alg.family())
             .map(|(_, v)| v)
             .ok_or(TokenError::BadAlgorithm)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::InvalidSignature => TokenError::BadSignature,
-                ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
-                    TokenError::BadAlgorithm
-                }
-                k if keys::is_malformed(k) => TokenError::Malformed,
-                _ => TokenError::BadSignature,
-            },
-        )?;
-        let checked = claims::check(&data.claims, &self.rules, now)?;
+        let claims = match key.parsed_for(header.alg) {
+            Some(parsed) => verify_parsed(token, parsed)?,
+            None => {
+                jsonwebtoken::decode::<Claims>(token, &key.decoding, validation)
+                    .map_err(|e| match e.kind() {
+                        ErrorKind::InvalidSignature => TokenError::BadSignature,
+                        ErrorKind::InvalidAlgorithm | ErrorKind::MissingAlgorithm => {
+                            TokenError::BadAlgorithm
+                        }
+                        k if keys::is_malformed(k) => TokenError::Malformed,
+                        _ => TokenError::BadSignature,
+                    })?
+                    .claims
+            }
+        };
+        let checked = claims::check(&claims, &self.rules, now)?;
         let identity = Arc::new(self.identity(checked, loaded.generation)?);
         self.cache.inner.insert(digest, identity.clone());
         Ok(identity)
@@ -396,6 +401,24 @@ impl JwtAuthorizer {
             upstream_headers,
         })
     }
+}
+
+/// Verifies a compact JWS with a pre-parsed key (the header was already read and its `alg`
+/// matched to the key), then reads the claims: what `jsonwebtoken::decode` does, without
+/// parsing the key and the claims again. Signature first, so unverified claims are never read.
+fn verify_parsed(
+    token: &str,
+    key: &aws_lc_rs::signature::ParsedPublicKey,
+) -> Result<Claims, TokenError> {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (message, signature) = token.rsplit_once('.').ok_or(TokenError::Malformed)?;
+    let (_, payload) = message.split_once('.').ok_or(TokenError::Malformed)?;
+    let signature = b64.decode(signature).map_err(|_| TokenError::Malformed)?;
+    key.verify_sig(message.as_bytes(), &signature)
+        .map_err(|_| TokenError::BadSignature)?;
+    let payload = b64.decode(payload).map_err(|_| TokenError::Malformed)?;
+    serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)
 }
 
 /// Whether the token's header is JSON whose `alg` is not one we know (for example `none`).
