@@ -326,3 +326,24 @@ async fn h2c_prior_knowledge_is_served() {
     assert_eq!(up.last().uri.path(), "/h2");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let up = upstream::start("a").await;
+    let gw = open_gateway(&up.url(), "limits: { header_timeout: 500ms }\n").await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    // Reads the answer, then waits for the gateway to close the idle connection.
+    let out = crate::support::gateway::read_for(&mut s, Duration::from_secs(5)).await;
+    let closed_after = started.elapsed();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        closed_after >= Duration::from_millis(400) && closed_after < Duration::from_secs(3),
+        "closed after {closed_after:?}"
+    );
+    gw.stop().await;
+}
