@@ -204,7 +204,7 @@ async fn an_upstream_that_answers_200_to_an_upgrade_is_passed_back_as_a_response
     assert_eq!(seen.headers["x-tollgate-principal"], "user-7");
     assert_eq!(gauge(&gw, "tollgate_upgraded_connections_active").await, 0);
 
-    // The connection stays usable for ordinary requests.
+    // The same route still answers ordinary requests.
     let a = gw
         .get(
             "/not-ws",
