@@ -172,8 +172,8 @@ struct Serving {
 
 /// One running accept loop.
 struct Live {
-    /// The address as configured (port 0 stays 0), which identifies it across reloads.
-    configured: SocketAddr,
+    /// Its identity across reloads (see [`ListenerKey`]).
+    key: ListenerKey,
     local: SocketAddr,
     serving: Arc<ArcSwap<Serving>>,
     stop: watch::Sender<bool>,
@@ -212,10 +212,13 @@ fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Each listener of `snap` with its identity across reloads: the configured address and how
+/// A listener's identity across reloads: the address as configured (port 0 stays 0) and how
 /// many listeners before it share that address (several `:0` listeners in tests).
-fn keyed(snap: &Snapshot) -> Vec<((SocketAddr, usize), &ListenerSpec)> {
-    let mut out: Vec<((SocketAddr, usize), &ListenerSpec)> = Vec::new();
+type ListenerKey = (SocketAddr, usize);
+
+/// Each listener of `snap` with its identity across reloads.
+fn keyed(snap: &Snapshot) -> Vec<(ListenerKey, &ListenerSpec)> {
+    let mut out: Vec<(ListenerKey, &ListenerSpec)> = Vec::new();
     for spec in &snap.listeners {
         let n = out.iter().filter(|((a, _), _)| *a == spec.addr).count();
         out.push(((spec.addr, n), spec));
@@ -269,8 +272,8 @@ impl Listeners {
     }
 
     /// Starts the accept loop of a newly bound listener.
-    fn spawn(&self, configured: SocketAddr, listener: TcpListener, serving: Serving) -> Live {
-        let local = listener.local_addr().unwrap_or(configured);
+    fn spawn(&self, key: ListenerKey, listener: TcpListener, serving: Serving) -> Live {
+        let local = listener.local_addr().unwrap_or(key.0);
         let serving = Arc::new(ArcSwap::from_pointee(serving));
         let (stop, stop_rx) = watch::channel(false);
         let me = self
@@ -280,7 +283,7 @@ impl Listeners {
         let task = tokio::spawn(accept_public(listener, serving.clone(), me, stop_rx));
         tracing::info!(addr = %local, "listening");
         Live {
-            configured,
+            key,
             local,
             serving,
             stop,
@@ -297,16 +300,8 @@ impl ListenerControl for Listeners {
         let mut bound = Vec::new();
         {
             let live = self.live.lock().expect("not poisoned");
-            let live_keys: Vec<_> = {
-                let mut ks: Vec<(SocketAddr, usize)> = Vec::new();
-                for l in live.iter() {
-                    let n = ks.iter().filter(|(a, _)| *a == l.configured).count();
-                    ks.push((l.configured, n));
-                }
-                ks
-            };
             for (index, (key, spec)) in keyed(next).into_iter().enumerate() {
-                if live_keys.contains(&key) {
+                if live.iter().any(|l| l.key == key) {
                     continue;
                 }
                 let l = std::net::TcpListener::bind(spec.addr)
@@ -332,7 +327,7 @@ impl ListenerControl for Listeners {
 impl Listeners {
     /// Makes the running listeners those of `snap`: settings updated in place, new sockets
     /// (bound by `prepare`) started, removed ones stopped.
-    fn commit(&self, snap: &Snapshot, mut bound: Vec<((SocketAddr, usize), TcpListener)>) {
+    fn commit(&self, snap: &Snapshot, mut bound: Vec<(ListenerKey, TcpListener)>) {
         let http = Arc::new(http_builder(&snap.limits));
         let expiry = &self.gateway.metrics().tls_certificate_expiry;
         expiry.reset();
@@ -344,27 +339,23 @@ impl Listeners {
             }
         }
         let mut live = self.live.lock().expect("not poisoned");
-        let mut old: Vec<((SocketAddr, usize), Live)> = Vec::new();
-        for l in live.drain(..) {
-            let n = old.iter().filter(|((a, _), _)| *a == l.configured).count();
-            old.push(((l.configured, n), l));
-        }
+        let mut old: Vec<Live> = live.drain(..).collect();
         for (key, spec) in keyed(snap) {
             let serving = Serving {
                 proxy_protocol: spec.proxy_protocol,
                 tls: spec.tls.clone(),
                 http: http.clone(),
             };
-            if let Some(i) = old.iter().position(|(k, _)| *k == key) {
-                let (_, l) = old.swap_remove(i);
+            if let Some(i) = old.iter().position(|l| l.key == key) {
+                let l = old.swap_remove(i);
                 l.serving.store(Arc::new(serving));
                 live.push(l);
             } else if let Some(i) = bound.iter().position(|(k, _)| *k == key) {
                 let (_, listener) = bound.swap_remove(i);
-                live.push(self.spawn(spec.addr, listener, serving));
+                live.push(self.spawn(key, listener, serving));
             }
         }
-        for (_, l) in old {
+        for l in old {
             tracing::info!(addr = %l.local, "listener removed; open connections finish");
             let _ = l.stop.send(true);
         }

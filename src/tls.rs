@@ -264,7 +264,7 @@ pub fn compile(files: &TlsFiles<'_>) -> Result<TlsSettings, TlsError> {
 /// already checked it against `client_ca`).
 pub fn client_cert(conn: &rustls::ServerConnection) -> Option<ClientCert> {
     let leaf = conn.peer_certificates()?.first()?;
-    let sha256 = HeaderValue::from_str(&hex::encode(crate::util::sha256(leaf.as_ref())))
+    let sha256 = HeaderValue::from_str(&crate::util::sha256_hex(leaf.as_ref()))
         .expect("hex is a valid header value");
     let subject = match x509_parser::parse_x509_certificate(leaf.as_ref()) {
         Ok((_, c)) => header_safe(&c.subject().to_string()),
