@@ -1,4 +1,5 @@
-//! Compiling `type: jwt` authorizers: algorithms, claim rules and key sources.
+//! Compiling `authorizers`: `type: jwt` (algorithms, claim rules and key sources), `http` and
+//! `sigv4`.
 
 use super::*;
 
@@ -186,4 +187,101 @@ pub(super) fn jwt_authorizer(
             None
         }
     }
+}
+
+/// The compiled authorizers by name, one map per kind.
+pub(super) struct Authorizers<'a> {
+    pub(super) jwt: HashMap<&'a str, Arc<JwtAuthorizer>>,
+    pub(super) external: HashMap<&'a str, Arc<ExternalAuthorizer>>,
+    pub(super) sigv4: HashMap<&'a str, Arc<SigV4Verifier>>,
+}
+
+/// Compiles every authorizer of every kind. `none` is reserved; an authorizer with errors is
+/// left out (its errors are in `errs`).
+pub(super) fn compile_authorizers<'a>(
+    parsed: &'a Parsed,
+    registry: &Registry,
+    issuer: Option<&Arc<Issuer>>,
+    errs: &mut Errors,
+) -> Authorizers<'a> {
+    let f = &parsed.file;
+    let mut out = Authorizers {
+        jwt: HashMap::new(),
+        external: HashMap::new(),
+        sigv4: HashMap::new(),
+    };
+    for (name, a) in &f.authorizers {
+        let path = format!("authorizers.{name}");
+        if name == "none" {
+            errs.list.push(parsed.error_at_key(
+                "authorizers",
+                name,
+                "`none` is reserved for open routes",
+            ));
+            continue;
+        }
+        match a {
+            AuthorizerCfg::Jwt(j) => {
+                if let Some(az) = jwt_authorizer(parsed, registry, name, j, &path, issuer, errs) {
+                    out.jwt.insert(name.as_str(), Arc::new(az));
+                }
+            }
+            AuthorizerCfg::Http(h) => {
+                use crate::auth::external::{DEFAULT_CACHE_TTL, DEFAULT_TIMEOUT};
+                match ExternalAuthorizer::new(
+                    name,
+                    &h.url,
+                    &h.identity,
+                    h.cache_ttl.map_or(DEFAULT_CACHE_TTL, |d| d.0),
+                    h.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+                    registry.metrics(),
+                ) {
+                    Ok(a) => {
+                        out.external.insert(name.as_str(), Arc::new(a));
+                    }
+                    Err(e) => errs.at(&path, e),
+                }
+            }
+            AuthorizerCfg::Sigv4(c) => {
+                let mut creds = Vec::new();
+                let mut ids = std::collections::HashSet::new();
+                for (k, cred) in c.credentials.iter().enumerate() {
+                    let at = format!("{path}.credentials.{k}");
+                    if !ids.insert(cred.access_key_id.as_str()) {
+                        errs.at(
+                            &format!("{at}.access_key_id"),
+                            "this access key id appears twice",
+                        );
+                        continue;
+                    }
+                    if let Some(secret) = read_secret(
+                        parsed,
+                        &cred.secret_access_key,
+                        &format!("{at}.secret_access_key"),
+                        errs,
+                    ) {
+                        creds.push((cred.access_key_id.clone(), secret, cred.scopes.clone()));
+                    }
+                }
+                if c.credentials.is_empty() {
+                    errs.at(
+                        &format!("{path}.credentials"),
+                        "at least one credential is required",
+                    );
+                }
+                if c.region.is_empty() || c.service.is_empty() {
+                    errs.at(&path, "region and service must not be empty");
+                }
+                out.sigv4.insert(
+                    name.as_str(),
+                    Arc::new(SigV4Verifier::new(
+                        c.region.clone(),
+                        c.service.clone(),
+                        creds,
+                    )),
+                );
+            }
+        }
+    }
+    out
 }

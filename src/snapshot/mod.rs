@@ -8,11 +8,15 @@ mod authorizers;
 mod files;
 mod issuer;
 mod plans;
+mod routes;
+mod upstreams;
 
-use self::authorizers::jwt_authorizer;
+use self::authorizers::{Authorizers, compile_authorizers};
 pub use self::files::referenced_files;
 use self::issuer::{compile_issuer, reserved_for_issuer};
-use self::plans::{compile_keys, compile_plans};
+use self::plans::{compile_keys, compile_plans, spec_at};
+use self::routes::{compile_routes, route_table};
+use self::upstreams::compile_upstreams;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -340,30 +344,6 @@ impl Errors<'_> {
     }
 }
 
-/// Reads a PEM bundle of CA certificates (an upstream's `tls.ca`) into a root store. Refuses
-/// an unreadable file, PEM that does not parse, a file without certificates, and certificates
-/// that cannot serve as trust anchors.
-fn load_ca(p: &Parsed, file: &Path) -> Result<rustls::RootCertStore, String> {
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject as _;
-    let shown = file.display();
-    let bytes =
-        std::fs::read(p.resolve(file)).map_err(|e| format!("cannot read CA file {shown}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for (i, cert) in CertificateDer::pem_slice_iter(&bytes).enumerate() {
-        let cert = cert.map_err(|e| format!("CA file {shown} is not valid PEM: {e}"))?;
-        roots
-            .add(cert)
-            .map_err(|e| format!("CA file {shown}: certificate {} is unusable: {e}", i + 1))?;
-    }
-    if roots.is_empty() {
-        return Err(format!(
-            "CA file {shown} holds no certificates (expected PEM `BEGIN CERTIFICATE` blocks)"
-        ));
-    }
-    Ok(roots)
-}
-
 fn read_secret(p: &Parsed, s: &SecretCfg, path: &str, errs: &mut Errors) -> Option<String> {
     match s {
         SecretCfg::Env { env } => match std::env::var(env) {
@@ -388,6 +368,13 @@ fn read_secret(p: &Parsed, s: &SecretCfg, path: &str, errs: &mut Errors) -> Opti
             Some(v.clone())
         }
     }
+}
+
+/// A CIDR list as a set, or the first bad entry reported at `path.INDEX`.
+fn cidrs(items: &[String], path: &str, errs: &mut Errors) -> Option<CidrSet> {
+    CidrSet::parse(items)
+        .map_err(|(i, e)| errs.at(&format!("{path}.{i}"), e))
+        .ok()
 }
 
 fn bind_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
@@ -513,71 +500,14 @@ pub fn compile(
         errs.at("limits.max_header_bytes", "must be at least 8KiB");
     }
 
-    // Upstreams.
-    let mut upstreams: HashMap<&str, Arc<Upstream>> = HashMap::new();
-    for (name, u) in &f.upstreams {
-        let path = format!("upstreams.{name}");
-        for (value, key) in [
-            (u.timeout, "timeout"),
-            (u.connect_timeout, "connect_timeout"),
-        ] {
-            if value.is_some_and(|d| d.0.is_zero()) {
-                errs.at(&format!("{path}.{key}"), "must be greater than 0");
-            }
-        }
-        let trust = match &u.tls {
-            None => Trust::System,
-            Some(tls) => {
-                let any_https = u.targets.iter().any(|t| {
-                    crate::proxy::parse_target(t)
-                        .is_ok_and(|(scheme, ..)| scheme == http::uri::Scheme::HTTPS)
-                });
-                if !any_https {
-                    errs.at(
-                        &format!("{path}.tls"),
-                        "`tls` is for https:// targets, and this upstream has none",
-                    );
-                }
-                match load_ca(parsed, &tls.ca) {
-                    Ok(roots) => Trust::Roots(Arc::new(roots)),
-                    Err(e) => {
-                        errs.at(&format!("{path}.tls.ca"), e);
-                        continue;
-                    }
-                }
-            }
-        };
-        let settings = UpstreamSettings {
-            timeout: u.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
-            connect_timeout: u.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0),
-            protocol: match u.protocol {
-                UpstreamProtocol::Http1 => Protocol::Http1,
-                UpstreamProtocol::H2 => Protocol::H2,
-                UpstreamProtocol::H2c => Protocol::H2c,
-            },
-            trust,
-        };
-        match Upstream::new(name, &u.targets, &settings, registry.metrics()) {
-            Ok(up) => {
-                upstreams.insert(name.as_str(), Arc::new(up));
-            }
-            Err(e) => errs.at(&format!("{path}.targets"), e),
-        }
-    }
+    let upstreams = compile_upstreams(parsed, registry, &mut errs);
 
     // Client IP: trusted proxies, and resource policies by name.
-    let trusted_proxies = match f
+    let trusted_proxies = f
         .client_ip
         .as_ref()
-        .map(|c| CidrSet::parse(&c.trusted_proxies))
-    {
-        None => CidrSet::default(),
-        Some(Ok(set)) => set,
-        Some(Err((i, e))) => {
-            errs.at(&format!("client_ip.trusted_proxies.{i}"), e);
-            CidrSet::default()
-        }
-    };
+        .and_then(|c| cidrs(&c.trusted_proxies, "client_ip.trusted_proxies", &mut errs))
+        .unwrap_or_default();
     let mut policies: HashMap<&str, Arc<Policy>> = HashMap::new();
     for (name, p) in &f.policies {
         let path = format!("policies.{name}");
@@ -589,20 +519,15 @@ pub fn compile(
             ));
             continue;
         }
-        let allow = match p.allow.as_ref().map(|a| CidrSet::parse(a)) {
+        let allow = match &p.allow {
             None => None,
-            Some(Ok(set)) => Some(set),
-            Some(Err((i, e))) => {
-                errs.at(&format!("{path}.allow.{i}"), e);
-                continue;
-            }
+            Some(a) => match cidrs(a, &format!("{path}.allow"), &mut errs) {
+                Some(set) => Some(set),
+                None => continue,
+            },
         };
-        let deny = match CidrSet::parse(&p.deny) {
-            Ok(set) => set,
-            Err((i, e)) => {
-                errs.at(&format!("{path}.deny.{i}"), e);
-                continue;
-            }
+        let Some(deny) = cidrs(&p.deny, &format!("{path}.deny"), &mut errs) else {
+            continue;
         };
         policies.insert(name.as_str(), Arc::new(Policy::new(allow, deny)));
     }
@@ -618,309 +543,23 @@ pub fn compile(
         .as_ref()
         .and_then(|cfg| compile_issuer(parsed, registry, cfg, &mut errs));
 
-    // Authorizers.
-    let mut authorizers: HashMap<&str, Arc<JwtAuthorizer>> = HashMap::new();
-    let mut externals: HashMap<&str, Arc<ExternalAuthorizer>> = HashMap::new();
-    let mut sigv4s: HashMap<&str, Arc<SigV4Verifier>> = HashMap::new();
-    for (name, a) in &f.authorizers {
-        let path = format!("authorizers.{name}");
-        if name == "none" {
-            errs.list.push(parsed.error_at_key(
-                "authorizers",
-                name,
-                "`none` is reserved for open routes",
-            ));
-            continue;
-        }
-        match a {
-            AuthorizerCfg::Jwt(j) => {
-                if let Some(az) =
-                    jwt_authorizer(parsed, registry, name, j, &path, issuer.as_ref(), &mut errs)
-                {
-                    authorizers.insert(name.as_str(), Arc::new(az));
-                }
-            }
-            AuthorizerCfg::Http(h) => {
-                use crate::auth::external::{DEFAULT_CACHE_TTL, DEFAULT_TIMEOUT};
-                match ExternalAuthorizer::new(
-                    name,
-                    &h.url,
-                    &h.identity,
-                    h.cache_ttl.map_or(DEFAULT_CACHE_TTL, |d| d.0),
-                    h.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
-                    registry.metrics(),
-                ) {
-                    Ok(a) => {
-                        externals.insert(name.as_str(), Arc::new(a));
-                    }
-                    Err(e) => errs.at(&path, e),
-                }
-            }
-            AuthorizerCfg::Sigv4(c) => {
-                let mut creds = Vec::new();
-                let mut ids = std::collections::HashSet::new();
-                for (k, cred) in c.credentials.iter().enumerate() {
-                    let at = format!("{path}.credentials.{k}");
-                    if !ids.insert(cred.access_key_id.as_str()) {
-                        errs.at(
-                            &format!("{at}.access_key_id"),
-                            "this access key id appears twice",
-                        );
-                        continue;
-                    }
-                    if let Some(secret) = read_secret(
-                        parsed,
-                        &cred.secret_access_key,
-                        &format!("{at}.secret_access_key"),
-                        &mut errs,
-                    ) {
-                        creds.push((cred.access_key_id.clone(), secret, cred.scopes.clone()));
-                    }
-                }
-                if c.credentials.is_empty() {
-                    errs.at(
-                        &format!("{path}.credentials"),
-                        "at least one credential is required",
-                    );
-                }
-                if c.region.is_empty() || c.service.is_empty() {
-                    errs.at(&path, "region and service must not be empty");
-                }
-                sigv4s.insert(
-                    name.as_str(),
-                    Arc::new(SigV4Verifier::new(
-                        c.region.clone(),
-                        c.service.clone(),
-                        creds,
-                    )),
-                );
-            }
-        }
-    }
+    let authorizers = compile_authorizers(parsed, registry, issuer.as_ref(), &mut errs);
 
-    // Defaults and routes.
-    let default_auth = f.defaults.authorizer.as_deref();
-    if let Some(a) = default_auth
-        && a != "none"
-        && !authorizers.contains_key(a)
-        && !f.authorizers.contains_key(a)
-    {
-        errs.at(
-            "defaults.authorizer",
-            format!("authorizer {a:?} is not defined"),
-        );
-    }
-    let default_scopes = f.defaults.scopes.clone().unwrap_or_default();
-    // Built-in issuer routes come first, so a user route that collides is the one reported.
-    let mut keys: Vec<(Option<usize>, RouteKey)> = Vec::new();
-    let mut routes = Vec::new();
-    if let Some(iss) = &issuer {
-        for (key, endpoint) in crate::issuer::ROUTES {
-            keys.push((
-                None,
-                RouteKey::parse(key).expect("built-in route keys parse"),
-            ));
-            routes.push(Route {
-                key: key.into(),
-                auth: RouteAuth::None,
-                integration: Integration::Issuer(iss.clone(), endpoint),
-                api_key_required: false,
-                throttle: None,
-                index: routes.len(),
-                policy: None,
-                require_client_cert: false,
-            });
-        }
-    }
-    for (i, r) in f.routes.iter().enumerate() {
-        let path = format!("routes.{i}");
-        let key = match RouteKey::parse(&r.route) {
-            Ok(k) => k,
-            Err(e) => {
-                errs.at(&format!("{path}.route"), e);
-                continue;
-            }
-        };
-        if issuer.is_some() && reserved_for_issuer(&key) {
-            errs.at(
-                &format!("{path}.route"),
-                "this path belongs to the embedded issuer; choose another path",
-            );
-            continue;
-        }
-        let integration = match (&r.upstream, &r.respond) {
-            (Some(u), None) => match upstreams.get(u.as_str()) {
-                Some(up) => Integration::Proxy(up.clone()),
-                None => {
-                    if !f.upstreams.contains_key(u) {
-                        errs.at(
-                            &format!("{path}.upstream"),
-                            format!("upstream {u:?} is not defined"),
-                        );
-                    }
-                    continue;
-                }
-            },
-            (None, Some(resp)) => match fixed_response(resp) {
-                Ok(fr) => Integration::Respond(fr),
-                Err(e) => {
-                    errs.at(&format!("{path}.respond"), e);
-                    continue;
-                }
-            },
-            (Some(_), Some(_)) => {
-                errs.at(
-                    &path,
-                    "a route has either `upstream` or `respond`, not both",
-                );
-                continue;
-            }
-            (None, None) => {
-                errs.at(&path, "a route needs `upstream` or `respond`");
-                continue;
-            }
-        };
-        let auth_name = r.authorizer.as_deref().or(default_auth).unwrap_or("none");
-        let explicit_scopes = r.scopes.is_some();
-        let scopes: Vec<Box<str>> = r
-            .scopes
-            .clone()
-            .unwrap_or_else(|| default_scopes.clone())
-            .into_iter()
-            .map(Into::into)
-            .collect();
-        let auth = if auth_name == "none" {
-            if explicit_scopes && !scopes.is_empty() {
-                errs.at(
-                    &format!("{path}.scopes"),
-                    "scopes need an authorizer; this route has none",
-                );
-                continue;
-            }
-            RouteAuth::None
-        } else if let Some(v) = sigv4s.get(auth_name) {
-            RouteAuth::SigV4 {
-                verifier: v.clone(),
-                scopes,
-                name: HeaderValue::from_str(auth_name).unwrap_or(HeaderValue::from_static("sigv4")),
-            }
-        } else if let Some(ext) = externals.get(auth_name) {
-            // An external authorizer grants no scopes: explicit ones are an error, inherited
-            // `defaults.scopes` do not apply.
-            if explicit_scopes && !scopes.is_empty() {
-                errs.at(
-                    &format!("{path}.scopes"),
-                    "an http authorizer grants no scopes; remove `scopes` from this route",
-                );
-                continue;
-            }
-            RouteAuth::External {
-                authorizer: ext.clone(),
-                name: HeaderValue::from_str(auth_name).unwrap_or(HeaderValue::from_static("http")),
-            }
-        } else {
-            match authorizers.get(auth_name) {
-                Some(a) => match crate::error::insufficient_scope_header(&scopes) {
-                    Ok(h) => RouteAuth::Jwt {
-                        authorizer: a.clone(),
-                        scopes,
-                        insufficient_scope: h,
-                    },
-                    Err(e) => {
-                        errs.at(&format!("{path}.scopes"), e);
-                        continue;
-                    }
-                },
-                None => {
-                    if r.authorizer.is_some() && !f.authorizers.contains_key(auth_name) {
-                        errs.at(
-                            &format!("{path}.authorizer"),
-                            format!("authorizer {auth_name:?} is not defined"),
-                        );
-                    }
-                    continue;
-                }
-            }
-        };
-        let throttle = match r.throttle.as_ref().or(f.defaults.throttle.as_ref()) {
-            Some(t) => match BucketSpec::new(t.rate, t.burst) {
-                Ok(spec) => Some(
-                    registry
-                        .limits()
-                        .throttle(&format!("route:{}", r.route), spec),
-                ),
-                Err(e) => {
-                    let at = if r.throttle.is_some() {
-                        format!("{path}.throttle")
-                    } else {
-                        "defaults.throttle".into()
-                    };
-                    errs.at(&at, e);
-                    continue;
-                }
-            },
-            None => None,
-        };
-        let policy = match r.policy.as_deref().or(f.defaults.policy.as_deref()) {
-            None | Some("none") => None,
-            Some(name) => match policies.get(name) {
-                Some(p) => Some(p.clone()),
-                None => {
-                    if r.policy.is_some() && !f.policies.contains_key(name) {
-                        errs.at(
-                            &format!("{path}.policy"),
-                            format!("policy {name:?} is not defined"),
-                        );
-                    }
-                    continue;
-                }
-            },
-        };
-        if r.api_key_required && f.api_keys.is_none() {
-            errs.at(
-                &format!("{path}.api_key_required"),
-                "API keys are required here but no `api_keys:` section is configured",
-            );
-        }
-        keys.push((Some(i), key));
-        routes.push(Route {
-            key: r.route.as_str().into(),
-            auth,
-            integration,
-            api_key_required: r.api_key_required,
-            throttle,
-            index: routes.len(),
-            policy,
-            require_client_cert: r.require_client_cert,
-        });
-    }
+    let (routes, keys) = compile_routes(
+        parsed,
+        registry,
+        &upstreams,
+        &policies,
+        &authorizers,
+        issuer.as_ref(),
+        &mut errs,
+    );
     let plans = compile_plans(parsed, registry, &routes, &mut errs);
     let key_table = f
         .api_keys
         .as_ref()
         .and_then(|k| compile_keys(parsed, k, &plans, &mut errs));
-    let table = match RouteTable::build(&keys.iter().map(|(_, k)| k.clone()).collect::<Vec<_>>()) {
-        Ok(t) => Some(t),
-        Err(c) => {
-            // Name the earlier route by its line, since indexes skip routes that failed to compile.
-            let earlier = match c.first.and_then(|f| keys[f].0) {
-                Some(src) => format!(
-                    " (routes.{src}, line {})",
-                    parsed.map.locate(&format!("routes.{src}.route")).line
-                ),
-                None if c.first.is_some() => " (a built-in issuer route)".to_string(),
-                None => String::new(),
-            };
-            match keys[c.index].0 {
-                Some(src) => errs.at(
-                    &format!("routes.{src}.route"),
-                    format!("{}{earlier}", c.message),
-                ),
-                None => errs.at("issuer", c.message),
-            }
-            None
-        }
-    };
+    let table = route_table(parsed, &keys, &mut errs);
 
     let cors = f.cors.as_ref().map(|c| {
         let methods = if c.allow_methods.is_empty() {
@@ -973,30 +612,5 @@ pub fn compile(
 fn is_http_url(s: &str) -> bool {
     s.parse::<http::Uri>().is_ok_and(|u| {
         matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
-    })
-}
-
-fn fixed_response(r: &crate::config::schema::RespondCfg) -> Result<FixedResponse, String> {
-    let status = StatusCode::from_u16(r.status).map_err(|_| format!("bad status {}", r.status))?;
-    let mut headers = Vec::new();
-    let mut has_ct = false;
-    for (k, v) in &r.headers {
-        let name = HeaderName::from_str(k).map_err(|_| format!("bad header name {k:?}"))?;
-        if name == http::header::CONTENT_TYPE {
-            has_ct = true;
-        }
-        let value = HeaderValue::from_str(v).map_err(|_| format!("bad value for header {k:?}"))?;
-        headers.push((name, value));
-    }
-    if !has_ct {
-        headers.push((
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        ));
-    }
-    Ok(FixedResponse {
-        status,
-        headers,
-        body: Bytes::from(r.body.clone()),
     })
 }
