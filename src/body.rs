@@ -70,7 +70,10 @@ pin_project_lite::pin_project! {
         inner: Incoming,
         remaining: u64,
         idle: Duration,
+        // Allocated at the first pause, then re-armed (not re-allocated) at each later one.
         timer: Option<Pin<Box<Sleep>>>,
+        // Whether `timer` counts the current pause (cleared by every frame).
+        armed: bool,
         failure: FailureCell,
     }
 }
@@ -83,6 +86,7 @@ impl GuardedBody {
             remaining: limit,
             idle,
             timer: None,
+            armed: false,
             failure,
         }
     }
@@ -99,7 +103,7 @@ impl Body for GuardedBody {
         let this = self.project();
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                *this.timer = None;
+                *this.armed = false;
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > *this.remaining {
@@ -117,9 +121,15 @@ impl Body for GuardedBody {
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let idle = *this.idle;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                let timer = match this.timer {
+                    Some(t) if !*this.armed => {
+                        t.as_mut().reset(tokio::time::Instant::now() + idle);
+                        t
+                    }
+                    Some(t) => t,
+                    None => this.timer.insert(Box::pin(tokio::time::sleep(idle))),
+                };
+                *this.armed = true;
                 if timer.as_mut().poll(cx).is_ready() {
                     this.failure.set(BodyFailure::Stalled);
                     return Poll::Ready(Some(Err(BodyError(BodyFailure::Stalled))));

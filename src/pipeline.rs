@@ -115,7 +115,8 @@ pub async fn handle(
         request_id: request_id(req.headers()),
     };
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    // A reference-counted clone (hyper's URI shares the read buffer), for the access log.
+    let uri = req.uri().clone();
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut out = Outcome {
         route: None,
@@ -153,7 +154,7 @@ pub async fn handle(
         &ctx,
         &out,
         &method,
-        &path,
+        uri.path(),
         resp.status(),
         started.elapsed(),
     );
@@ -708,9 +709,14 @@ fn record(
     m.requests
         .with_label_values(&[route, crate::metrics::method_label(method), status.as_str()])
         .inc();
-    m.request_duration
-        .with_label_values(&[route])
-        .observe(latency.as_secs_f64());
+    let series = || m.request_duration.with_label_values(&[route]);
+    match out.route {
+        Some(r) => r
+            .duration
+            .get_or_init(series)
+            .observe(latency.as_secs_f64()),
+        None => series().observe(latency.as_secs_f64()),
+    }
     if let Some(reason) = out.reason {
         m.denied.with_label_values(&[route, reason]).inc();
     }

@@ -338,14 +338,14 @@ impl Upstream {
     ) -> Result<(Response<Incoming>, Duration), Refusal> {
         let i = self.pick();
         let t = &self.targets[i];
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
+        let pq = req.uri().path_and_query();
         let path = if t.prefix.is_empty() {
-            PathAndQuery::from_maybe_shared(bytes::Bytes::copy_from_slice(pq.as_bytes()))
+            // Shares the client's bytes: no copy and no second validation.
+            Ok(pq
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/")))
         } else {
+            let pq = pq.map_or("/", PathAndQuery::as_str);
             PathAndQuery::from_maybe_shared(bytes::Bytes::from(format!("{}{pq}", t.prefix)))
         }
         .map_err(|_| Refusal::BadRequest("bad_uri"))?;

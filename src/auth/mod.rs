@@ -329,15 +329,17 @@ impl JwtAuthorizer {
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::BadAlgorithm);
         }
-        let mut key = loaded.keys.find(header.kid.as_deref()).cloned();
-        if key.is_none()
+        if loaded.keys.find(header.kid.as_deref()).is_none()
             && header.kid.is_some()
             && let KeySource::Remote(remote) = &self.keys
         {
             loaded = remote.refetch_for_unknown_kid(loaded.generation).await;
-            key = loaded.keys.find(header.kid.as_deref()).cloned();
         }
-        let key = key.ok_or(TokenError::UnknownKey)?;
+        // Borrowed from the loaded set: a key is never copied per verification.
+        let key = loaded
+            .keys
+            .find(header.kid.as_deref())
+            .ok_or(TokenError::UnknownKey)?;
         if key.alg.is_some_and(|a| a != header.alg) || key.decoding.family() != header.alg.family()
         {
             return Err(TokenError::BadAlgorithm);

@@ -11,7 +11,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
-use super::period::{Period, day_label, parse_day};
+use super::period::{Period, day_label, parse_day, seconds_until};
 use super::{DayUsage, LimitError, QuotaSpec, QuotaState};
 
 /// Days of per-day counts kept for `/usage` (older days are dropped).
@@ -141,8 +141,8 @@ impl MemoryStore {
         spec: QuotaSpec,
         now: OffsetDateTime,
     ) -> Result<QuotaState, LimitError> {
-        let (start, _) = spec.period.bounds(now);
-        let reset = spec.period.seconds_left(now);
+        let (start, end) = spec.period.bounds(now);
+        let reset = seconds_until(end, now);
         let today = now.date();
         let lookup: &dyn Pair = &(plan, key_id);
         let mut c = match self.counters.get_mut(lookup) {

@@ -73,11 +73,15 @@ impl Period {
 
     /// Whole seconds from `t` until the period containing it ends (at least 1).
     pub fn seconds_left(self, t: OffsetDateTime) -> u64 {
-        let (_, end) = self.bounds(t);
-        let left = end - t;
-        let secs = left.whole_seconds() + i64::from(left.subsec_nanoseconds() > 0);
-        secs.max(1) as u64
+        seconds_until(self.bounds(t).1, t)
     }
+}
+
+/// Whole seconds from `t` until `end`, rounded up (at least 1).
+pub fn seconds_until(end: OffsetDateTime, t: OffsetDateTime) -> u64 {
+    let left = end - t;
+    let secs = left.whole_seconds() + i64::from(left.subsec_nanoseconds() > 0);
+    secs.max(1) as u64
 }
 
 /// `YYYY-MM-DD` of a date.

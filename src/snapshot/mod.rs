@@ -184,6 +184,9 @@ pub struct Route {
     pub policy: Option<Arc<Policy>>,
     /// Only connections with a verified TLS client certificate may call it.
     pub require_client_cert: bool,
+    /// Its `tollgate_request_duration_seconds` series, resolved at its first request (so a
+    /// route never called exports no series, as before) and then kept.
+    pub duration: std::sync::OnceLock<prometheus::Histogram>,
 }
 
 /// A compiled usage plan.

@@ -47,6 +47,7 @@ pub(super) fn compile_routes(
                 index: routes.len(),
                 policy: None,
                 require_client_cert: false,
+                duration: Default::default(),
             });
         }
     }
@@ -209,6 +210,7 @@ pub(super) fn compile_routes(
             index: routes.len(),
             policy,
             require_client_cert: r.require_client_cert,
+            duration: Default::default(),
         });
     }
     (routes, keys)
