@@ -13,6 +13,7 @@ use crate::config::schema::{OnError, StateBackend};
 use crate::config::{self, ConfigError};
 use crate::limits::{LimitState, Store, memory::MemoryStore, redis::RedisStore};
 use crate::metrics::Metrics;
+use crate::snapshot::{self, Registry, Snapshot};
 use crate::upgrade::Upgrades;
 
 /// File under `state.path` where the memory store snapshots quota counters.
@@ -72,7 +73,6 @@ fn open_store(p: &Parsed, online: bool, metrics: &Arc<Metrics>) -> Result<Store,
         }
     }
 }
-use crate::snapshot::{self, Registry, Snapshot};
 
 /// Applies a new snapshot's `listeners:` to the running process (implemented by the server).
 pub trait ListenerControl: Send + Sync {
@@ -99,9 +99,8 @@ pub struct BindFailure {
 /// Shared state of a running gateway.
 pub struct Gateway {
     snapshot: ArcSwap<Snapshot>,
+    /// State beside the snapshots, including the metrics and the limiter state.
     registry: Registry,
-    metrics: Arc<Metrics>,
-    limits: Arc<LimitState>,
     /// The `state:` settings the store was opened with; changing them needs a restart.
     state_settings: String,
     config_path: PathBuf,
@@ -133,8 +132,6 @@ impl Gateway {
             upgrades: Arc::new(Upgrades::new(metrics.upgraded_connections_active.clone())),
             snapshot: ArcSwap::from_pointee(snap),
             registry,
-            metrics,
-            limits,
             state_settings: state_settings(&parsed),
             config_path: path.to_path_buf(),
             reloading: Mutex::new(()),
@@ -183,8 +180,11 @@ impl Gateway {
                 if let Some(commit) = commit {
                     commit(&snap);
                 }
-                self.metrics.config_reloads.with_label_values(&["ok"]).inc();
-                self.metrics.config_generation.set(generation as i64);
+                self.metrics()
+                    .config_reloads
+                    .with_label_values(&["ok"])
+                    .inc();
+                self.metrics().config_generation.set(generation as i64);
                 *self.last_error.lock().expect("not poisoned") = None;
                 tracing::info!(generation, "config loaded");
                 Ok(generation)
@@ -195,7 +195,7 @@ impl Gateway {
                     .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("\n");
-                self.metrics
+                self.metrics()
                     .config_reloads
                     .with_label_values(&["error"])
                     .inc();
@@ -214,7 +214,7 @@ impl Gateway {
 
     /// Throttle and quota state.
     pub fn limits(&self) -> &Arc<LimitState> {
-        &self.limits
+        self.registry.limits()
     }
 
     /// Upgraded (WebSocket) connections spliced to upstreams.
@@ -224,7 +224,7 @@ impl Gateway {
 
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
-        &self.metrics
+        self.registry.metrics()
     }
 
     /// The config file path.

@@ -2,6 +2,13 @@
 
 use aws_lc_rs::digest;
 
+/// The directory a file is in: its parent, or `.` for a bare file name.
+pub fn parent_dir(file: &std::path::Path) -> &std::path::Path {
+    file.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."))
+}
+
 /// SHA-256 of `data` as lowercase hex.
 pub fn sha256_hex(data: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA256, data))

@@ -85,12 +85,6 @@ async fn fingerprint_blocking(files: &[PathBuf], prev: &[Seen]) -> Vec<Seen> {
         .unwrap_or_default()
 }
 
-fn parent(f: &Path) -> PathBuf {
-    f.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
-}
-
 /// Watches the parent directory of every file in `files`, and stops watching directories no
 /// longer needed.
 fn sync_watches(
@@ -98,7 +92,10 @@ fn sync_watches(
     files: &[PathBuf],
     dirs: &mut HashSet<PathBuf>,
 ) {
-    let want: HashSet<PathBuf> = files.iter().map(|f| parent(f)).collect();
+    let want: HashSet<PathBuf> = files
+        .iter()
+        .map(|f| crate::util::parent_dir(f).to_path_buf())
+        .collect();
     for gone in dirs.difference(&want).cloned().collect::<Vec<_>>() {
         let _ = d.watcher().unwatch(&gone);
         dirs.remove(&gone);
@@ -137,60 +134,63 @@ pub fn spawn(gw: Arc<Gateway>, stop: watch::Receiver<bool>) {
     let files = gw.snapshot().files.clone();
     sync_watches(&mut debouncer, &files, &mut dirs);
     // A change between loading and watching shows up as a config that is not the loaded one.
-    let mut seen = fingerprint(&files, &[]);
-    if seen.first().map(|s| s.digest) != Some(hash_bytes(&gw.snapshot().hash)) {
-        seen.clear();
-    }
-    tokio::spawn(run(gw, stop, debouncer, dirs, files, seen, rx));
+    let seen = fingerprint(&files, &[]);
+    let changed_before =
+        seen.first().map(|s| hex::encode(s.digest)) != Some(gw.snapshot().hash.clone());
+    let state = Watching {
+        gw,
+        debouncer,
+        dirs,
+        files,
+        seen,
+    };
+    tokio::spawn(state.run(stop, rx, changed_before));
 }
 
-fn hash_bytes(hex_digest: &str) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    if let Ok(v) = hex::decode(hex_digest)
-        && v.len() == 32
-    {
-        out.copy_from_slice(&v);
-    }
-    out
-}
-
-async fn run(
+/// The watcher task's state: what is watched, and how the watched files looked last.
+struct Watching {
     gw: Arc<Gateway>,
-    mut stop: watch::Receiver<bool>,
-    mut debouncer: Debouncer<RecommendedWatcher>,
-    mut dirs: HashSet<PathBuf>,
-    mut files: Vec<PathBuf>,
-    mut seen: Vec<Seen>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
-) {
-    if seen.is_empty() {
-        // Changed before watching began: reload at once.
-        let g = gw.clone();
-        let _ = tokio::task::spawn_blocking(move || g.reload()).await;
-        files = gw.snapshot().files.clone();
-        sync_watches(&mut debouncer, &files, &mut dirs);
-        seen = fingerprint_blocking(&files, &[]).await;
-    }
-    loop {
-        tokio::select! {
-            _ = stop.changed() => return,
-            event = rx.recv() => {
-                if event.is_none() {
-                    return;
+    debouncer: Debouncer<RecommendedWatcher>,
+    dirs: HashSet<PathBuf>,
+    files: Vec<PathBuf>,
+    seen: Vec<Seen>,
+}
+
+impl Watching {
+    async fn run(
+        mut self,
+        mut stop: watch::Receiver<bool>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<()>,
+        changed_before: bool,
+    ) {
+        if changed_before {
+            self.reload().await;
+        }
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return,
+                event = rx.recv() => {
+                    if event.is_none() {
+                        return;
+                    }
+                    let now = fingerprint_blocking(&self.files, &self.seen).await;
+                    if same_content(&now, &self.seen) {
+                        // Metadata may have changed (a touch, an identical rewrite): remember it.
+                        self.seen = now;
+                        continue;
+                    }
+                    self.reload().await;
                 }
-                let now = fingerprint_blocking(&files, &seen).await;
-                if same_content(&now, &seen) {
-                    // Metadata may have changed (a touch, an identical rewrite): remember it.
-                    seen = now;
-                    continue;
-                }
-                let g = gw.clone();
-                let _ = tokio::task::spawn_blocking(move || g.reload()).await;
-                // The new config may name other files.
-                files = gw.snapshot().files.clone();
-                sync_watches(&mut debouncer, &files, &mut dirs);
-                seen = fingerprint_blocking(&files, &[]).await;
             }
         }
+    }
+
+    /// Reloads, then watches what the config now names (it may name other files).
+    async fn reload(&mut self) {
+        let g = self.gw.clone();
+        let _ = tokio::task::spawn_blocking(move || g.reload()).await;
+        self.files = self.gw.snapshot().files.clone();
+        sync_watches(&mut self.debouncer, &self.files, &mut self.dirs);
+        self.seen = fingerprint_blocking(&self.files, &[]).await;
     }
 }

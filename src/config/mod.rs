@@ -140,11 +140,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
             message: format!("duplicate key `{key}`: each key may appear once"),
         });
     }
-    let base_dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."));
+    let base_dir = crate::util::parent_dir(path).to_path_buf();
     Ok(Parsed {
         file,
         map,

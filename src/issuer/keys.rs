@@ -4,6 +4,7 @@
 //! `<name>.retired-<unix time it may be forgotten>` and writes a new key in its place, so the
 //! whole key ring survives restarts as plain files.
 
+use crate::auth::now_unix;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -59,10 +60,6 @@ impl std::fmt::Debug for KeyRing {
     }
 }
 
-fn now_unix() -> u64 {
-    crate::auth::now_unix()
-}
-
 /// Parses an RSA private key PEM (PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`).
 fn parse_key(pem_text: &[u8], origin: &Path) -> Result<SigningKey, String> {
     let parsed =
@@ -114,10 +111,8 @@ fn generate() -> Result<(KeyPair, String), String> {
 
 /// Writes `text` to `path` with mode 0600, atomically (a temporary file renamed into place).
 fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    }
+    let dir = crate::util::parent_dir(path);
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
@@ -133,10 +128,10 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 }
 
 impl KeyRing {
-    /// Opens the ring at `path`: loads the current key (creating it when absent and
-    /// `writable`) and every retired key still to be published. Refuses an unreadable or
-    /// unusable key file, and a missing one when not `writable` (then `check` reports that the
-    /// key will be created on first start, which is not an error: see [`KeyRing::will_create`]).
+    /// Opens the ring at `path`: loads the current key and every retired key still to be
+    /// published. A missing key is generated, and written (0600) only when `writable`; offline
+    /// (`check`) it lives in memory, so a key that will be created on first start is not an
+    /// error. Refuses an unreadable or unusable key file.
     pub fn open(path: &Path, writable: bool) -> Result<KeyRing, String> {
         let current = match std::fs::read(path) {
             Ok(text) => {
@@ -174,11 +169,6 @@ impl KeyRing {
         Ok(ring)
     }
 
-    /// Whether `path` does not exist yet (the key will be created on first start).
-    pub fn will_create(path: &Path) -> bool {
-        !path.exists()
-    }
-
     fn retired_prefix(path: &Path) -> String {
         format!(
             "{}.retired-",
@@ -191,10 +181,7 @@ impl KeyRing {
     /// Retired keys beside `path` that are still to be published; expired ones are deleted
     /// when `writable`.
     fn load_retired(path: &Path, writable: bool) -> Vec<(Arc<SigningKey>, u64)> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = crate::util::parent_dir(path);
         let prefix = Self::retired_prefix(path);
         let now = now_unix();
         let mut out = Vec::new();
