@@ -213,11 +213,7 @@ pub(super) fn compile_authorizers<'a>(
     for (name, a) in &f.authorizers {
         let path = format!("authorizers.{name}");
         if name == "none" {
-            errs.list.push(parsed.error_at_key(
-                "authorizers",
-                name,
-                "`none` is reserved for open routes",
-            ));
+            errs.at_key("authorizers", name, "`none` is reserved for open routes");
             continue;
         }
         match a {

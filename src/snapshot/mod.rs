@@ -345,6 +345,11 @@ impl Errors<'_> {
     fn at(&mut self, path: &str, msg: impl Into<String>) {
         self.list.push(self.parsed.error_at(path, msg));
     }
+
+    /// An error located at the mapping key `key` under `parent` (a name, not its value).
+    fn at_key(&mut self, parent: &str, key: &str, msg: impl Into<String>) {
+        self.list.push(self.parsed.error_at_key(parent, key, msg));
+    }
 }
 
 fn read_secret(p: &Parsed, s: &SecretCfg, path: &str, errs: &mut Errors) -> Option<String> {
@@ -515,11 +520,11 @@ pub fn compile(
     for (name, p) in &f.policies {
         let path = format!("policies.{name}");
         if name == "none" {
-            errs.list.push(parsed.error_at_key(
+            errs.at_key(
                 "policies",
                 name,
                 "`none` is reserved for routes without a policy",
-            ));
+            );
             continue;
         }
         let allow = match &p.allow {

@@ -44,11 +44,11 @@ pub(super) fn compile_plans(
                             .throttle(&format!("plan:{name}:route:{key}"), spec),
                     );
                 }
-                None => errs.list.push(parsed.error_at_key(
+                None => errs.at_key(
                     &format!("{path}.route_throttle"),
                     key,
                     format!("no route {key:?} is defined"),
-                )),
+                ),
             }
         }
         let quota = p.quota.map(|q| QuotaSpec {
