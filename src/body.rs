@@ -13,6 +13,8 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
+use crate::http1::BodyWatch;
+
 /// Why a request body stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFailure {
@@ -64,10 +66,66 @@ impl std::fmt::Display for BodyError {
 impl std::error::Error for BodyError {}
 
 pin_project_lite::pin_project! {
+    /// A client's request body as hyper delivers it. On a plain HTTP/1 connection it tells the
+    /// connection loop when it has been read to its end (see [`crate::http1`]): only then may
+    /// the loop take the idle connection back from hyper.
+    pub struct ClientBody {
+        #[pin]
+        inner: Incoming,
+        watch: Option<BodyWatch>,
+    }
+}
+
+impl ClientBody {
+    /// A body nobody waits for (HTTP/2, TLS, or no body at all).
+    pub fn new(inner: Incoming) -> ClientBody {
+        ClientBody { inner, watch: None }
+    }
+
+    /// A body whose end `watch` reports.
+    pub fn watched(inner: Incoming, watch: BodyWatch) -> ClientBody {
+        ClientBody {
+            inner,
+            watch: Some(watch),
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
+            _ => false,
+        };
+        if ended && let Some(watch) = this.watch.take() {
+            watch.finished();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
     /// A client's request body with a size limit and an idle timeout.
     pub struct GuardedBody {
         #[pin]
-        inner: Incoming,
+        inner: ClientBody,
         remaining: u64,
         idle: Duration,
         // Allocated at the first pause, then re-armed (not re-allocated) at each later one.
@@ -80,7 +138,7 @@ pin_project_lite::pin_project! {
 
 impl GuardedBody {
     /// Wraps `inner`, allowing at most `limit` bytes and `idle` between frames.
-    pub fn new(inner: Incoming, limit: u64, idle: Duration, failure: FailureCell) -> GuardedBody {
+    pub fn new(inner: ClientBody, limit: u64, idle: Duration, failure: FailureCell) -> GuardedBody {
         GuardedBody {
             inner,
             remaining: limit,
@@ -152,7 +210,7 @@ impl Body for GuardedBody {
 /// whole because an authorizer had to see it (SigV4 signs the body's hash).
 pub enum ReqBody {
     /// Not read yet.
-    Streaming(Incoming),
+    Streaming(ClientBody),
     /// Read whole (bounded by the body limit).
     Buffered(Bytes),
 }

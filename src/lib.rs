@@ -16,6 +16,7 @@ pub mod config;
 pub mod error;
 pub mod fetch;
 pub mod gateway;
+pub mod http1;
 pub mod issuer;
 pub mod limits;
 pub mod metrics;

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub jwks_refresh: IntCounterVec,
     /// `tollgate_connections_active`
     pub connections_active: IntGauge,
+    /// `tollgate_connections_idle`: plain HTTP/1 connections waiting for their next request
+    /// with hyper's buffers released (see [`crate::http1`]); also counted as active.
+    pub connections_idle: IntGauge,
     /// `tollgate_upgraded_connections_active`: connections switched to another protocol
     /// (WebSocket) and spliced to an upstream.
     pub upgraded_connections_active: IntGauge,
@@ -150,6 +153,10 @@ impl Metrics {
             connections_active: gauge(
                 "tollgate_connections_active",
                 "Client connections open on the public listeners.",
+            ),
+            connections_idle: gauge(
+                "tollgate_connections_idle",
+                "Plain HTTP/1 client connections idle between requests, holding no buffers.",
             ),
             upgraded_connections_active: gauge(
                 "tollgate_upgraded_connections_active",

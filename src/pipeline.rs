@@ -22,13 +22,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 use crate::apikeys::{ApiKey, KeyError};
 use crate::auth::Identity;
 use crate::auth::external::{Decision, ExternalError};
 use crate::auth::sigv4::{SigV4Error, SigV4Identity};
-use crate::body::{CollectError, FailureCell, GuardedBody, ReqBody};
+use crate::body::{ClientBody, CollectError, FailureCell, GuardedBody, ReqBody};
 use crate::error::{Refusal, ResponseBody};
 use crate::gateway::Gateway;
 use crate::limits::{LimitError, LimitState, Period, QuotaSpec};
@@ -102,7 +101,7 @@ struct Outcome<'s> {
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
 ) -> Result<Response<ResponseBody>, Infallible> {
     let started = Instant::now();
     let snap = gw.snapshot();
@@ -164,7 +163,7 @@ pub async fn handle(
 /// The phases, in order.
 async fn pipeline<'s>(
     ctx: &Ctx<'s>,
-    req: Request<Incoming>,
+    req: Request<ClientBody>,
     out: &mut Outcome<'s>,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let snap = ctx.snap;

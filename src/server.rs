@@ -1,8 +1,9 @@
 //! Listeners and lifecycle: binding the public and admin listeners, accepting connections
-//! (plain or TLS, HTTP/1.1 and HTTP/2 through hyper-util's auto builder, with header timeouts
-//! and size limits), applying `listeners:` changes on reload without a restart, counting
-//! connections, and shutting down gracefully: readiness off, stop accepting, let in-flight
-//! requests finish within the grace period.
+//! (plain HTTP/1.1 through [`crate::http1`], which releases hyper's buffers while a connection
+//! is idle; TLS and HTTP/2 through hyper-util's auto builder; header timeouts and size limits
+//! on both), applying `listeners:` changes on reload without a restart, counting connections,
+//! and shutting down gracefully: readiness off, stop accepting, let in-flight requests finish
+//! within the grace period.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -10,10 +11,10 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -106,6 +107,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let admin_task = tokio::spawn(accept_admin(admin, gateway.clone(), stop_admin_rx.clone()));
     crate::watch::spawn(gateway.clone(), stop_admin_rx.clone());
+    tokio::spawn(crate::http1::give_back_memory(stop_admin_rx.clone()));
     let maintenance = tokio::spawn(crate::limits::maintain(
         gateway.limits().clone(),
         stop_admin_rx,
@@ -140,12 +142,8 @@ impl Running {
             tracing::info!(delay = ?limits.shutdown_delay, "not ready; still accepting while load balancers notice");
             tokio::time::sleep(limits.shutdown_delay).await;
         }
-        let graceful = self.listeners.close().await;
-        let requests = async move {
-            tokio::time::timeout(grace, graceful.shutdown())
-                .await
-                .is_ok()
-        };
+        self.listeners.close().await;
+        let requests = self.listeners.conns.drain(grace);
         // Upgraded (WebSocket) connections get the same grace period, then are closed.
         let (requests, upgrades) = tokio::join!(requests, self.gateway.upgrades().drain(grace));
         let clean = requests && upgrades;
@@ -167,7 +165,17 @@ impl Running {
 struct Serving {
     proxy_protocol: bool,
     tls: Option<Arc<TlsSettings>>,
-    http: Arc<auto::Builder<TokioExecutor>>,
+    http: Arc<HttpSettings>,
+}
+
+/// hyper's settings for one snapshot's limits.
+struct HttpSettings {
+    /// TLS and HTTP/2 connections.
+    auto: auto::Builder<TokioExecutor>,
+    /// Plain HTTP/1 connections (see [`crate::http1`]).
+    http1: http1::Builder,
+    /// How long a connection may sit idle between requests (`limits.header_timeout`).
+    idle: Duration,
 }
 
 /// One running accept loop.
@@ -187,14 +195,60 @@ struct Listeners {
     me: Weak<Listeners>,
     gateway: Arc<Gateway>,
     live: Mutex<Vec<Live>>,
-    /// Watches every connection; taken at shutdown.
-    graceful: Mutex<Option<GracefulShutdown>>,
-    /// Set at shutdown: later reloads change no listener.
+    /// Every open public connection, and the signal that ends them at shutdown.
+    conns: Arc<Conns>,
+    /// Set at shutdown: later reloads change no listener, and no connection is admitted.
     closed: std::sync::atomic::AtomicBool,
 }
 
+/// The open public connections: how many, and the shutdown signal they watch.
+struct Conns {
+    open: watch::Sender<usize>,
+    /// Set when shutdown begins: idle connections close, busy ones after their response.
+    closing: watch::Sender<bool>,
+    /// `tollgate_connections_active`.
+    gauge: prometheus::IntGauge,
+}
+
+impl Conns {
+    /// Counts a newly accepted connection until the guard drops.
+    fn admit(self: &Arc<Self>) -> ConnGuard {
+        self.open.send_modify(|n| *n += 1);
+        self.gauge.inc();
+        ConnGuard(self.clone())
+    }
+
+    /// Tells every connection to finish and waits up to `grace` for all to close. Returns
+    /// whether they did.
+    async fn drain(&self, grace: Duration) -> bool {
+        let _ = self.closing.send(true);
+        let mut open = self.open.subscribe();
+        tokio::time::timeout(grace, open.wait_for(|n| *n == 0))
+            .await
+            .is_ok()
+    }
+}
+
 /// hyper's connection settings from the snapshot's limits.
-fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+fn http_settings(limits: &Limits) -> HttpSettings {
+    let mut http1 = http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        // `max_header_size` bounds the parsed head; `max_buf_size` alone only bounds reads
+        // that leave the head incomplete, so a head read in few large reads could pass it.
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers);
+    HttpSettings {
+        auto: auto_builder(limits),
+        http1,
+        idle: limits.header_timeout,
+    }
+}
+
+/// The auto builder (HTTP/1.1 or HTTP/2, by ALPN or the HTTP/2 preface).
+fn auto_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -230,9 +284,13 @@ impl Listeners {
     fn new(gateway: Arc<Gateway>) -> Arc<Listeners> {
         Arc::new_cyclic(|me| Listeners {
             me: me.clone(),
+            conns: Arc::new(Conns {
+                open: watch::Sender::new(0),
+                closing: watch::Sender::new(false),
+                gauge: gateway.metrics().connections_active.clone(),
+            }),
             gateway,
             live: Mutex::new(Vec::new()),
-            graceful: Mutex::new(Some(GracefulShutdown::new())),
             closed: std::sync::atomic::AtomicBool::new(false),
         })
     }
@@ -246,16 +304,8 @@ impl Listeners {
             .collect()
     }
 
-    fn watcher(&self) -> Option<Watcher> {
-        self.graceful
-            .lock()
-            .expect("not poisoned")
-            .as_ref()
-            .map(GracefulShutdown::watcher)
-    }
-
-    /// Stops every accept loop and hands back the watch over open connections.
-    async fn close(&self) -> GracefulShutdown {
+    /// Stops every accept loop; open connections are left to [`Conns::drain`].
+    async fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let live = std::mem::take(&mut *self.live.lock().expect("not poisoned"));
         for l in &live {
@@ -264,11 +314,6 @@ impl Listeners {
         for l in live {
             let _ = l.task.await;
         }
-        self.graceful
-            .lock()
-            .expect("not poisoned")
-            .take()
-            .unwrap_or_default()
     }
 
     /// Starts the accept loop of a newly bound listener.
@@ -328,7 +373,7 @@ impl Listeners {
     /// Makes the running listeners those of `snap`: settings updated in place, new sockets
     /// (bound by `prepare`) started, removed ones stopped.
     fn commit(&self, snap: &Snapshot, mut bound: Vec<(ListenerKey, TcpListener)>) {
-        let http = Arc::new(http_builder(&snap.limits));
+        let http = Arc::new(http_settings(&snap.limits));
         let expiry = &self.gateway.metrics().tls_certificate_expiry;
         expiry.reset();
         for spec in &snap.listeners {
@@ -362,12 +407,13 @@ impl Listeners {
     }
 }
 
-/// Decrements the active-connection gauge when a connection ends.
-struct ConnGuard(prometheus::IntGauge);
+/// Uncounts a connection when it ends.
+struct ConnGuard(Arc<Conns>);
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.0.dec();
+        self.0.open.send_modify(|n| *n -= 1);
+        self.0.gauge.dec();
     }
 }
 
@@ -401,36 +447,38 @@ async fn accept_public(
 ) {
     while let Some((stream, tcp_peer)) = accept(&listener, &mut stop).await {
         let _ = stream.set_nodelay(true);
-        let Some(watcher) = listeners.watcher() else {
+        if listeners.closed.load(std::sync::atomic::Ordering::SeqCst) {
             return; // shutting down
-        };
-        let gauge = listeners.gateway.metrics().connections_active.clone();
-        gauge.inc();
-        let guard = ConnGuard(gauge);
+        }
+        let guard = listeners.conns.admit();
         tokio::spawn(connection(
             stream,
             tcp_peer,
             serving.load_full(),
             listeners.gateway.clone(),
-            watcher,
+            listeners.conns.closing.subscribe(),
             guard,
         ));
     }
 }
 
 /// One connection: the PROXY header when the listener expects one (its source address becomes
-/// the peer; a connection without a valid one is closed), the TLS handshake on a TLS listener
-/// (abandoned after [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP.
+/// the peer; a connection without a valid one is closed), then plain HTTP/1 through
+/// [`crate::http1`], or the HTTP/2 preface through the auto builder, or TLS.
+///
+/// The task of every connection is sized for this future's largest state, so the states only
+/// some connections reach (PROXY header, TLS, HTTP/2) are boxed: an idle plain HTTP/1
+/// connection then costs a small task, not room for rustls and hyper-util's state.
 async fn connection(
     mut stream: TcpStream,
     tcp_peer: SocketAddr,
     serving: Arc<Serving>,
     gateway: Arc<Gateway>,
-    watcher: Watcher,
+    mut closing: watch::Receiver<bool>,
     _guard: ConnGuard,
 ) {
     let peer = if serving.proxy_protocol {
-        match crate::proxy_protocol::read_header(&mut stream).await {
+        match Box::pin(crate::proxy_protocol::read_header(&mut stream)).await {
             Ok(Some(source)) => source,
             Ok(None) => tcp_peer,
             Err(e) => {
@@ -441,14 +489,44 @@ async fn connection(
     } else {
         tcp_peer
     };
-    let Some(tls) = &serving.tls else {
-        let info = ConnInfo {
+    if let Some(tls) = &serving.tls {
+        return Box::pin(tls_connection(
+            stream,
             peer,
-            tls: false,
-            client_cert: None,
-        };
-        return serve(stream, info, &serving.http, gateway, watcher).await;
+            tls,
+            &serving.http,
+            gateway,
+            closing,
+        ))
+        .await;
+    }
+    let info = ConnInfo {
+        peer,
+        tls: false,
+        client_cert: None,
     };
+    let http = &serving.http;
+    match crate::http1::opening(&stream, http.idle, &mut closing).await {
+        crate::http1::Opening::Http1 => {
+            crate::http1::serve(stream, info, &http.http1, gateway, closing, http.idle).await;
+        }
+        crate::http1::Opening::Other => {
+            Box::pin(serve(stream, info, &http.auto, gateway, closing)).await;
+        }
+        crate::http1::Opening::Gone => {}
+    }
+}
+
+/// A TLS connection: the handshake (abandoned after [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP/2 when
+/// ALPN chose it, else HTTP/1.1.
+async fn tls_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: &TlsSettings,
+    http: &HttpSettings,
+    gateway: Arc<Gateway>,
+    closing: watch::Receiver<bool>,
+) {
     let tls_stream =
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
             Ok(Ok(s)) => s,
@@ -468,26 +546,100 @@ async fn connection(
         tls: true,
         client_cert: crate::tls::client_cert(tls_stream.get_ref().1),
     };
-    serve(tls_stream, info, &serving.http, gateway, watcher).await;
+    if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+        serve(tls_stream, info, &http.auto, gateway, closing).await;
+    } else {
+        serve_http1(tls_stream, info, &http.http1, gateway, closing).await;
+    }
 }
 
-/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `io` until the connection ends.
+/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `io` until the connection ends; when shutdown
+/// begins, idle connections close and busy ones finish their current requests.
 async fn serve<IO>(
     io: IO,
     info: ConnInfo,
     http: &auto::Builder<TokioExecutor>,
     gateway: Arc<Gateway>,
-    watcher: Watcher,
+    closing: watch::Receiver<bool>,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let info = Arc::new(info);
-    let svc = service_fn(move |req| pipeline::handle(gateway.clone(), info.clone(), req));
+    let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service(gateway, info));
+    finish(
+        std::pin::pin!(conn),
+        |c| c.graceful_shutdown(),
+        closing,
+        peer,
+    )
+    .await;
+}
+
+/// Serves HTTP/1.1 (with upgrades) on a TLS connection until it ends. rustls keeps its own
+/// buffers for the connection's life, so hyper's are kept too (unlike [`crate::http1::serve`]).
+async fn serve_http1<IO>(
+    io: IO,
+    info: ConnInfo,
+    http: &http1::Builder,
+    gateway: Arc<Gateway>,
+    closing: watch::Receiver<bool>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = info.peer;
     let conn = http
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+        .serve_connection(TokioIo::new(io), service(gateway, info))
+        .with_upgrades();
+    finish(
+        std::pin::pin!(conn),
+        |c| c.graceful_shutdown(),
+        closing,
+        peer,
+    )
+    .await;
+}
+
+/// The pipeline as a hyper service for one connection.
+fn service(
+    gateway: Arc<Gateway>,
+    info: ConnInfo,
+) -> impl hyper::service::Service<
+    hyper::Request<hyper::body::Incoming>,
+    Response = hyper::Response<crate::error::ResponseBody>,
+    Error = std::convert::Infallible,
+    Future = impl Future<
+        Output = Result<hyper::Response<crate::error::ResponseBody>, std::convert::Infallible>,
+    > + Send,
+> + Clone {
+    let info = Arc::new(info);
+    service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        pipeline::handle(
+            gateway.clone(),
+            info.clone(),
+            req.map(crate::body::ClientBody::new),
+        )
+    })
+}
+
+/// Drives `conn` to its end; once shutdown begins, asks it to finish with `graceful` (idle, it
+/// closes; busy, it closes after the current response).
+async fn finish<C, E>(
+    mut conn: std::pin::Pin<&mut C>,
+    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    mut closing: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        () = crate::http1::shutdown_begun(&mut closing) => {
+            graceful(conn.as_mut());
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }

@@ -296,3 +296,74 @@ routes:
         assert used < IDLE_CPU_BUDGET_S, f"an idle gateway used {used:.2f} s of CPU in {IDLE_WINDOW_S} s"
     finally:
         tp.stop(gw)
+
+
+IDLE_CONNECTIONS = 2000
+# hyper's buffers alone are ~24 KiB per connection; with them given back, what is left is the
+# task, the socket's registration and allocator slack (~10 KiB measured on the debug build).
+IDLE_KIB_PER_CONNECTION = 13.0
+IDLE_RELEASE_DEADLINE_S = 10.0
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_idle_keep_alive_connections_give_back_their_buffers(tmp_path):
+    """Thousands of keep-alive clients that went quiet after a request: the gateway's memory per
+    connection drops to a fraction of hyper's buffers once they count as idle."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    need = 2 * IDLE_CONNECTIONS + 256
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    admin_port = tp.free_port()
+
+    def for_port(port: int) -> str:
+        return f"""
+listeners: [{{ bind: 127.0.0.1:{port} }}]
+admin: {{ bind: 127.0.0.1:{admin_port} }}
+routes:
+  - {{ route: "GET /ready", respond: {{ body: ok }} }}
+"""
+
+    def idle_gauge() -> float:
+        text = requests.get(f"http://127.0.0.1:{admin_port}/metrics", timeout=5).text
+        for line in text.splitlines():
+            if line.startswith("tollgate_connections_idle "):
+                return float(line.split()[1])
+        raise AssertionError("tollgate_connections_idle not exported")
+
+    gw = tp.start(tmp_path, "idleconns", for_port, "/ready")
+    port = int(gw.base_url.rsplit(":", 1)[1])
+    socks = []
+    try:
+        before = rss_kib(gw.proc.pid)
+        for _ in range(IDLE_CONNECTIONS):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            s.sendall(b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200"), "answered"
+            socks.append(s)
+        deadline = time.monotonic() + IDLE_RELEASE_DEADLINE_S
+        while idle_gauge() < IDLE_CONNECTIONS:
+            assert time.monotonic() < deadline, f"only {idle_gauge()} connections idle"
+            time.sleep(0.05)  # poll interval
+        # The allocator is asked to return the freed buffers within a second of their release.
+        per_connection = (rss_kib(gw.proc.pid) - before) / IDLE_CONNECTIONS
+        deadline = time.monotonic() + IDLE_RELEASE_DEADLINE_S
+        while per_connection > IDLE_KIB_PER_CONNECTION and time.monotonic() < deadline:
+            time.sleep(0.1)  # poll interval
+            per_connection = (rss_kib(gw.proc.pid) - before) / IDLE_CONNECTIONS
+        assert per_connection <= IDLE_KIB_PER_CONNECTION, f"{per_connection:.1f} KiB per idle connection"
+        # Still usable: the next request on an idle connection is answered.
+        for s in socks[:: IDLE_CONNECTIONS // 20]:
+            s.sendall(b"GET /ready HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        for s in socks:
+            s.close()
+        tp.stop(gw)

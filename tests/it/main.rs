@@ -9,6 +9,7 @@ mod config;
 mod external;
 mod issuer;
 mod jwt;
+mod keepalive;
 mod plans;
 mod proxy;
 mod redis;

@@ -283,7 +283,7 @@ async fn hostile_requests_get_clear_answers() {
     let out = gw.raw(big.as_bytes(), wait).await;
     assert!(
         out.is_empty() || out.starts_with("HTTP/1.1 431"),
-        "oversized head: {out}"
+        "oversized head: {out:?}"
     );
 
     // Slowloris: an unfinished head is cut off after the header timeout.
