@@ -125,6 +125,32 @@ async fn sni_picks_the_certificate_and_both_tls_versions_work() {
 }
 
 #[tokio::test]
+async fn an_oversized_head_over_tls_is_refused() {
+    let ca = Ca::new("Test CA");
+    let leaf = ca.server("gw", &["127.0.0.1"]);
+    let up = upstream::start("app").await;
+    let gw = tls_gateway(
+        "",
+        &[("gw.pem", &leaf.cert_pem), ("gw.key", &leaf.key_pem)],
+        &up,
+    )
+    .await;
+    // Over `limits.max_header_bytes` (64 KiB), sent in one go: read in large chunks, it must
+    // still be measured as a whole head.
+    let big = "b".repeat(100 * 1024);
+    let ans = client("127.0.0.1", &ca)
+        .get(gw.addr, "/open", &[("x-big", &big)])
+        .await;
+    if let Ok(ans) = &ans {
+        assert_eq!(ans.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+    assert!(up.seen().is_empty(), "the oversized request was forwarded");
+    let ok = client("127.0.0.1", &ca).get(gw.addr, "/open", &[]).await;
+    assert_eq!(ok.unwrap().status, StatusCode::OK);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn http2_over_tls_by_alpn_and_h2c_by_prior_knowledge() {
     let ca = Ca::new("Test CA");
     let cert = ca.server("gw", &["gw.test"]);
