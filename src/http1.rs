@@ -86,6 +86,15 @@ impl Activity {
         Busy(self.clone())
     }
 
+    /// A request body that is not empty: busy until it has been read to its end.
+    fn watch_body(self: &Arc<Self>) -> BodyWatch {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        BodyWatch {
+            busy: Busy(self.clone()),
+            finished: false,
+        }
+    }
+
     fn end(&self) {
         // Whatever ended may have left bytes in hyper's write buffer: a flush must follow.
         self.flushed.store(false, Ordering::Release);
@@ -310,14 +319,7 @@ pub async fn serve(
             if b.is_end_stream() {
                 ClientBody::new(b)
             } else {
-                let busy = watch.start();
-                ClientBody::watched(
-                    b,
-                    BodyWatch {
-                        busy,
-                        finished: false,
-                    },
-                )
+                ClientBody::watched(b, watch.watch_body())
             }
         });
         let handled = pipeline::handle(gateway.clone(), info.clone(), req);
@@ -382,7 +384,7 @@ pub async fn serve(
             }
         }
         let Some(parts) = conn.into_parts() else {
-            return; // upgraded: the connection belongs to the splice now
+            return; // not reached: an upgrade ends the hyper connection (`Step::Ended`)
         };
         let socket = parts.io.into_inner();
         stream = socket.stream;

@@ -566,13 +566,7 @@ async fn serve<IO>(
 {
     let peer = info.peer;
     let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service(gateway, info));
-    finish(
-        std::pin::pin!(conn),
-        |c| c.graceful_shutdown(),
-        closing,
-        peer,
-    )
-    .await;
+    finish(conn, |c| c.graceful_shutdown(), closing, peer).await;
 }
 
 /// Serves HTTP/1.1 (with upgrades) on a TLS connection until it ends. rustls keeps its own
@@ -590,13 +584,7 @@ async fn serve_http1<IO>(
     let conn = http
         .serve_connection(TokioIo::new(io), service(gateway, info))
         .with_upgrades();
-    finish(
-        std::pin::pin!(conn),
-        |c| c.graceful_shutdown(),
-        closing,
-        peer,
-    )
-    .await;
+    finish(conn, |c| c.graceful_shutdown(), closing, peer).await;
 }
 
 /// The pipeline as a hyper service for one connection.
@@ -624,7 +612,7 @@ fn service(
 /// Drives `conn` to its end; once shutdown begins, asks it to finish with `graceful` (idle, it
 /// closes; busy, it closes after the current response).
 async fn finish<C, E>(
-    mut conn: std::pin::Pin<&mut C>,
+    conn: C,
     graceful: impl FnOnce(std::pin::Pin<&mut C>),
     mut closing: watch::Receiver<bool>,
     peer: SocketAddr,
@@ -632,6 +620,7 @@ async fn finish<C, E>(
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
+    let mut conn = std::pin::pin!(conn);
     let ended = tokio::select! {
         r = conn.as_mut() => r,
         () = crate::http1::shutdown_begun(&mut closing) => {
