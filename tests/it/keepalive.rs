@@ -20,18 +20,10 @@ async fn open_gateway(targets: &str) -> TestGateway {
     .await
 }
 
-/// The value of an unlabelled gauge on `/metrics`.
-async fn gauge(gw: &TestGateway, name: &str) -> i64 {
-    let text = gw.admin_get("/metrics").await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 /// Polls until `n` connections wait with their buffers released.
 async fn until_idle(gw: &TestGateway, n: i64) {
     let since = Instant::now();
-    while gauge(gw, "tollgate_connections_idle").await != n {
+    while gw.gauge("tollgate_connections_idle").await != n {
         assert!(since.elapsed() < WAIT, "never {n} idle connections");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -123,7 +115,7 @@ async fn an_idle_connection_gives_back_its_buffers_and_serves_its_next_requests(
     assert_eq!(s.response().await.unwrap(), 404);
     let paths: Vec<String> = up.seen().iter().map(|r| r.uri.path().to_owned()).collect();
     assert_eq!(paths, ["/app/one", "/app/two", "/app/three", "/app/four"]);
-    assert_eq!(gauge(&gw, "tollgate_connections_active").await, 1);
+    assert_eq!(gw.gauge("tollgate_connections_active").await, 1);
     gw.stop().await;
 }
 

@@ -92,14 +92,6 @@ async fn echo(ws: &mut Ws, msg: Message) {
     assert_eq!(next(ws).await, msg);
 }
 
-/// The value of an unlabelled metric on the admin listener.
-async fn gauge(gw: &TestGateway, name: &str) -> i64 {
-    let text = gw.admin_get("/metrics").await.text();
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
 /// Polls `/readyz` until shutdown has turned readiness off.
 async fn until_not_ready(gw: &TestGateway) {
     let since = Instant::now();
@@ -138,7 +130,7 @@ async fn websocket_frames_flow_both_ways_and_the_upstream_sees_the_identity() {
     assert_eq!(h["upgrade"], "websocket");
     assert_eq!(h["connection"], "upgrade");
 
-    assert_eq!(gauge(&gw, "tollgate_upgraded_connections_active").await, 1);
+    assert_eq!(gw.gauge("tollgate_upgraded_connections_active").await, 1);
     let metrics = gw.admin_get("/metrics").await.text();
     assert!(
         metrics
@@ -150,7 +142,7 @@ async fn websocket_frames_flow_both_ways_and_the_upstream_sees_the_identity() {
     while let Ok(Some(Ok(_))) = tokio::time::timeout(WAIT, ws.next()).await {}
     drop(ws);
     let since = Instant::now();
-    while gauge(&gw, "tollgate_upgraded_connections_active").await != 0 {
+    while gw.gauge("tollgate_upgraded_connections_active").await != 0 {
         assert!(
             since.elapsed() < WAIT,
             "the closed WebSocket is still counted"
@@ -179,7 +171,7 @@ async fn a_handshake_without_a_token_is_refused_and_never_reaches_the_upstream()
         up.handshakes().is_empty(),
         "a refused handshake was forwarded"
     );
-    assert_eq!(gauge(&gw, "tollgate_upgraded_connections_active").await, 0);
+    assert_eq!(gw.gauge("tollgate_upgraded_connections_active").await, 0);
     gw.stop().await;
 }
 
@@ -202,7 +194,7 @@ async fn an_upstream_that_answers_200_to_an_upgrade_is_passed_back_as_a_response
         "the upgrade was asked for"
     );
     assert_eq!(seen.headers["x-tollgate-principal"], "user-7");
-    assert_eq!(gauge(&gw, "tollgate_upgraded_connections_active").await, 0);
+    assert_eq!(gw.gauge("tollgate_upgraded_connections_active").await, 0);
 
     // The same route still answers ordinary requests.
     let a = gw

@@ -123,6 +123,14 @@ impl TestGateway {
         self.admin_request(http::Method::GET, path).await
     }
 
+    /// The value of an unlabelled gauge (or counter) on the admin `/metrics`.
+    pub async fn gauge(&self, name: &str) -> i64 {
+        let text = self.admin_get("/metrics").await.text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    }
+
     /// POST on the admin listener.
     pub async fn admin_post(&self, path: &str) -> Answer {
         self.admin_request(http::Method::POST, path).await
