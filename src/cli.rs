@@ -53,15 +53,19 @@ pub enum Command {
     },
 }
 
-fn init_logs(format: LogFormat, level: Option<&str>) {
+/// Installs the global subscriber writing to stderr through [`crate::logs::BatchWriter`]; the
+/// returned guard writes out waiting lines when dropped, so `main` holds it to the end.
+fn init_logs(format: LogFormat, level: Option<&str>) -> crate::logs::LogGuard<std::io::Stderr> {
     use tracing_subscriber::EnvFilter;
+    let (writer, guard) =
+        crate::logs::BatchWriter::new(std::io::stderr(), crate::logs::FLUSH_INTERVAL);
     let filter = match level {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     let _ = match format {
         LogFormat::Json => b
             .json()
@@ -70,12 +74,13 @@ fn init_logs(format: LogFormat, level: Option<&str>) {
             .try_init(),
         LogFormat::Text => b.try_init(),
     };
+    guard
 }
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(cli.log_format, cli.log_level.as_deref());
+    let _logs = init_logs(cli.log_format, cli.log_level.as_deref());
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::HashKey { key } => hash_key(key),

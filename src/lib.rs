@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod http1;
 pub mod issuer;
 pub mod limits;
+pub mod logs;
 pub mod metrics;
 pub mod pipeline;
 pub mod proxy;

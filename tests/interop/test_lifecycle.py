@@ -298,6 +298,56 @@ routes:
         tp.stop(gw)
 
 
+ACCESS_LINE_DEADLINE_S = 5.0
+BURST_REQUESTS = 300
+
+
+def access_lines(gw: tp.Gateway) -> dict[str, dict]:
+    """The access-log lines written so far, by request id (a torn line fails json.loads)."""
+    out = {}
+    for line in gw.stderr().splitlines():
+        entry = json.loads(line)
+        if entry.get("target") == "tollgate::access":
+            out[entry["request_id"]] = entry
+    return out
+
+
+def test_access_lines_reach_stderr_while_running_and_none_is_lost_at_exit(tmp_path):
+    """Access-log lines are batched in memory (one write per batch, not per request): a line
+    must still reach stderr soon while the gateway runs, and every batched line must be written
+    when SIGTERM ends it."""
+
+    def for_port(port: int) -> str:
+        return f"""
+listeners: [{{ bind: 127.0.0.1:{port} }}]
+admin: {{ bind: 127.0.0.1:0 }}
+routes:
+  - {{ route: "GET /ready", respond: {{ body: ok }} }}
+  - {{ route: "GET /hello", respond: {{ body: hi }} }}
+"""
+
+    gw = tp.start(tmp_path, "accesslog", for_port, "/ready")
+    try:
+        r = requests.get(gw.base_url + "/hello", timeout=10)
+        assert r.status_code == 200
+        first = r.headers["x-request-id"]
+        deadline = time.monotonic() + ACCESS_LINE_DEADLINE_S
+        while first not in access_lines(gw):
+            assert time.monotonic() < deadline, "the access line never reached stderr"
+            time.sleep(0.02)
+        line = access_lines(gw)[first]
+        assert (line["path"], line["status"], line["route"]) == ("/hello", 200, "GET /hello")
+
+        with requests.Session() as s:
+            ids = [s.get(gw.base_url + "/hello", timeout=10).headers["x-request-id"]
+                   for _ in range(BURST_REQUESTS)]
+    finally:
+        tp.stop(gw)
+    written = access_lines(gw)
+    missing = [i for i in ids if i not in written]
+    assert not missing, f"{len(missing)} of {BURST_REQUESTS} access lines lost at exit"
+
+
 IDLE_CONNECTIONS = 2000
 # hyper's buffers alone are ~24 KiB per connection; with them given back, what is left is the
 # task, the socket's registration and allocator slack (~10 KiB measured on the debug build).
