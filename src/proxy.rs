@@ -102,27 +102,30 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `keep_upgrade` (an upgrade handshake: the request asking for one, the `101` granting it), an
 /// `Upgrade` header stays, with `Connection: upgrade` as its only companion.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let is_hop = |n: &HeaderName| *n == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(n);
+    // This runs on every request and every response. One pass over the names (compared, not
+    // hashed) finds the common case, none of them; otherwise only names present are removed,
+    // where removing each listed name would hash all of them.
+    if !headers.keys().any(is_hop) {
+        return;
+    }
     let upgrade: Vec<HeaderValue> = if keep_upgrade {
         headers.get_all(header::UPGRADE).iter().cloned().collect()
     } else {
         Vec::new()
     };
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<HeaderName> = headers
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| is_hop(n)).cloned().collect();
+    doomed.extend(
+        headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-            .collect();
-        for n in named {
-            headers.remove(n);
-        }
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+    );
+    for n in doomed {
+        headers.remove(n);
     }
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
-    headers.remove(header::TRANSFER_ENCODING);
     if !upgrade.is_empty() {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         for v in upgrade {
@@ -434,6 +437,26 @@ mod tests {
         assert_eq!(upgrading[header::UPGRADE], "websocket");
         assert_eq!(upgrading[header::CONNECTION], "upgrade");
         assert!(upgrading.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        h.append("x-many", HeaderValue::from_static("1"));
+        h.append("x-many", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h, before);
+
+        // A lone hop-by-hop header (no `Connection`) still goes.
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
     }
 
     #[test]
