@@ -25,6 +25,33 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// Appends the address in its usual text form (`192.0.2.1`, `2001:db8::1`) to `out`. Runs once
+/// per forwarded request (`x-forwarded-for`): IPv4 is written digit by digit, because the
+/// standard `Display` (which supports padding) cost ~1,300 instructions, 2.8% of a proxied
+/// request; IPv6 still goes through `Display`.
+pub fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// A set of IPv4 and IPv6 CIDRs with longest-prefix lookup.
 ///
 /// Built once (see [`CidrSet::parse`]); [`CidrSet::contains`] costs one walk down a prefix trie,
@@ -201,6 +228,24 @@ impl Policy {
 mod tests {
     use super::*;
     use http::HeaderValue;
+
+    #[test]
+    fn push_ip_writes_what_display_writes() {
+        let mut cases: Vec<IpAddr> = ["0.0.0.0", "255.255.255.255", "10.0.100.9", "192.168.1.20"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        cases.extend((0..=255u8).map(|o| IpAddr::from([o, 255 - o, o / 3, o.wrapping_mul(7)])));
+        cases.extend(
+            ["::1", "2001:db8::8a2e:370:7334", "::ffff:1.2.3.4"]
+                .map(|s| s.parse::<IpAddr>().unwrap()),
+        );
+        for ip in cases {
+            let mut out = String::from("x, ");
+            push_ip(&mut out, ip);
+            assert_eq!(out, format!("x, {ip}"));
+        }
+    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()

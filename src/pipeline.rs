@@ -669,8 +669,7 @@ fn forwarded_for(h: &mut HeaderMap, ctx: &Ctx<'_>) {
             value.push_str(", ");
         }
     }
-    use std::fmt::Write as _;
-    let _ = write!(value, "{client}");
+    crate::clientip::push_ip(&mut value, client);
     if let Ok(v) = HeaderValue::try_from(value) {
         h.insert(X_FORWARDED_FOR, v);
     }
