@@ -220,9 +220,10 @@ fn jwt(c: &mut Criterion) {
             az.verify(&token).await.expect("token verifies");
         }
     });
+    // Stored the second time it is verified, then served from the cache.
     assert_eq!(
         (cache_count(&metrics, "miss"), cache_count(&metrics, "hit")),
-        (1, 9)
+        (2, 8)
     );
     g.warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));

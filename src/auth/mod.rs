@@ -10,6 +10,7 @@ pub mod keys;
 pub mod sigv4;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -145,9 +146,51 @@ impl KeySource {
 /// token, so a cache shared by several authorizers (or kept across a reload) never serves one
 /// authorizer's verdict to another with different rules. Entries leave at the token's `exp` (or
 /// after [`TOKEN_CACHE_MAX_TTL`]) and are ignored once the key set's generation changes.
+///
+/// A token is stored the second time it is verified, not the first: a doorkeeper remembers a
+/// fingerprint of each verified token that was not stored, and only a token found there is. A
+/// token that never comes back (every request carrying a new one) then costs its verification
+/// alone, not also an insertion and, once the cache is full, an eviction, and it takes no room.
 #[derive(Clone)]
 pub struct TokenCache {
     inner: moka::sync::Cache<[u8; 32], Arc<Identity>>,
+    seen: Arc<SeenOnce>,
+}
+
+/// Most slots of a cache's doorkeeper (8 bytes each, 512 KiB in all): a token that comes back
+/// while fewer than about this many other new tokens were verified is recognised.
+const SEEN_SLOTS_MAX: usize = 1 << 16;
+
+/// The doorkeeper: one fingerprint per slot, the slot and the fingerprint taken from different
+/// bytes of the cache key (already a salted SHA-256). A newer token in the same slot pushes the
+/// older one out, which only delays caching it. Lock-free: one atomic swap per verification.
+struct SeenOnce {
+    slots: Box<[AtomicU64]>,
+}
+
+impl SeenOnce {
+    fn new(capacity: u64) -> SeenOnce {
+        let n = usize::try_from(capacity)
+            .unwrap_or(SEEN_SLOTS_MAX)
+            .clamp(1, SEEN_SLOTS_MAX)
+            .next_power_of_two();
+        SeenOnce {
+            slots: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Whether `key` was the last token recorded in its slot; records it either way.
+    fn seen_before(&self, key: &[u8; 32]) -> bool {
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&key[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        // Never 0, the value of an empty slot.
+        let fingerprint = word(0) | 1;
+        let slot = (word(8) as usize) & (self.slots.len() - 1);
+        self.slots[slot].swap(fingerprint, Ordering::Relaxed) == fingerprint
+    }
 }
 
 struct UntilExpiry;
@@ -178,6 +221,7 @@ impl TokenCache {
                 .max_capacity(capacity)
                 .expire_after(UntilExpiry)
                 .build(),
+            seen: Arc::new(SeenOnce::new(capacity)),
         }
     }
 }
@@ -367,8 +411,16 @@ impl JwtAuthorizer {
         };
         let checked = claims::check(&claims, &self.rules, now)?;
         let identity = Arc::new(self.identity(checked, loaded.generation)?);
-        self.cache.inner.insert(digest, identity.clone());
+        if self.cache.seen.seen_before(&digest) {
+            self.cache.inner.insert(digest, identity.clone());
+        }
         Ok(identity)
+    }
+
+    /// How many verified tokens the cache holds now (after its pending maintenance).
+    pub fn cached_tokens(&self) -> u64 {
+        self.cache.inner.run_pending_tasks();
+        self.cache.inner.entry_count()
     }
 
     /// SHA-256 over this authorizer's salt and the token.
@@ -442,4 +494,46 @@ fn header_alg_unsupported(token: &str) -> bool {
                 .map(|a| a.parse::<Algorithm>().is_err())
         })
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeenOnce;
+
+    /// A cache key whose fingerprint bytes are `fp` and whose slot bytes are `slot`.
+    fn key(fp: u8, slot: u8) -> [u8; 32] {
+        let mut k = [0u8; 32];
+        k[0] = fp;
+        k[8] = slot;
+        k
+    }
+
+    #[test]
+    fn the_doorkeeper_knows_a_key_on_its_second_sight() {
+        let seen = SeenOnce::new(1024);
+        assert!(!seen.seen_before(&key(1, 1)));
+        assert!(seen.seen_before(&key(1, 1)));
+        assert!(seen.seen_before(&key(1, 1)));
+        // An all-zero key is not taken for an empty slot.
+        assert!(!seen.seen_before(&[0u8; 32]));
+    }
+
+    #[test]
+    fn a_newer_key_in_the_same_slot_pushes_the_older_out() {
+        let seen = SeenOnce::new(1024);
+        assert!(!seen.seen_before(&key(2, 7)));
+        assert!(!seen.seen_before(&key(4, 7)));
+        assert!(!seen.seen_before(&key(2, 7)), "pushed out, so new again");
+        // Other slots are untouched.
+        assert!(!seen.seen_before(&key(6, 8)));
+        assert!(!seen.seen_before(&key(4, 7)));
+        assert!(seen.seen_before(&key(6, 8)));
+    }
+
+    #[test]
+    fn slots_follow_the_capacity_up_to_the_maximum() {
+        assert_eq!(SeenOnce::new(0).slots.len(), 1);
+        assert_eq!(SeenOnce::new(1000).slots.len(), 1024);
+        assert_eq!(SeenOnce::new(100_000).slots.len(), super::SEEN_SLOTS_MAX);
+    }
 }

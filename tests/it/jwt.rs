@@ -663,7 +663,7 @@ async fn hs256_secret_authorizer() {
 // ---------------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn second_verification_of_a_token_is_a_cache_hit() {
+async fn a_token_is_cached_when_it_comes_back_and_then_served_from_the_cache() {
     let metrics = Metrics::new();
     let auth = authorizer(
         settings(NAME, ISSUER, &[Algorithm::RS256]),
@@ -671,28 +671,60 @@ async fn second_verification_of_a_token_is_a_cache_hit() {
         &metrics,
     );
     let token = mint(rsa_key(), good());
+    // Seen once: verified, not stored (a token that never comes back costs no insertion).
     let first = accepted(&auth, &token).await;
     assert_eq!(cache_count(&metrics, NAME, "hit"), 0);
     assert_eq!(cache_count(&metrics, NAME, "miss"), 1);
     let second = accepted(&auth, &token).await;
-    assert_eq!(cache_count(&metrics, NAME, "hit"), 1);
-    assert_eq!(cache_count(&metrics, NAME, "miss"), 1);
+    assert_eq!(cache_count(&metrics, NAME, "hit"), 0);
+    assert_eq!(cache_count(&metrics, NAME, "miss"), 2);
     assert!(
-        Arc::ptr_eq(&first, &second),
+        !Arc::ptr_eq(&first, &second),
+        "the second verification ran again"
+    );
+    // Seen twice: stored, and served from then on.
+    let third = accepted(&auth, &token).await;
+    let fourth = accepted(&auth, &token).await;
+    assert_eq!(cache_count(&metrics, NAME, "hit"), 2);
+    assert_eq!(cache_count(&metrics, NAME, "miss"), 2);
+    assert!(
+        Arc::ptr_eq(&second, &third) && Arc::ptr_eq(&third, &fourth),
         "the cached identity is served"
     );
 
-    // Another token is a miss; refusals are never cached.
+    // Another token is a miss; refusals are never cached, however often they come.
     accepted(&auth, &mint(rsa_key(), good())).await;
     let bad = mint(
         rsa_key(),
         good_claims("https://evil.example", CLIENT, SCOPES),
     );
-    for _ in 0..2 {
+    for _ in 0..3 {
         assert_eq!(refused(&auth, &bad).await, TokenError::WrongIssuer);
     }
-    assert_eq!(cache_count(&metrics, NAME, "hit"), 1);
-    assert_eq!(cache_count(&metrics, NAME, "miss"), 4);
+    assert_eq!(cache_count(&metrics, NAME, "hit"), 2);
+    assert_eq!(cache_count(&metrics, NAME, "miss"), 6);
+}
+
+#[tokio::test]
+async fn tokens_seen_once_take_no_room_in_the_cache() {
+    let metrics = Metrics::new();
+    let auth = authorizer(
+        settings(NAME, ISSUER, &[Algorithm::RS256]),
+        static_source(&[rsa_key()]),
+        &metrics,
+    );
+    for _ in 0..20 {
+        accepted(&auth, &mint(rsa_key(), good())).await;
+    }
+    assert_eq!(auth.cached_tokens(), 0);
+    let token = mint(rsa_key(), good());
+    accepted(&auth, &token).await;
+    accepted(&auth, &token).await;
+    assert_eq!(
+        auth.cached_tokens(),
+        1,
+        "the token that came back is stored"
+    );
 }
 
 /// `TokenCache` is `Clone` and handed to `JwtAuthorizer::new`, so one cache can serve several
@@ -734,8 +766,10 @@ async fn key_rotation_invalidates_cached_tokens() {
     let auth = remote_auth(&server.base(), &remote, &metrics);
 
     let old = mint(rsa_key(), good_claims(&server.base(), CLIENT, SCOPES));
-    assert_eq!(accepted(&auth, &old).await.key_generation, 1);
-    assert_eq!(accepted(&auth, &old).await.key_generation, 1);
+    // Verified twice (cached the second time), then served from the cache.
+    for _ in 0..3 {
+        assert_eq!(accepted(&auth, &old).await.key_generation, 1);
+    }
     assert_eq!(cache_count(&metrics, NAME, "hit"), 1);
     let last_fetch = Instant::now();
 
