@@ -1,10 +1,10 @@
 //! Where log lines go: a shared buffer written to stderr in batches.
 //!
 //! Writing each access-log line to stderr on its own costs one `write` syscall per request. On
-//! the 2-core bench machine (BENCHMARKS.md, "The access log") that added 10–18 µs of CPU per
-//! request into a pipe and 31–33 µs into a file, to a request that costs about 41 µs with the
-//! log off. tracing-appender's non-blocking writer moves the write to a thread, but at these
-//! rates it wakes that thread for nearly every line, and measured no better.
+//! the 2-core bench machine (BENCHMARKS.md, "The access log") a proxied request then cost
+//! 49–52 µs of CPU into a pipe and 61–64 µs into a file, against 34–46 µs with the log off.
+//! tracing-appender's non-blocking writer moves the write to a thread, but at these rates it
+//! wakes that thread for nearly every line, and measured no better.
 //!
 //! Here a line is appended to one in-memory buffer under a mutex (no syscall), and the buffer is
 //! written out:
