@@ -21,8 +21,9 @@
 //! [`give_back_memory`] asks it (`malloc_trim`) to return their pages once enough connections
 //! have released theirs.
 //!
-//! HTTP/2 (prior knowledge) and TLS connections are served by hyper-util's auto builder as
-//! before: HTTP/2 multiplexes and keeps its own state, and rustls keeps its own buffers.
+//! Other connections keep hyper's buffers: HTTP/2 (prior knowledge, or `h2` by ALPN) is served
+//! by hyper-util's auto builder, as it multiplexes and keeps its own state; HTTP/1.1 over TLS by
+//! the same HTTP/1 settings without the release, as rustls keeps its own buffers anyway.
 
 use std::convert::Infallible;
 use std::pin::Pin;
