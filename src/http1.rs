@@ -440,7 +440,7 @@ pub async fn shutdown_begun(closing: &mut watch::Receiver<bool>) {
     let _ = closing.wait_for(|c| *c).await;
 }
 
-/// Runs until `stop`: once a second, when at least [`TRIM_AFTER_RELEASES`] connections have
+/// Runs until `stop`: once a second, when at least `TRIM_AFTER_RELEASES` (256) connections have
 /// released their buffers since the last time, asks glibc to return free heap pages to the
 /// system (off the async workers). Without it, the buffers of connections that went idle stay
 /// resident as free chunks between live allocations. Does nothing with other allocators.
