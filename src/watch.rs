@@ -1,7 +1,10 @@
 //! Reload on file changes: the config file and every file it names are watched through their
 //! parent directories (so editors' rename-into-place and Kubernetes ConfigMap symlink swaps are
-//! seen), events are debounced, and a reload happens only when the content of a watched file
-//! (followed through symlinks) really changed. A file is read and hashed only when its metadata
+//! seen), and through the directory of the file a symlink points to (so an edit in place of the
+//! target is seen too); events are debounced, and a reload happens only when the content of a
+//! watched file (followed through symlinks) really changed. Every file a reload reads is
+//! fingerprinted *before* the reload reads it (the files the new config names are learnt from a
+//! parse of it first), so a change landing while a reload runs is never taken for the loaded one. A file is read and hashed only when its metadata
 //! (size, times, inode) changed: reading it would itself raise an inotify event (notify watches
 //! opens too), and re-reading a large key import on every event would burn a core. A refused config is logged and counted once, and
 //! the previous one keeps serving until the files change again.
@@ -85,17 +88,56 @@ async fn fingerprint_blocking(files: &[PathBuf], prev: &[Seen]) -> Vec<Seen> {
         .unwrap_or_default()
 }
 
-/// Watches the parent directory of every file in `files`, and stops watching directories no
-/// longer needed.
+/// The directories to watch for `files`: each file's parent, and, for a file reached through a
+/// symlink, the parent of the file it resolves to (a ConfigMap's current `..YYYY` directory, or
+/// wherever an operator's link points).
+fn watched_dirs(files: &[PathBuf]) -> HashSet<PathBuf> {
+    let mut want = HashSet::new();
+    for f in files {
+        want.insert(crate::util::parent_dir(f).to_path_buf());
+        if let Ok(real) = std::fs::canonicalize(f) {
+            want.insert(crate::util::parent_dir(&real).to_path_buf());
+        }
+    }
+    want
+}
+
+/// Fingerprints, before a reload, the files it is about to read: `old` (already fingerprinted
+/// as `before`) and those the config file (`old[0]`) names now, learnt from a parse of it.
+/// Blocking: reads the config and any newly named file.
+fn before_reload(old: &[PathBuf], before: &[Seen]) -> Vec<(PathBuf, Seen)> {
+    let mut out: Vec<(PathBuf, Seen)> = old.iter().cloned().zip(before.iter().cloned()).collect();
+    let named = old
+        .first()
+        .and_then(|cfg| crate::config::read(cfg).ok())
+        .map(|p| crate::snapshot::referenced_files(&p))
+        .unwrap_or_default();
+    let extra: Vec<PathBuf> = named.into_iter().filter(|f| !old.contains(f)).collect();
+    out.extend(extra.iter().cloned().zip(fingerprint(&extra, &[])));
+    out
+}
+
+/// What to remember after a reload: for each file the new config names, its fingerprint from
+/// [`before_reload`], so a change written while the reload ran still differs at the next event.
+/// A file not foreseen there (the config changed again during the reload, which itself makes
+/// the next event reload) is fingerprinted now.
+fn seen_after_reload(known: &[(PathBuf, Seen)], new: &[PathBuf]) -> Vec<Seen> {
+    new.iter()
+        .map(|f| match known.iter().find(|(k, _)| k == f) {
+            Some((_, seen)) => seen.clone(),
+            None => fingerprint(std::slice::from_ref(f), &[]).remove(0),
+        })
+        .collect()
+}
+
+/// Watches the directories [`watched_dirs`] names for `files`, and stops watching directories
+/// no longer needed (a swapped-away ConfigMap version).
 fn sync_watches(
     d: &mut Debouncer<RecommendedWatcher>,
     files: &[PathBuf],
     dirs: &mut HashSet<PathBuf>,
 ) {
-    let want: HashSet<PathBuf> = files
-        .iter()
-        .map(|f| crate::util::parent_dir(f).to_path_buf())
-        .collect();
+    let want = watched_dirs(files);
     for gone in dirs.difference(&want).cloned().collect::<Vec<_>>() {
         let _ = d.watcher().unwatch(&gone);
         dirs.remove(&gone);
@@ -164,7 +206,8 @@ impl Watching {
         changed_before: bool,
     ) {
         if changed_before {
-            self.reload().await;
+            let before = self.seen.clone();
+            self.reload(before).await;
         }
         loop {
             tokio::select! {
@@ -179,18 +222,86 @@ impl Watching {
                         self.seen = now;
                         continue;
                     }
-                    self.reload().await;
+                    self.reload(now).await;
                 }
             }
         }
     }
 
-    /// Reloads, then watches what the config now names (it may name other files).
-    async fn reload(&mut self) {
-        let g = self.gw.clone();
-        let _ = tokio::task::spawn_blocking(move || g.reload()).await;
+    /// Reloads, then watches what the config now names (it may name other files). `before` is
+    /// the fingerprint of the current files, taken before the reload reads them.
+    async fn reload(&mut self, before: Vec<Seen>) {
+        let (g, old) = (self.gw.clone(), self.files.clone());
+        let known = tokio::task::spawn_blocking(move || {
+            let known = before_reload(&old, &before);
+            let _ = g.reload();
+            known
+        })
+        .await
+        .unwrap_or_default();
         self.files = self.gw.snapshot().files.clone();
         sync_watches(&mut self.debouncer, &self.files, &mut self.dirs);
-        self.seen = fingerprint_blocking(&self.files, &[]).await;
+        let new = self.files.clone();
+        self.seen = tokio::task::spawn_blocking(move || seen_after_reload(&known, &new))
+            .await
+            .unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_written_while_a_reload_runs_still_counts_as_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("gateway.yaml");
+        std::fs::write(&cfg, "one").unwrap();
+        let files = vec![cfg.clone()];
+        let known = before_reload(&files, &fingerprint(&files, &[]));
+        // The reload has read "one"; the operator's next write lands before it finishes.
+        std::fs::write(&cfg, "two, longer").unwrap();
+        let seen = seen_after_reload(&known, &files);
+        let now = fingerprint(&files, &seen);
+        assert!(
+            !same_content(&now, &seen),
+            "the write during the reload must trigger the next one"
+        );
+    }
+
+    #[test]
+    fn a_change_to_a_file_the_new_config_names_during_the_reload_still_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cfg, csv) = (dir.path().join("gateway.yaml"), dir.path().join("keys.csv"));
+        std::fs::write(
+            &cfg,
+            "listeners:\n  - bind: 127.0.0.1:0\napi_keys:\n  import: keys.csv\n",
+        )
+        .unwrap();
+        std::fs::write(&csv, "Name,Key\n").unwrap();
+        let old = vec![cfg.clone()];
+        let known = before_reload(&old, &fingerprint(&old, &[]));
+        // The reload has read the import; a new version of it lands before the reload ends.
+        std::fs::write(&csv, "Name,Key\nk,v\n").unwrap();
+        let new = vec![cfg.clone(), csv.clone()];
+        let seen = seen_after_reload(&known, &new);
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].digest, crate::util::sha256(b"Name,Key\n"));
+        assert!(!same_content(&fingerprint(&new, &seen), &seen));
+    }
+
+    #[test]
+    fn a_symlinked_file_is_watched_where_it_points_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (etc, real) = (dir.path().join("etc"), dir.path().join("real"));
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::create_dir(&real).unwrap();
+        std::fs::write(real.join("gateway.yaml"), "cfg").unwrap();
+        std::os::unix::fs::symlink(real.join("gateway.yaml"), etc.join("gateway.yaml")).unwrap();
+        let dirs = watched_dirs(&[etc.join("gateway.yaml")]);
+        let real = std::fs::canonicalize(&real).unwrap();
+        assert!(dirs.contains(&etc), "{dirs:?}");
+        assert!(dirs.contains(&real), "{dirs:?}");
+        assert_eq!(dirs.len(), 2);
     }
 }

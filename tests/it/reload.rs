@@ -146,6 +146,24 @@ async fn twenty_rewrites_under_steady_traffic_lose_nothing() {
 }
 
 #[tokio::test]
+async fn an_edit_in_place_of_a_symlinked_config_is_seen() {
+    // /etc-style link to a file kept elsewhere; the operator edits the target, not the link.
+    let dir = tempfile::tempdir().unwrap();
+    let d = &dir.path().to_path_buf();
+    std::fs::create_dir(d.join("etc")).unwrap();
+    std::fs::create_dir(d.join("real")).unwrap();
+    std::fs::write(d.join("real/gateway.yaml"), config(1, true)).unwrap();
+    std::os::unix::fs::symlink(d.join("real/gateway.yaml"), d.join("etc/gateway.yaml")).unwrap();
+    let gw = gateway::start_at(dir, "etc/gateway.yaml").await;
+    assert_eq!(gw.get("/v1", &[]).await.status, 200);
+    let since = Instant::now();
+    std::fs::write(d.join("real/gateway.yaml"), config(2, true)).unwrap();
+    served_within(&gw, "/v2", &[], 200, since).await;
+    assert_eq!(gw.get("/v1", &[]).await.status, 404);
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn configmap_symlink_swap_and_named_files_are_watched() {
     // The layout Kubernetes uses: gateway.yaml -> ..data/gateway.yaml, ..data -> ..v1.
     let dir = tempfile::tempdir().unwrap();
@@ -154,16 +172,7 @@ async fn configmap_symlink_swap_and_named_files_are_watched() {
     std::fs::write(d.join("..v1/gateway.yaml"), config(1, true)).unwrap();
     std::os::unix::fs::symlink("..v1", d.join("..data")).unwrap();
     std::os::unix::fs::symlink("..data/gateway.yaml", d.join("gateway.yaml")).unwrap();
-    let running = tollgate::server::start(&d.join("gateway.yaml"))
-        .await
-        .unwrap();
-    let gw = TestGateway {
-        addr: running.public_addrs[0],
-        admin: running.admin_addr,
-        running: Some(running),
-        dir,
-        config: d.join("gateway.yaml"),
-    };
+    let gw = gateway::start_at(dir, "gateway.yaml").await;
     assert_eq!(gw.get("/v1", &[]).await.status, 200);
     std::fs::create_dir(d.join("..v2")).unwrap();
     std::fs::write(d.join("..v2/gateway.yaml"), config(2, true)).unwrap();

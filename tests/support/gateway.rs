@@ -39,8 +39,14 @@ pub async fn start_raw(yaml: &str, files: &[(&str, &str)]) -> TestGateway {
     for (name, contents) in files {
         std::fs::write(dir.path().join(name), contents).unwrap();
     }
-    let config = dir.path().join("gateway.yaml");
-    std::fs::write(&config, yaml).unwrap();
+    std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
+    start_at(dir, "gateway.yaml").await
+}
+
+/// Starts a gateway on the config at `rel` inside `dir`, which the caller has laid out (for
+/// symlinked layouts).
+pub async fn start_at(dir: tempfile::TempDir, rel: &str) -> TestGateway {
+    let config = dir.path().join(rel);
     let running = tollgate::server::start(&config)
         .await
         .unwrap_or_else(|e| panic!("gateway did not start: {e}"));
