@@ -2,12 +2,14 @@
 //! parent directories (so editors' rename-into-place and Kubernetes ConfigMap symlink swaps are
 //! seen), and through the directory of the file a symlink points to (so an edit in place of the
 //! target is seen too); events are debounced, and a reload happens only when the content of a
-//! watched file (followed through symlinks) really changed. Every file a reload reads is
-//! fingerprinted *before* the reload reads it (the files the new config names are learnt from a
-//! parse of it first), so a change landing while a reload runs is never taken for the loaded one. A file is read and hashed only when its metadata
-//! (size, times, inode) changed: reading it would itself raise an inotify event (notify watches
-//! opens too), and re-reading a large key import on every event would burn a core. A refused config is logged and counted once, and
-//! the previous one keeps serving until the files change again.
+//! watched file (followed through symlinks) really changed.
+//!
+//! Every file a reload reads is fingerprinted *before* the reload reads it (the files the new
+//! config names are learnt from a parse of it first), so a change landing while a reload runs is
+//! never taken for the loaded one. A file is read and hashed only when its metadata (size, times,
+//! inode) changed: reading it would itself raise an inotify event (notify watches opens too), and
+//! re-reading a large key import on every event would burn a core. A refused config is logged
+//! and counted once, and the previous one keeps serving until the files change again.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
