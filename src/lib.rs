@@ -13,6 +13,7 @@ pub mod body;
 pub mod cli;
 pub mod clientip;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod fetch;
 pub mod gateway;

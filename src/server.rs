@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::ConfigError;
+use crate::drain::{Admitted, Tracker};
 use crate::gateway::{BindFailure, Gateway, ListenerCommit, ListenerControl};
 use crate::pipeline::{self, ConnInfo};
 use crate::snapshot::{Limits, ListenerSpec, Snapshot};
@@ -143,7 +144,9 @@ impl Running {
             tokio::time::sleep(limits.shutdown_delay).await;
         }
         self.listeners.close().await;
-        let requests = self.listeners.conns.drain(grace);
+        // Idle connections close at once, busy ones after their current response.
+        self.listeners.conns.close();
+        let requests = self.listeners.conns.wait_empty(grace);
         // Upgraded (WebSocket) connections get the same grace period, then are closed.
         let (requests, upgrades) = tokio::join!(requests, self.gateway.upgrades().drain(grace));
         let clean = requests && upgrades;
@@ -195,38 +198,11 @@ struct Listeners {
     me: Weak<Listeners>,
     gateway: Arc<Gateway>,
     live: Mutex<Vec<Live>>,
-    /// Every open public connection, and the signal that ends them at shutdown.
-    conns: Arc<Conns>,
+    /// Every open public connection (`tollgate_connections_active`), and the signal that ends
+    /// them at shutdown.
+    conns: Arc<Tracker>,
     /// Set at shutdown: later reloads change no listener, and no connection is admitted.
     closed: std::sync::atomic::AtomicBool,
-}
-
-/// The open public connections: how many, and the shutdown signal they watch.
-struct Conns {
-    open: watch::Sender<usize>,
-    /// Set when shutdown begins: idle connections close, busy ones after their response.
-    closing: watch::Sender<bool>,
-    /// `tollgate_connections_active`.
-    gauge: prometheus::IntGauge,
-}
-
-impl Conns {
-    /// Counts a newly accepted connection until the guard drops.
-    fn admit(self: &Arc<Self>) -> ConnGuard {
-        self.open.send_modify(|n| *n += 1);
-        self.gauge.inc();
-        ConnGuard(self.clone())
-    }
-
-    /// Tells every connection to finish and waits up to `grace` for all to close. Returns
-    /// whether they did.
-    async fn drain(&self, grace: Duration) -> bool {
-        let _ = self.closing.send(true);
-        let mut open = self.open.subscribe();
-        tokio::time::timeout(grace, open.wait_for(|n| *n == 0))
-            .await
-            .is_ok()
-    }
 }
 
 /// hyper's connection settings from the snapshot's limits.
@@ -284,11 +260,7 @@ impl Listeners {
     fn new(gateway: Arc<Gateway>) -> Arc<Listeners> {
         Arc::new_cyclic(|me| Listeners {
             me: me.clone(),
-            conns: Arc::new(Conns {
-                open: watch::Sender::new(0),
-                closing: watch::Sender::new(false),
-                gauge: gateway.metrics().connections_active.clone(),
-            }),
+            conns: Arc::new(Tracker::new(gateway.metrics().connections_active.clone())),
             gateway,
             live: Mutex::new(Vec::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -304,7 +276,7 @@ impl Listeners {
             .collect()
     }
 
-    /// Stops every accept loop; open connections are left to [`Conns::drain`].
+    /// Stops every accept loop; open connections are left to `conns`.
     async fn close(&self) {
         self.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         let live = std::mem::take(&mut *self.live.lock().expect("not poisoned"));
@@ -407,16 +379,6 @@ impl Listeners {
     }
 }
 
-/// Uncounts a connection when it ends.
-struct ConnGuard(Arc<Conns>);
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        self.0.open.send_modify(|n| *n -= 1);
-        self.0.gauge.dec();
-    }
-}
-
 /// The next connection, or `None` once `stop` fires. Accept errors (such as running out of file
 /// descriptors) are logged and retried after a pause.
 async fn accept(
@@ -456,7 +418,7 @@ async fn accept_public(
             tcp_peer,
             serving.load_full(),
             listeners.gateway.clone(),
-            listeners.conns.closing.subscribe(),
+            listeners.conns.closing(),
             guard,
         ));
     }
@@ -475,7 +437,7 @@ async fn connection(
     serving: Arc<Serving>,
     gateway: Arc<Gateway>,
     mut closing: watch::Receiver<bool>,
-    _guard: ConnGuard,
+    _guard: Admitted,
 ) {
     let peer = if serving.proxy_protocol {
         match Box::pin(crate::proxy_protocol::read_header(&mut stream)).await {

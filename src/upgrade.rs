@@ -15,7 +15,8 @@ use http::request::Parts;
 use http::{HeaderMap, Method, Version, header};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
+
+use crate::drain::Tracker;
 
 /// How long [`Upgrades::drain`] waits for spliced connections to let go once told to close;
 /// closing is immediate, so this only bounds a task that is slow to be scheduled.
@@ -53,46 +54,25 @@ fn connection_has_upgrade(h: &HeaderMap) -> bool {
 /// closes them at shutdown.
 #[derive(Debug)]
 pub struct Upgrades {
-    /// Connections spliced (or waiting for both sides' upgrade to complete).
-    active: watch::Sender<usize>,
-    /// Set once the shutdown grace period is over: every splice ends.
-    closing: watch::Sender<bool>,
-    gauge: prometheus::IntGauge,
-}
-
-/// One counted spliced connection; uncounted when dropped.
-struct Counted(Arc<Upgrades>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.active.send_modify(|n| *n -= 1);
-        self.0.gauge.dec();
-    }
+    /// Connections spliced (or waiting for both sides' upgrade to complete); closed once the
+    /// shutdown grace period is over.
+    spliced: Arc<Tracker>,
 }
 
 impl Upgrades {
     /// No connections yet; `gauge` is `tollgate_upgraded_connections_active`.
     pub fn new(gauge: prometheus::IntGauge) -> Upgrades {
         Upgrades {
-            active: watch::Sender::new(0),
-            closing: watch::Sender::new(false),
-            gauge,
+            spliced: Arc::new(Tracker::new(gauge)),
         }
-    }
-
-    /// Spliced connections open now.
-    pub fn active(&self) -> usize {
-        *self.active.borrow()
     }
 
     /// Splices the client's connection to the upstream's once both upgrades complete (the
     /// client's completes when the `101` has been written to it), in a task of its own that
     /// ends when either side closes or shutdown closes it. Counted from this call on.
-    pub fn splice(self: &Arc<Self>, client: OnUpgrade, upstream: OnUpgrade) {
-        self.active.send_modify(|n| *n += 1);
-        self.gauge.inc();
-        let counted = Counted(self.clone());
-        let mut closing = self.closing.subscribe();
+    pub fn splice(&self, client: OnUpgrade, upstream: OnUpgrade) {
+        let counted = self.spliced.admit();
+        let mut closing = self.spliced.closing();
         tokio::spawn(async move {
             let _counted = counted;
             let tunnel = async {
@@ -118,18 +98,15 @@ impl Upgrades {
     /// those still open. Returns whether all ended within `grace`. Connections spliced after
     /// this returns are closed at once.
     pub async fn drain(&self, grace: Duration) -> bool {
-        let mut active = self.active.subscribe();
-        let clean = tokio::time::timeout(grace, active.wait_for(|n| *n == 0))
-            .await
-            .is_ok();
-        self.closing.send_replace(true);
+        let clean = self.spliced.wait_empty(grace).await;
+        self.spliced.close();
         if !clean {
             tracing::warn!(
-                open = self.active(),
+                open = self.spliced.open(),
                 ?grace,
                 "grace period over; closing upgraded connections"
             );
-            let _ = tokio::time::timeout(CLOSE_WAIT, active.wait_for(|n| *n == 0)).await;
+            self.spliced.wait_empty(CLOSE_WAIT).await;
         }
         clean
     }
@@ -183,6 +160,6 @@ mod tests {
     async fn drain_without_connections_is_clean_and_immediate() {
         let u = Upgrades::new(prometheus::IntGauge::new("g", "g").unwrap());
         assert!(u.drain(Duration::from_secs(3600)).await);
-        assert!(*u.closing.borrow());
+        assert!(*u.spliced.closing().borrow());
     }
 }
