@@ -149,11 +149,20 @@ impl Gateway {
     /// Re-reads the config file and swaps in the new snapshot. On error the old one keeps
     /// serving, and the error is logged, counted and kept for `/config`.
     pub fn reload(&self) -> Result<u64, Vec<ConfigError>> {
+        self.reload_noting(|_| {})
+    }
+
+    /// [`Gateway::reload`], handing `note` the files the config names (the config file first)
+    /// once it is parsed, before any of them is read: the file watcher fingerprints them there,
+    /// so a change written during the reload is not mistaken for the one loaded. Not called
+    /// when the config cannot be read or parsed.
+    pub fn reload_noting(&self, note: impl FnOnce(&[PathBuf])) -> Result<u64, Vec<ConfigError>> {
         let _one_at_a_time = self.reloading.lock().expect("not poisoned");
         let generation = self.snapshot.load().generation + 1;
         let result = config::read(&self.config_path)
             .map_err(|e| vec![e])
             .and_then(|p| {
+                note(&snapshot::referenced_files(&p));
                 if state_settings(&p) != self.state_settings {
                     return Err(vec![p.error_at(
                         "state",

@@ -4,8 +4,8 @@
 //! target is seen too); events are debounced, and a reload happens only when the content of a
 //! watched file (followed through symlinks) really changed.
 //!
-//! Every file a reload reads is fingerprinted *before* the reload reads it (the files the new
-//! config names are learnt from a parse of it first), so a change landing while a reload runs is
+//! Every file a reload reads is fingerprinted *before* the reload reads it (the reload names the
+//! new config's files as soon as it has parsed it), so a change landing while a reload runs is
 //! never taken for the loaded one. A file is read and hashed only when its metadata (size, times,
 //! inode) changed: reading it would itself raise an inotify event (notify watches opens too), and
 //! re-reading a large key import on every event would burn a core. A refused config is logged
@@ -104,25 +104,23 @@ fn watched_dirs(files: &[PathBuf]) -> HashSet<PathBuf> {
     want
 }
 
-/// Fingerprints, before a reload, the files it is about to read: `old` (already fingerprinted
-/// as `before`) and those the config file (`old[0]`) names now, learnt from a parse of it.
-/// Blocking: reads the config and any newly named file.
-fn before_reload(old: &[PathBuf], before: &[Seen]) -> Vec<(PathBuf, Seen)> {
-    let mut out: Vec<(PathBuf, Seen)> = old.iter().cloned().zip(before.iter().cloned()).collect();
-    let named = old
-        .first()
-        .and_then(|cfg| crate::config::read(cfg).ok())
-        .map(|p| crate::snapshot::referenced_files(&p))
-        .unwrap_or_default();
-    let extra: Vec<PathBuf> = named.into_iter().filter(|f| !old.contains(f)).collect();
-    out.extend(extra.iter().cloned().zip(fingerprint(&extra, &[])));
-    out
+/// Adds to `known` (the current files, fingerprinted before the reload) a fingerprint of each
+/// file in `named` it lacks: called by the reload with the new config's files, before it reads
+/// them. Blocking: reads each newly named file.
+fn note_named(known: &mut Vec<(PathBuf, Seen)>, named: &[PathBuf]) {
+    let extra: Vec<PathBuf> = named
+        .iter()
+        .filter(|f| !known.iter().any(|(k, _)| k == *f))
+        .cloned()
+        .collect();
+    let seen = fingerprint(&extra, &[]);
+    known.extend(extra.into_iter().zip(seen));
 }
 
-/// What to remember after a reload: for each file the new config names, its fingerprint from
-/// [`before_reload`], so a change written while the reload ran still differs at the next event.
-/// A file not foreseen there (the config changed again during the reload, which itself makes
-/// the next event reload) is fingerprinted now.
+/// What to remember after a reload: for each file the config now names, its fingerprint from
+/// before the reload read it, so a change written while the reload ran still differs at the
+/// next event. Every such file is in `known` (the old files, and those [`note_named`] added);
+/// one that is not would be fingerprinted now.
 fn seen_after_reload(known: &[(PathBuf, Seen)], new: &[PathBuf]) -> Vec<Seen> {
     new.iter()
         .map(|f| match known.iter().find(|(k, _)| k == f) {
@@ -132,14 +130,13 @@ fn seen_after_reload(known: &[(PathBuf, Seen)], new: &[PathBuf]) -> Vec<Seen> {
         .collect()
 }
 
-/// Watches the directories [`watched_dirs`] names for `files`, and stops watching directories
+/// Watches the directories in `want` (from [`watched_dirs`]), and stops watching directories
 /// no longer needed (a swapped-away ConfigMap version).
 fn sync_watches(
     d: &mut Debouncer<RecommendedWatcher>,
-    files: &[PathBuf],
+    want: HashSet<PathBuf>,
     dirs: &mut HashSet<PathBuf>,
 ) {
-    let want = watched_dirs(files);
     for gone in dirs.difference(&want).cloned().collect::<Vec<_>>() {
         let _ = d.watcher().unwatch(&gone);
         dirs.remove(&gone);
@@ -176,7 +173,7 @@ pub fn spawn(gw: Arc<Gateway>, stop: watch::Receiver<bool>) {
     };
     let mut dirs = HashSet::new();
     let files = gw.snapshot().files.clone();
-    sync_watches(&mut debouncer, &files, &mut dirs);
+    sync_watches(&mut debouncer, watched_dirs(&files), &mut dirs);
     // A change between loading and watching shows up as a config that is not the loaded one.
     let seen = fingerprint(&files, &[]);
     let changed_before =
@@ -233,20 +230,24 @@ impl Watching {
     /// Reloads, then watches what the config now names (it may name other files). `before` is
     /// the fingerprint of the current files, taken before the reload reads them.
     async fn reload(&mut self, before: Vec<Seen>) {
-        let (g, old) = (self.gw.clone(), self.files.clone());
-        let known = tokio::task::spawn_blocking(move || {
-            let known = before_reload(&old, &before);
-            let _ = g.reload();
-            known
+        let g = self.gw.clone();
+        let mut known: Vec<(PathBuf, Seen)> = self.files.iter().cloned().zip(before).collect();
+        // Blocking throughout: the reload, fingerprints, and resolving symlinks to watch.
+        let after = tokio::task::spawn_blocking(move || {
+            let _ = g.reload_noting(|named| note_named(&mut known, named));
+            let files = g.snapshot().files.clone();
+            let seen = seen_after_reload(&known, &files);
+            (watched_dirs(&files), files, seen)
         })
-        .await
-        .unwrap_or_default();
-        self.files = self.gw.snapshot().files.clone();
-        sync_watches(&mut self.debouncer, &self.files, &mut self.dirs);
-        let new = self.files.clone();
-        self.seen = tokio::task::spawn_blocking(move || seen_after_reload(&known, &new))
-            .await
-            .unwrap_or_default();
+        .await;
+        // A panicked reload task leaves `seen` empty, so the next event reloads again.
+        let (want, files, seen) = after.unwrap_or_else(|_| {
+            let files = self.gw.snapshot().files.clone();
+            (watched_dirs(&files), files, Vec::new())
+        });
+        sync_watches(&mut self.debouncer, want, &mut self.dirs);
+        self.files = files;
+        self.seen = seen;
     }
 }
 
@@ -260,7 +261,12 @@ mod tests {
         let cfg = dir.path().join("gateway.yaml");
         std::fs::write(&cfg, "one").unwrap();
         let files = vec![cfg.clone()];
-        let known = before_reload(&files, &fingerprint(&files, &[]));
+        let mut known: Vec<_> = files
+            .iter()
+            .cloned()
+            .zip(fingerprint(&files, &[]))
+            .collect();
+        note_named(&mut known, &files);
         // The reload has read "one"; the operator's next write lands before it finishes.
         std::fs::write(&cfg, "two, longer").unwrap();
         let seen = seen_after_reload(&known, &files);
@@ -282,7 +288,9 @@ mod tests {
         .unwrap();
         std::fs::write(&csv, "Name,Key\n").unwrap();
         let old = vec![cfg.clone()];
-        let known = before_reload(&old, &fingerprint(&old, &[]));
+        let mut known: Vec<_> = old.iter().cloned().zip(fingerprint(&old, &[])).collect();
+        let named = crate::snapshot::referenced_files(&crate::config::read(&cfg).unwrap());
+        note_named(&mut known, &named);
         // The reload has read the import; a new version of it lands before the reload ends.
         std::fs::write(&csv, "Name,Key\nk,v\n").unwrap();
         let new = vec![cfg.clone(), csv.clone()];
