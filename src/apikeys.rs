@@ -80,6 +80,11 @@ impl KeyTable {
         }
     }
 
+    /// The header keys are read from.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
     /// The key presented in `headers`. Refuses a missing, unknown or disabled key.
     pub fn lookup(&self, headers: &HeaderMap) -> Result<&ApiKey, KeyError> {
         let presented = headers

@@ -133,11 +133,14 @@ pin_project_lite::pin_project! {
         // Whether `timer` counts the current pause (cleared by every frame).
         armed: bool,
         failure: FailureCell,
+        // `headers.allow_underscores`, for the trailers ([`crate::headers::sanitize_trailers`]).
+        allow_underscores: bool,
     }
 }
 
 impl GuardedBody {
-    /// Wraps `inner`, allowing at most `limit` bytes and `idle` between frames.
+    /// Wraps `inner`, allowing at most `limit` bytes and `idle` between frames. Trailers are
+    /// cleaned like the request head ([`crate::headers::sanitize_trailers`]).
     pub fn new(inner: ClientBody, limit: u64, idle: Duration, failure: FailureCell) -> GuardedBody {
         GuardedBody {
             inner,
@@ -146,7 +149,14 @@ impl GuardedBody {
             timer: None,
             armed: false,
             failure,
+            allow_underscores: false,
         }
+    }
+
+    /// Lets trailer names with `_` through (`headers.allow_underscores`).
+    pub fn allowing_underscores(mut self, allow: bool) -> GuardedBody {
+        self.allow_underscores = allow;
+        self
     }
 }
 
@@ -170,6 +180,13 @@ impl Body for GuardedBody {
                     }
                     *this.remaining -= n;
                 }
+                let frame = match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        crate::headers::sanitize_trailers(&mut trailers, *this.allow_underscores);
+                        Frame::trailers(trailers)
+                    }
+                    Err(frame) => frame,
+                };
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(_))) => {

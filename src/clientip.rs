@@ -152,11 +152,13 @@ fn canonical_net(net: IpNet) -> IpNet {
 ///
 /// When `peer` is not a trusted proxy, it is the client (any `X-Forwarded-For` it sent is its
 /// own claim and is ignored). When it is, the `X-Forwarded-For` entries (every header line,
-/// comma-separated, read as one list) are walked from the right, skipping trusted proxies; the
-/// first untrusted address is the client. An entry that is not an address stops the walk and the
-/// last trusted hop seen is returned: nothing left of garbage is believed. When every entry is a
-/// trusted proxy, or there is none, the (canonical) peer is returned. Entries may carry a port
-/// (`192.0.2.1:5678`, `[2001:db8::1]:80`) or brackets (`[2001:db8::1]`).
+/// comma-separated, read as one list of raw bytes) are walked from the right, skipping trusted
+/// proxies; the first untrusted address is the client. An entry that is not an address (bytes
+/// that are not text included) stops the walk and the last trusted hop seen is returned:
+/// nothing left of garbage is believed, and garbage never hides an address a trusted proxy
+/// appended to its right. When every entry is a trusted proxy, or there is none, the
+/// (canonical) peer is returned. Entries may carry a port (`192.0.2.1:5678`,
+/// `[2001:db8::1]:80`) or brackets (`[2001:db8::1]`).
 pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &CidrSet) -> IpAddr {
     let peer = canonical(peer);
     if trusted.is_empty() || !trusted.contains(peer) {
@@ -164,18 +166,14 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &CidrSet) -> IpAddr
     }
     let mut last_trusted = peer;
     for value in headers.get_all(X_FORWARDED_FOR).iter().rev() {
-        let Ok(value) = value.to_str() else {
-            return last_trusted;
-        };
-        for entry in value.rsplit(',') {
-            let entry = entry.trim();
+        for entry in value.as_bytes().rsplit(|&b| b == b',') {
+            let entry = entry.trim_ascii();
             if entry.is_empty() {
                 continue;
             }
             let Some(ip) = parse_forwarded_entry(entry) else {
                 return last_trusted;
             };
-            let ip = canonical(ip);
             if !trusted.contains(ip) {
                 return ip;
             }
@@ -185,16 +183,30 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &CidrSet) -> IpAddr
     peer
 }
 
-/// One `X-Forwarded-For` entry: an address, optionally with a port or in brackets.
-fn parse_forwarded_entry(entry: &str) -> Option<IpAddr> {
-    if let Ok(ip) = entry.parse::<IpAddr>() {
-        return Some(ip);
-    }
-    if let Ok(sa) = entry.parse::<SocketAddr>() {
-        return Some(sa.ip());
-    }
-    let inner = entry.strip_prefix('[')?.strip_suffix(']')?;
-    inner.parse::<Ipv6Addr>().ok().map(IpAddr::V6)
+/// Every `X-Forwarded-For` entry in order (all header lines, comma-separated), trimmed, empty
+/// ones skipped, as raw bytes.
+pub fn forwarded_entries(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|e| !e.is_empty())
+}
+
+/// One `X-Forwarded-For` entry as a canonical address: bare, with a port, or in brackets.
+/// `None` for anything else, bytes that are not text included.
+pub fn parse_forwarded_entry(entry: &[u8]) -> Option<IpAddr> {
+    let entry = std::str::from_utf8(entry).ok()?;
+    let ip = if let Ok(ip) = entry.parse::<IpAddr>() {
+        ip
+    } else if let Ok(sa) = entry.parse::<SocketAddr>() {
+        sa.ip()
+    } else {
+        let inner = entry.strip_prefix('[')?.strip_suffix(']')?;
+        IpAddr::V6(inner.parse::<Ipv6Addr>().ok()?)
+    };
+    Some(canonical(ip))
 }
 
 /// A resource policy on the client IP: an optional allow list and a deny list.
@@ -228,6 +240,70 @@ impl Policy {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
+
+    /// An `X-Forwarded-For` entry: a trusted proxy's address (10.0.0.0/8), an untrusted one
+    /// (198.51.100.0/24), or garbage, non-text bytes included.
+    fn entry() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            (0u8..4).prop_map(|i| format!("10.0.0.{i}").into_bytes()),
+            (0u8..4).prop_map(|i| format!("198.51.100.{i}").into_bytes()),
+            (0u8..4).prop_map(|i| format!("[2001:db8::{i}]:80").into_bytes()),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just(b'x'),
+                    Just(0xffu8),
+                    Just(0x80u8),
+                    Just(b' '),
+                    Just(b'.')
+                ],
+                1..4
+            ),
+        ]
+    }
+
+    fn walk(lines: &[Vec<Vec<u8>>]) -> IpAddr {
+        let trusted = CidrSet::parse(&["10.0.0.0/8".to_string()]).unwrap();
+        let mut h = HeaderMap::new();
+        for line in lines {
+            let v = line.join(&b","[..]);
+            if let Ok(v) = HeaderValue::from_bytes(&v) {
+                h.append(X_FORWARDED_FOR, v);
+            }
+        }
+        client_ip("10.0.0.9".parse().unwrap(), &h, &trusted)
+    }
+
+    proptest! {
+        /// Whatever a client writes, an untrusted address a trusted proxy appends to its right
+        /// is the client: nothing to its left can hide it.
+        #[test]
+        fn garbage_never_hides_the_address_a_proxy_appended(
+            lines in proptest::collection::vec(proptest::collection::vec(entry(), 0..4), 0..3),
+            last in 0u8..4,
+            proxies in 0usize..3,
+        ) {
+            let mut lines = lines;
+            let mut appended = vec![format!("198.51.100.{last}").into_bytes()];
+            appended.extend((0..proxies).map(|i| format!("10.0.1.{i}").into_bytes()));
+            lines.push(appended);
+            prop_assert_eq!(walk(&lines), IpAddr::from([198, 51, 100, last]));
+        }
+
+        /// The client is always the peer or an address some entry names: never made up.
+        #[test]
+        fn the_client_is_the_peer_or_a_listed_address(
+            lines in proptest::collection::vec(proptest::collection::vec(entry(), 0..5), 0..3),
+        ) {
+            let ip = walk(&lines);
+            let listed = lines
+                .iter()
+                .flatten()
+                .filter_map(|e| parse_forwarded_entry(e.trim_ascii()))
+                .any(|e| e == ip);
+            prop_assert!(listed || ip == IpAddr::from([10, 0, 0, 9]), "{ip}");
+        }
+    }
 
     #[test]
     fn push_ip_writes_what_display_writes() {

@@ -167,16 +167,22 @@ async fn pipeline<'s>(
     out: &mut Outcome<'s>,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let snap = ctx.snap;
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let mut body = ReqBody::Streaming(body);
-    check_request(&parts)?;
-    let route = route(snap, &parts)?;
-    out.route = Some(route);
+    check_request(snap, &parts)?;
+    // The URI as the client sent it: a SigV4 signature covers exactly that spelling.
+    let sent = parts.uri.clone();
+    let routed = route(snap, &parts, &sent)?;
+    out.route = Some(routed.route);
+    if let Some(uri) = routed.canonical_uri {
+        parts.uri = uri;
+    }
+    let route = routed.route;
     if let Some(preflight) = cors_preflight(snap, &parts) {
         return Ok(preflight);
     }
     check_policy(route, ctx)?;
-    let principal = authenticate(ctx, route, &parts, &mut body).await?;
+    let principal = authenticate(ctx, route, &parts, &sent, &mut body).await?;
     out.principal = Some(principal.clone());
     check_scopes(route, &principal)?;
     let key = api_key(snap, route, &parts.headers)?;
@@ -185,64 +191,88 @@ async fn pipeline<'s>(
     forward(ctx, permit, parts, body, out).await
 }
 
-/// Refuses requests that cannot be routed safely: no host (HTTP/1.1 requires one), and paths
-/// with dot segments (plain or percent-encoded), which an upstream might resolve to a path the
-/// gateway never authorized.
-fn check_request(req: &Parts) -> Result<(), Refusal> {
+/// The methods of RFC 9110 and RFC 5789; a method spelled like one of them in another case is
+/// refused, since servers that fold method case would serve what the route table never saw.
+const STANDARD_METHODS: [Method; 9] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
+/// Phase 1: refuses requests that cannot be decided safely, before anything looks at them: no
+/// host (HTTP/1.1 requires one), a standard method in another case (`get`, `Delete`), and a
+/// credential header sent twice (one copy would be checked and another one could be read by
+/// the upstream).
+fn check_request(snap: &Snapshot, req: &Parts) -> Result<(), Refusal> {
     if req.uri.authority().is_none() && !req.headers.contains_key(header::HOST) {
         return Err(Refusal::BadRequest("no_host"));
     }
-    let path = req.uri.path();
-    if !path.starts_with('/') {
-        return Err(Refusal::BadRequest("bad_path"));
+    let m = req.method.as_str();
+    if !STANDARD_METHODS.contains(&req.method)
+        && STANDARD_METHODS
+            .iter()
+            .any(|s| s.as_str().eq_ignore_ascii_case(m))
+    {
+        return Err(Refusal::BadRequest("method_case"));
     }
-    if has_dot_segment(path) {
-        return Err(Refusal::BadRequest("dot_segment"));
+    for name in &snap.credential_headers {
+        let mut values = req.headers.get_all(name).iter();
+        if values.next().is_some() && values.next().is_some() {
+            return Err(Refusal::BadRequest("duplicate_credential"));
+        }
     }
     Ok(())
 }
 
-/// Whether a path has a `.` or `..` segment once `%2e`, `%2f` and `%5c` are decoded and
-/// backslashes are read as slashes.
-fn has_dot_segment(path: &str) -> bool {
-    if !path.contains('.') && !path.contains('%') {
-        return false;
-    }
-    // Bytes throughout: nothing here may split a multi-byte character.
-    let mut decoded: Vec<u8> = Vec::with_capacity(path.len());
-    let b = path.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            match [b[i + 1].to_ascii_lowercase(), b[i + 2].to_ascii_lowercase()] {
-                [b'2', b'e'] => decoded.push(b'.'),
-                [b'2', b'f'] | [b'5', b'c'] => decoded.push(b'/'),
-                [b'3', b'b'] => decoded.push(b';'),
-                _ => decoded.extend_from_slice(&b[i..i + 3]),
-            }
-            i += 3;
-            continue;
-        }
-        decoded.push(if b[i] == b'\\' { b'/' } else { b[i] });
-        i += 1;
-    }
-    // `..;x` is `..` to servers that strip path parameters (`;`), such as Tomcat.
-    decoded
-        .split(|c| *c == b'/')
-        .map(|s| s.split(|c| *c == b';').next().unwrap_or(s))
-        .any(|s| s == b"." || s == b"..")
+/// A request matched to its route, with its path in canonical form.
+struct Routed<'s> {
+    route: &'s Route,
+    /// The URI with the canonical path, when that differs from the one the client sent.
+    canonical_uri: Option<http::Uri>,
 }
 
-/// Phase 2: the route. A CORS preflight is routed by the method it asks about.
-fn route<'s>(snap: &'s Snapshot, req: &Parts) -> Result<&'s Route, Refusal> {
+/// Phase 2: the route, decided on the canonical path ([`crate::canonical`]): refuses (400) a
+/// path that cannot be made canonical, and one holding a spelling (`%2F`, `//`, `;`) its route
+/// does not allow; 404 without a route. A CORS preflight is routed by the method it asks about.
+fn route<'s>(snap: &'s Snapshot, req: &Parts, sent: &http::Uri) -> Result<Routed<'s>, Refusal> {
     let method = match preflight_method(snap, req) {
         Some(m) => m,
         None => req.method.clone(),
     };
-    snap.table
-        .find(&method, req.uri.path())
+    let canonical =
+        crate::canonical::canonicalize(sent.path()).map_err(|e| Refusal::BadRequest(e.reason()))?;
+    let route = snap
+        .table
+        .find(&method, &canonical.match_form)
         .map(|i| &snap.routes[i])
-        .ok_or(Refusal::NotFound)
+        .ok_or(Refusal::NotFound)?;
+    if let Some(reason) = canonical.exceptions.not_in(route.allow_in_path) {
+        return Err(Refusal::BadRequest(reason));
+    }
+    let canonical_uri = if canonical.changed() {
+        let pq = match sent.query() {
+            Some(q) => format!("{}?{q}", canonical.path),
+            None => canonical.path.into_owned(),
+        };
+        let mut uri = http::uri::Parts::from(sent.clone());
+        uri.path_and_query = Some(
+            http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+                .map_err(|_| Refusal::BadRequest("bad_uri"))?,
+        );
+        Some(http::Uri::from_parts(uri).map_err(|_| Refusal::BadRequest("bad_uri"))?)
+    } else {
+        None
+    };
+    Ok(Routed {
+        route,
+        canonical_uri,
+    })
 }
 
 fn preflight_method(snap: &Snapshot, req: &Parts) -> Option<Method> {
@@ -325,6 +355,7 @@ async fn authenticate(
     ctx: &Ctx<'_>,
     route: &Route,
     parts: &Parts,
+    sent: &http::Uri,
     body: &mut ReqBody,
 ) -> Result<Principal, Refusal> {
     match &route.auth {
@@ -346,7 +377,7 @@ async fn authenticate(
                 })?;
             *body = ReqBody::Buffered(bytes.clone());
             let identity = verifier
-                .verify(parts, &bytes, std::time::SystemTime::now())
+                .verify_path(parts, sent.path(), &bytes, std::time::SystemTime::now())
                 .map_err(|e| match e {
                     SigV4Error::Unsigned => Refusal::Unauthorized(e.reason()),
                     _ => Refusal::Forbidden(e.reason()),
@@ -529,13 +560,20 @@ async fn forward<'s>(
         }
         Integration::Proxy(u) => u,
     };
-    let upgrade = crate::upgrade::take_requested(&mut parts);
+    let upgrade = crate::upgrade::take_requested(&mut parts, &permit.route.upgrades);
     if upgrade.is_some() && upstream.protocol() != Protocol::Http1 {
         return Err(Refusal::UpgradeUnsupported);
     }
     let h = &mut parts.headers;
     crate::proxy::strip_hop_by_hop(h, upgrade.is_some());
-    remove_tollgate_headers(h);
+    let trusted_peer = ctx
+        .snap
+        .trusted_proxies
+        .contains(crate::clientip::canonical(ctx.conn.peer.ip()));
+    let had_forwarded = crate::headers::sanitize_request(h, ctx.snap.allow_underscores);
+    if had_forwarded && trusted_peer {
+        h.insert(header::FORWARDED, forwarded_value(ctx));
+    }
     let host = parts
         .uri
         .authority()
@@ -584,12 +622,15 @@ async fn forward<'s>(
     }
     let failure = FailureCell::default();
     let body = match body {
-        ReqBody::Streaming(incoming) => Either::Left(GuardedBody::new(
-            incoming,
-            ctx.snap.limits.max_body,
-            ctx.snap.limits.body_idle_timeout,
-            failure.clone(),
-        )),
+        ReqBody::Streaming(incoming) => Either::Left(
+            GuardedBody::new(
+                incoming,
+                ctx.snap.limits.max_body,
+                ctx.snap.limits.body_idle_timeout,
+                failure.clone(),
+            )
+            .allowing_underscores(ctx.snap.allow_underscores),
+        ),
         ReqBody::Buffered(bytes) => Either::Right(Full::new(bytes)),
     };
     let (mut resp, took) = upstream
@@ -601,66 +642,52 @@ async fn forward<'s>(
             // Switching protocols unasked would hand the client's connection to the upstream.
             return Err(Refusal::BadGateway("upstream_unasked_101"));
         };
-        ctx.upgrades.splice(client, hyper::upgrade::on(&mut resp));
+        if !client.granted_by(resp.headers()) {
+            // Another protocol than the one asked for (and allowed) is not passed on.
+            return Err(Refusal::BadGateway("upstream_other_protocol"));
+        }
+        let info = crate::upgrade::SpliceInfo {
+            request_id: ctx.request_id.clone(),
+            route: permit.route.key.clone(),
+            idle_timeout: ctx.snap.limits.upgrade_idle_timeout,
+        };
+        ctx.upgrades
+            .splice(client, hyper::upgrade::on(&mut resp), info);
         let (head, _) = resp.into_parts();
         return Ok(Response::from_parts(head, Either::Left(Full::default())));
     }
     Ok(resp.map(Either::Right))
 }
 
-/// An `x-forwarded-for` entry as an address: bare, or with a port, canonicalised.
-fn lenient_ip(entry: &str) -> Option<IpAddr> {
-    let bare = entry
-        .strip_prefix('[')
-        .and_then(|e| e.strip_suffix(']'))
-        .unwrap_or(entry);
-    bare.parse::<IpAddr>()
-        .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|s| s.ip()))
-        .ok()
-        .map(crate::clientip::canonical)
-}
-
-/// Removes every `x-tollgate-*` header a client sent: only the gateway may set them.
-fn remove_tollgate_headers(h: &mut HeaderMap) {
-    let names: Vec<HeaderName> = h
-        .keys()
-        .filter(|k| k.as_str().starts_with("x-tollgate-"))
-        .cloned()
-        .collect();
-    for n in names {
-        h.remove(n);
-    }
-}
-
 /// Sets `x-forwarded-for` so that it ends with the client IP the gateway determined. From an
 /// untrusted peer the peer is appended (anything the client wrote stays to its left, where an
 /// upstream must not trust it); from a trusted proxy the entries the proxies added after the
-/// client are dropped, so the list ends with the client.
+/// client are dropped, so the list ends with the client. Entries are read as raw bytes: one
+/// that is not text is dropped alone, never the line it is on.
 fn forwarded_for(h: &mut HeaderMap, ctx: &Ctx<'_>) {
     let client = ctx.client_ip;
     let peer = crate::clientip::canonical(ctx.conn.peer.ip());
     let mut value = String::new();
     {
         // Entries borrow the request's header values; without one, nothing is allocated here.
-        let mut entries: Vec<&str> = h
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
+        let mut entries: Vec<&str> = crate::clientip::forwarded_entries(h)
+            .filter_map(|e| std::str::from_utf8(e).ok())
             .collect();
         if client != peer {
             // Drop what the trusted proxies added after the client, then the client's own
             // entry (written again below in canonical form: no port, IPv4-mapped as IPv4).
             while entries
                 .last()
-                .and_then(|e| lenient_ip(e))
+                .and_then(|e| crate::clientip::parse_forwarded_entry(e.as_bytes()))
                 .is_some_and(|ip| ip != client && ctx.snap.trusted_proxies.contains(ip))
             {
                 entries.pop();
             }
-            if entries.last().and_then(|e| lenient_ip(e)) == Some(client) {
+            if entries
+                .last()
+                .and_then(|e| crate::clientip::parse_forwarded_entry(e.as_bytes()))
+                == Some(client)
+            {
                 entries.pop();
             }
         }
@@ -673,6 +700,17 @@ fn forwarded_for(h: &mut HeaderMap, ctx: &Ctx<'_>) {
     if let Ok(v) = HeaderValue::try_from(value) {
         h.insert(X_FORWARDED_FOR, v);
     }
+}
+
+/// `Forwarded` (RFC 7239) as the gateway rewrites it for a trusted proxy's request: one element
+/// naming the client the gateway determined, as `x-forwarded-for` ends with it.
+fn forwarded_value(ctx: &Ctx<'_>) -> HeaderValue {
+    let proto = if ctx.conn.tls { "https" } else { "http" };
+    let v = match ctx.client_ip {
+        IpAddr::V4(ip) => format!("for={ip};proto={proto}"),
+        IpAddr::V6(ip) => format!("for=\"[{ip}]\";proto={proto}"),
+    };
+    HeaderValue::try_from(v).expect("an address and a scheme are a valid header value")
 }
 
 /// The client's `x-request-id` when it is sane (1-128 of `[A-Za-z0-9._:-]`), else a new UUID.
@@ -749,35 +787,6 @@ fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dot_segments_plain_and_encoded() {
-        for bad in [
-            "/a/../b",
-            "/a/./b",
-            "/..",
-            "/a/%2e%2e/b",
-            "/a/%2E./b",
-            "/a%2f..%2fb",
-            "/a\\..\\b",
-            "/a/..",
-            "/public/..;/admin",
-            "/public/..;x=1/admin",
-            "/x/..%3b/y",
-        ] {
-            assert!(has_dot_segment(bad), "{bad}");
-        }
-        for good in [
-            "/a/b",
-            "/a/b.json",
-            "/a/...",
-            "/a/.well-known/x",
-            "/a%20b",
-            "/%",
-        ] {
-            assert!(!has_dot_segment(good), "{good}");
-        }
-    }
 
     #[test]
     fn request_ids() {

@@ -87,7 +87,8 @@ type Connector = HttpsConnector<HttpConnector>;
 pub type UpstreamBody = http_body_util::Either<GuardedBody, http_body_util::Full<bytes::Bytes>>;
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), never forwarded.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// `HTTP2-Settings` belongs to an `h2c` upgrade (RFC 7540 3.2.1), which is never passed on.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -96,6 +97,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TE,
     header::TRAILER,
     header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Removes hop-by-hop headers, including every header the `Connection` header names. With

@@ -113,6 +113,13 @@ impl RouteKey {
                 return Err(format!(
                     "segment {part:?} in {path:?}: use {{name}} or {{name+}} for parameters"
                 ));
+            } else if part.contains(['%', ';', '\\']) || part.bytes().any(|b| b < 0x21 || b == 0x7f)
+            {
+                // Requests are matched on their decoded canonical path (crate::canonical), so a
+                // literal is written as the characters it matches, never as escapes.
+                return Err(format!(
+                    "segment {part:?} in {path:?}: write characters, not percent-escapes, and no `;`, `\\` or control characters"
+                ));
             } else {
                 Segment::Literal((*part).to_string())
             };

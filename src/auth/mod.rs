@@ -327,6 +327,11 @@ impl JwtAuthorizer {
         &self.name
     }
 
+    /// The header the token is read from.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
     /// The token in the request, bare or as `Bearer <token>`; `None` when absent or empty.
     pub fn token<'a>(&self, headers: &'a HeaderMap) -> Option<&'a str> {
         let raw = headers.get(&self.header)?.to_str().ok()?.trim();

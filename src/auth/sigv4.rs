@@ -272,6 +272,18 @@ impl SigV4Verifier {
         body: &[u8],
         now: SystemTime,
     ) -> Result<SigV4Identity, SigV4Error> {
+        self.verify_path(parts, parts.uri.path(), body, now)
+    }
+
+    /// [`SigV4Verifier::verify`] for a request whose URI the gateway has made canonical:
+    /// `path` is the path as the client sent (and signed) it.
+    pub fn verify_path(
+        &self,
+        parts: &Parts,
+        path: &str,
+        body: &[u8],
+        now: SystemTime,
+    ) -> Result<SigV4Identity, SigV4Error> {
         let query = parse_query(parts.uri.query());
         let presented = presented(parts, &query)?;
 
@@ -288,7 +300,7 @@ impl SigV4Verifier {
         check_fresh(&presented, now)?;
 
         let payload_hash = payload_hash(parts, body)?;
-        let creq = canonical_request(parts, &query, &presented, &payload_hash)?;
+        let creq = canonical_request(parts, path, &query, &presented, &payload_hash)?;
         let sts = string_to_sign(&presented, &creq);
         let signing_key = signing_key(
             &key.secret,
@@ -523,6 +535,7 @@ fn payload_hash(parts: &Parts, body: &[u8]) -> Result<String, SigV4Error> {
 /// The canonical request, as bytes (header values need not be UTF-8).
 fn canonical_request(
     parts: &Parts,
+    path: &str,
     query: &Query,
     p: &Presented,
     payload_hash: &str,
@@ -530,7 +543,7 @@ fn canonical_request(
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(parts.method.as_str().as_bytes());
     out.push(b'\n');
-    out.extend_from_slice(canonical_uri(parts.uri.path()).as_bytes());
+    out.extend_from_slice(canonical_uri(path).as_bytes());
     out.push(b'\n');
     let skip_signature = matches!(p.form, Form::Query { .. });
     out.extend_from_slice(canonical_query(query, skip_signature).as_bytes());

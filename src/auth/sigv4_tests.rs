@@ -47,7 +47,14 @@ fn auth(signed_headers: &str, signature: &str) -> String {
 fn computed(p: &Parts, body: &[u8], secret: &str) -> (String, String, String) {
     let query = parse_query(p.uri.query());
     let pr = presented(p, &query).unwrap();
-    let creq = canonical_request(p, &query, &pr, &payload_hash(p, body).unwrap()).unwrap();
+    let creq = canonical_request(
+        p,
+        p.uri.path(),
+        &query,
+        &pr,
+        &payload_hash(p, body).unwrap(),
+    )
+    .unwrap();
     let sts = string_to_sign(&pr, &creq);
     let key = signing_key(secret, &pr.scope_date, &pr.scope_region, &pr.scope_service);
     let sig = hex::encode(hmac::sign(&key, sts.as_bytes()));

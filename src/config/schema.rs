@@ -54,6 +54,19 @@ pub struct FileConfig {
     /// The route table.
     #[serde(default)]
     pub routes: Vec<RouteCfg>,
+    /// What happens to client request headers before they are forwarded.
+    #[serde(default)]
+    pub headers: HeadersCfg,
+}
+
+/// Client request header hygiene (docs/security.md).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadersCfg {
+    /// Forward client headers whose names contain `_` (dropped by default: servers that fold
+    /// `_` into `-`, such as CGI and WSGI, would read them as other headers).
+    #[serde(default)]
+    pub allow_underscores: bool,
 }
 
 /// One public listener.
@@ -142,6 +155,9 @@ pub struct LimitsCfg {
     pub max_headers: Option<usize>,
     /// Longest a client may pause while sending a body (default 30s).
     pub body_idle_timeout: Option<Dur>,
+    /// Longest a spliced (upgraded, e.g. WebSocket) connection may carry no byte either way
+    /// before it is closed (default 10m, the managed gateway's WebSocket idle timeout).
+    pub upgrade_idle_timeout: Option<Dur>,
     /// How long in-flight requests get to finish at shutdown (default 30s).
     pub shutdown_grace: Option<Dur>,
     /// How long listeners keep accepting after `/readyz` turns 503 at shutdown, so load
@@ -477,6 +493,11 @@ pub struct DefaultsCfg {
     pub throttle: Option<ThrottleCfg>,
     /// Resource policy for routes that name none.
     pub policy: Option<String>,
+    /// Path spellings refused by default that routes accept unless they set their own list:
+    /// `encoded_slash`, `empty_segments`, `semicolon`.
+    pub allow_in_path: Option<Vec<String>>,
+    /// Upgrade protocols routes pass on unless they set their own list (default `[websocket]`).
+    pub upgrades: Option<Vec<String>>,
 }
 
 /// CORS settings.
@@ -525,6 +546,12 @@ pub struct RouteCfg {
     /// Only clients that presented a verified TLS client certificate (mTLS) may call it.
     #[serde(default)]
     pub require_client_cert: bool,
+    /// Path spellings refused by default that this route accepts (instead of
+    /// `defaults.allow_in_path`): `encoded_slash`, `empty_segments`, `semicolon`.
+    pub allow_in_path: Option<Vec<String>>,
+    /// `Upgrade` protocols passed on to the upstream (instead of `defaults.upgrades`; default
+    /// `[websocket]`, `[]` for none). `h2c` is never allowed.
+    pub upgrades: Option<Vec<String>>,
 }
 
 /// A fixed response.

@@ -81,6 +81,8 @@ pub struct Limits {
     pub max_headers: usize,
     /// Longest pause in a body.
     pub body_idle_timeout: Duration,
+    /// Longest a spliced (upgraded) connection may carry no byte either way.
+    pub upgrade_idle_timeout: Duration,
     /// Shutdown grace period.
     pub shutdown_grace: Duration,
     /// Time between readiness turning off and listeners closing.
@@ -184,6 +186,10 @@ pub struct Route {
     pub policy: Option<Arc<Policy>>,
     /// Only connections with a verified TLS client certificate may call it.
     pub require_client_cert: bool,
+    /// Path spellings refused by default that this route accepts (`allow_in_path`).
+    pub allow_in_path: crate::canonical::Exceptions,
+    /// `Upgrade` protocols passed on to the upstream, lower-case (`upgrades`).
+    pub upgrades: Box<[Box<str>]>,
     /// Its `tollgate_request_duration_seconds` series, resolved at its first request (so a
     /// route never called exports no series, as before) and then kept.
     pub duration: std::sync::OnceLock<prometheus::Histogram>,
@@ -255,6 +261,11 @@ pub struct Snapshot {
     pub plans: Vec<Plan>,
     /// Accepted API keys, if `api_keys` is configured.
     pub keys: Option<KeyTable>,
+    /// Whether client headers with `_` in their names are forwarded (`headers.allow_underscores`).
+    pub allow_underscores: bool,
+    /// Headers that carry a credential (`authorization`, every JWT authorizer's header, the
+    /// API-key header): a request with two of one is refused.
+    pub credential_headers: Box<[HeaderName]>,
 }
 
 /// State that outlives snapshots: remote key sets by source, token caches by authorizer
@@ -493,12 +504,16 @@ pub fn compile(
         body_idle_timeout: l
             .body_idle_timeout
             .map_or(DEFAULT_BODY_IDLE_TIMEOUT, |d| d.0),
+        upgrade_idle_timeout: l
+            .upgrade_idle_timeout
+            .map_or(crate::upgrade::DEFAULT_IDLE_TIMEOUT, |d| d.0),
         shutdown_grace: l.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         shutdown_delay: l.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
     };
     for (value, path) in [
         (limits.header_timeout, "limits.header_timeout"),
         (limits.body_idle_timeout, "limits.body_idle_timeout"),
+        (limits.upgrade_idle_timeout, "limits.upgrade_idle_timeout"),
     ] {
         if value.is_zero() {
             errs.at(path, "must be greater than 0");
@@ -568,6 +583,12 @@ pub fn compile(
         .as_ref()
         .and_then(|k| compile_keys(parsed, k, &plans, &mut errs));
     let table = route_table(parsed, &keys, &mut errs);
+    let mut credential_headers = vec![http::header::AUTHORIZATION];
+    credential_headers.extend(authorizers.jwt.values().map(|a| a.header().clone()));
+    credential_headers.extend(key_table.as_ref().map(|k| k.header().clone()));
+    credential_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    credential_headers.dedup();
+    let credential_headers = credential_headers.into_boxed_slice();
 
     let cors = f.cors.as_ref().map(|c| {
         let methods = if c.allow_methods.is_empty() {
@@ -611,6 +632,8 @@ pub fn compile(
             plans,
             keys: key_table,
             files: referenced_files(parsed),
+            allow_underscores: f.headers.allow_underscores,
+            credential_headers,
         }),
         _ => Err(errs.list),
     }

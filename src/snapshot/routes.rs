@@ -47,10 +47,20 @@ pub(super) fn compile_routes(
                 index: routes.len(),
                 policy: None,
                 require_client_cert: false,
+                allow_in_path: crate::canonical::Exceptions::NONE,
+                upgrades: Box::default(),
                 duration: Default::default(),
             });
         }
     }
+    let default_allow_in_path = match &f.defaults.allow_in_path {
+        Some(list) => allow_in_path(list, "defaults.allow_in_path", errs),
+        None => Some(crate::canonical::Exceptions::NONE),
+    };
+    let default_upgrades = match &f.defaults.upgrades {
+        Some(list) => upgrades(list, "defaults.upgrades", errs),
+        None => Some(vec![Box::from("websocket")].into_boxed_slice()),
+    };
     for (i, r) in f.routes.iter().enumerate() {
         let path = format!("routes.{i}");
         let key = match RouteKey::parse(&r.route) {
@@ -200,6 +210,17 @@ pub(super) fn compile_routes(
                 "API keys are required here but no `api_keys:` section is configured",
             );
         }
+        let allow_in_path = match &r.allow_in_path {
+            Some(list) => allow_in_path(list, &format!("{path}.allow_in_path"), errs),
+            None => default_allow_in_path,
+        };
+        let upgrades = match &r.upgrades {
+            Some(list) => upgrades(list, &format!("{path}.upgrades"), errs),
+            None => default_upgrades.clone(),
+        };
+        let (Some(allow_in_path), Some(upgrades)) = (allow_in_path, upgrades) else {
+            continue;
+        };
         keys.push((Some(i), key));
         routes.push(Route {
             key: r.route.as_str().into(),
@@ -210,10 +231,66 @@ pub(super) fn compile_routes(
             index: routes.len(),
             policy,
             require_client_cert: r.require_client_cert,
+            allow_in_path,
+            upgrades,
             duration: Default::default(),
         });
     }
     (routes, keys)
+}
+
+/// An `allow_in_path` list. Dot segments, control bytes and bad UTF-8 cannot be allowed.
+fn allow_in_path(
+    list: &[String],
+    at: &str,
+    errs: &mut Errors,
+) -> Option<crate::canonical::Exceptions> {
+    let mut set = crate::canonical::Exceptions::NONE;
+    for (i, name) in list.iter().enumerate() {
+        match crate::canonical::Exceptions::parse(name) {
+            Some(e) => set = set.union(e),
+            None => {
+                errs.at(
+                    &format!("{at}.{i}"),
+                    format!(
+                        "{name:?} cannot be allowed in paths; the choices are encoded_slash, empty_segments and semicolon (dot segments, control bytes and bad UTF-8 never are)"
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    Some(set)
+}
+
+/// An `upgrades` list: protocol names (RFC 9110 7.8 tokens), lower-cased. `h2c` is refused: an
+/// HTTP/2 connection spliced to the upstream would carry requests the gateway never sees.
+fn upgrades(list: &[String], at: &str, errs: &mut Errors) -> Option<Box<[Box<str>]>> {
+    let mut out = Vec::new();
+    for (i, name) in list.iter().enumerate() {
+        let lower = name.to_ascii_lowercase();
+        let proto = lower.split('/').next().unwrap_or("");
+        if proto == "h2c" || proto == "h2" || proto.starts_with("http") {
+            errs.at(
+                &format!("{at}.{i}"),
+                format!("{name:?} cannot be allowed: requests on the switched connection would bypass every check"),
+            );
+            return None;
+        }
+        if proto.is_empty()
+            || !proto
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        {
+            errs.at(
+                &format!("{at}.{i}"),
+                format!("{name:?} is not a protocol name"),
+            );
+            return None;
+        }
+        out.push(Box::from(proto));
+    }
+    Some(out.into_boxed_slice())
 }
 
 /// The route table of `keys`; a clash is reported at the later route, naming the earlier one.

@@ -7,6 +7,7 @@ mod auth_e2e;
 mod clientip;
 mod config;
 mod external;
+mod hardening;
 mod issuer;
 mod jwt;
 mod keepalive;
