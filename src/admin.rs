@@ -1,16 +1,238 @@
 //! The admin listener: `/healthz`, `/readyz`, `/metrics`, `/config`, `POST /reload`,
-//! `POST /issuer/rotate`. Loopback by default; when a token is configured every request must
-//! carry it as a bearer token.
+//! `POST /issuer/rotate`, `GET /usage`. Loopback by default; when a token is configured every
+//! request must carry it as a bearer token.
+//!
+//! Without a token, the listener still refuses what only a browser would send, so that a web
+//! page the operator happens to visit cannot use their browser against it (see
+//! `browser_guard`): cross-site requests (an `Origin` header, or a `Sec-Fetch-Site` other than
+//! `none`/`same-origin`), DNS rebinding (a `Host` that is neither the bind address nor an
+//! `admin.hosts` name), and state changes sent the way an HTML form or a no-preflight `fetch`
+//! can send them. A request carrying the right token is not checked for any of this: a browser
+//! never adds a bearer token by itself.
 
 use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
+use serde::de::{self, Deserialize, Deserializer};
 
 use crate::gateway::Gateway;
+use crate::snapshot::AdminSettings;
+
+/// Paths whose `POST` changes state: they also refuse a body a browser form could send.
+const MUTATING_PATHS: [&str; 2] = ["/reload", "/issuer/rotate"];
+
+/// Content types a browser sends cross-site without a CORS preflight (what an HTML form or a
+/// `no-cors` `fetch` can send): a state-changing request carrying one is refused.
+const SIMPLE_CONTENT_TYPES: [&str; 3] = [
+    "application/x-www-form-urlencoded",
+    "multipart/form-data",
+    "text/plain",
+];
+
+/// `Sec-Fetch-Site` values that are not cross-site: typed in the address bar (`none`), or from
+/// a page of the admin listener's own origin (whose `Host` is checked separately).
+const ALLOWED_FETCH_SITES: [&str; 2] = ["none", "same-origin"];
+
+/// The only name (besides `admin.hosts`) accepted for a loopback or wildcard bind: browsers
+/// resolve it to loopback themselves, so no page can rebind it.
+const LOOPBACK_NAME: &str = "localhost";
+
+/// The port a `Host` without one means (the admin listener speaks plain HTTP).
+const DEFAULT_HTTP_PORT: u16 = 80;
+
+/// One `admin.hosts` entry: a DNS name (lower case, without a trailing dot) or an IP address.
+/// Parsed when the config is read, so a bad entry is a config error with its line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminHost {
+    /// A DNS name the operator controls, e.g. the one Prometheus scrapes.
+    Name(String),
+    /// An address the listener is reached by that is not its bind address (e.g. through NAT).
+    Ip(IpAddr),
+}
+
+impl AdminHost {
+    /// Parses an entry: a host name (letters, digits, `-`, `_`, dot-separated labels of at most
+    /// 63 characters, at most 253 in all) or an IPv4/IPv6 address (brackets optional), never a
+    /// port, scheme or wildcard.
+    pub fn parse(s: &str) -> Result<AdminHost, String> {
+        let t = s.trim();
+        let bad = || {
+            format!(
+                "admin.hosts entry {s:?} must be a host name or IP address without a port, e.g. tollgate-admin.internal"
+            )
+        };
+        let bare = t
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(t);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(AdminHost::Ip(ip.to_canonical()));
+        }
+        let name = normalise_name(t);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        Ok(AdminHost::Name(name))
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminHost {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AdminHost::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// Lower case, one trailing dot (the DNS root) removed.
+fn normalise_name(s: &str) -> String {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    s.to_ascii_lowercase()
+}
+
+/// Splits a `Host` value (or URI authority) into host and port. Refuses an empty host, a bare
+/// IPv6 address, userinfo and a port that is not a number.
+fn split_host(authority: &str) -> Option<(&str, Option<u16>)> {
+    if authority.contains('@') {
+        return None;
+    }
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']')?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':')?),
+        };
+        (inside, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() || (host.contains(':') && !authority.starts_with('[')) {
+        return None;
+    }
+    let port = match port {
+        None => None,
+        Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => Some(p.parse().ok()?),
+        Some(_) => return None,
+    };
+    Some((host, port))
+}
+
+/// Whether a request naming `authority` (its `Host`) may be served by an admin listener bound
+/// to `bind`. Accepted: an IP literal that is the bind address (any IP literal when bound to
+/// `0.0.0.0` or `::`, as kubelet probes send `Host: <pod IP>:<port>`), `localhost` when bound to
+/// loopback or a wildcard — both only with the listener's port — and any `admin.hosts` entry,
+/// with any port (the operator vouches for the name). An IP literal cannot be a rebinding
+/// attack: the browser connects to exactly that address. When `bind`'s port is 0 (the OS picks
+/// one), the port is not checked.
+pub fn host_allowed(authority: &str, bind: SocketAddr, hosts: &[AdminHost]) -> bool {
+    let Some((host, port)) = split_host(authority) else {
+        return false;
+    };
+    let port_ok = bind.port() == 0 || port.unwrap_or(DEFAULT_HTTP_PORT) == bind.port();
+    let bound = bind.ip().to_canonical();
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        let ip = ip.to_canonical();
+        return (port_ok && (bound.is_unspecified() || ip == bound))
+            || hosts.contains(&AdminHost::Ip(ip));
+    }
+    let name = normalise_name(host);
+    if port_ok && name == LOOPBACK_NAME && (bound.is_loopback() || bound.is_unspecified()) {
+        return true;
+    }
+    hosts
+        .iter()
+        .any(|h| matches!(h, AdminHost::Name(n) if *n == name))
+}
+
+/// Checks a request that did not present the admin token for signs that a browser sent it on
+/// a web page's behalf. Runs before routing, on every such request (when `admin.token` is set,
+/// a request without it is refused 401 before this). Returns why it refuses, for the log:
+/// - any `Origin` header (browsers send one on cross-origin requests and on every `POST`; curl,
+///   Prometheus and kubelet never do);
+/// - a `Sec-Fetch-Site` other than `none` or `same-origin` (a cross-site `GET`, e.g. an image);
+/// - a `Host` (or absolute-form authority) not allowed by [`host_allowed`], or sent twice;
+/// - on a state-changing `POST` ([`MUTATING_PATHS`]), a form-like content type
+///   ([`SIMPLE_CONTENT_TYPES`]), or a body without any content type.
+///
+/// A request without `Host` (HTTP/1.0) is not a browser's and passes the host check.
+fn browser_guard<B: Body>(req: &Request<B>, admin: &AdminSettings) -> Result<(), &'static str> {
+    let headers = req.headers();
+    if headers.contains_key(header::ORIGIN) {
+        return Err("origin header");
+    }
+    for v in headers.get_all("sec-fetch-site") {
+        let site = v.to_str().unwrap_or("").trim();
+        if !ALLOWED_FETCH_SITES
+            .iter()
+            .any(|a| site.eq_ignore_ascii_case(a))
+        {
+            return Err("cross-site sec-fetch-site");
+        }
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("host header sent twice");
+    }
+    let named = host
+        .map(|h| h.to_str().map_err(|_| ()))
+        .into_iter()
+        .chain(req.uri().authority().map(|a| Ok(a.as_str())));
+    for authority in named {
+        match authority {
+            Ok(a) if host_allowed(a, admin.bind, &admin.hosts) => {}
+            _ => return Err("host not allowed"),
+        }
+    }
+    if req.method() == Method::POST && MUTATING_PATHS.contains(&req.uri().path()) {
+        form_like_body(headers, req.body())?;
+    }
+    Ok(())
+}
+
+/// Refuses a body a browser could send cross-site without a preflight: a
+/// [`SIMPLE_CONTENT_TYPES`] content type (even with an empty body, as an empty form sends), or
+/// a non-empty body with no content type (a `fetch` of a `Blob`). No body and no content type
+/// (`curl -X POST`), or any other content type (`application/json`), pass.
+fn form_like_body<B: Body>(headers: &HeaderMap, body: &B) -> Result<(), &'static str> {
+    let mut typed = false;
+    for v in headers.get_all(header::CONTENT_TYPE) {
+        typed = true;
+        let Ok(v) = v.to_str() else {
+            return Err("unreadable content-type");
+        };
+        let essence = v
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim_matches([' ', '\t', '\r', '\n']);
+        if SIMPLE_CONTENT_TYPES
+            .iter()
+            .any(|t| essence.eq_ignore_ascii_case(t))
+        {
+            return Err("form-like content-type on a state-changing request");
+        }
+    }
+    if !typed && body.size_hint().exact() != Some(0) {
+        return Err("body without content-type on a state-changing request");
+    }
+    Ok(())
+}
 
 fn text(
     status: StatusCode,
@@ -30,12 +252,30 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
     text(status, "application/json", v.to_string())
 }
 
-/// Serves one admin request.
+/// Serves one admin request. Without `admin.token`, `browser_guard` runs first and refuses
+/// with 403 `{"message":"Forbidden"}`; with it, a request without the token gets 401. Then the
+/// path and method choose the endpoint.
 pub async fn handle(
     gw: Arc<Gateway>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let snap = gw.snapshot();
+    // With a token configured, only requests carrying it get here, and they are trusted.
+    // Without one, requests that look sent by a browser on a page's behalf are refused.
+    if snap.admin.token.is_none()
+        && let Err(reason) = browser_guard(&req, &snap.admin)
+    {
+        tracing::info!(
+            reason,
+            method = %req.method(),
+            path = req.uri().path(),
+            "admin request refused"
+        );
+        return Ok(json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"message": "Forbidden"}),
+        ));
+    }
     if let Some(token) = &snap.admin.token {
         let presented = req
             .headers()
@@ -247,4 +487,204 @@ async fn usage(
             "items": items,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<AdminHost> {
+        list.iter().map(|s| AdminHost::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn hosts_of_a_loopback_bind() {
+        let bind: SocketAddr = "127.0.0.1:9901".parse().unwrap();
+        for ok in ["127.0.0.1:9901", "localhost:9901", "LocalHost.:9901"] {
+            assert!(host_allowed(ok, bind, &[]), "{ok}");
+        }
+        for bad in [
+            "evil.example:9901",
+            "127.0.0.1:9902",
+            "127.0.0.1",
+            "10.0.0.1:9901",
+            "localhost",
+            "[::1]:9901",
+            "",
+            ":9901",
+            "127.0.0.1:",
+            "127.0.0.1:x",
+            "user@127.0.0.1:9901",
+            "::1:9901",
+        ] {
+            assert!(!host_allowed(bad, bind, &[]), "{bad}");
+        }
+        let v6: SocketAddr = "[::1]:9901".parse().unwrap();
+        assert!(host_allowed("[::1]:9901", v6, &[]));
+        assert!(host_allowed("localhost:9901", v6, &[]));
+        assert!(!host_allowed("[::1]:80", v6, &[]));
+    }
+
+    #[test]
+    fn hosts_of_a_wildcard_bind() {
+        for bind in ["0.0.0.0:9901", "[::]:9901"] {
+            let bind: SocketAddr = bind.parse().unwrap();
+            for ok in [
+                "10.1.2.3:9901",
+                "[2001:db8::5]:9901",
+                "localhost:9901",
+                "0.0.0.0:9901",
+            ] {
+                assert!(host_allowed(ok, bind, &[]), "{ok}");
+            }
+            for bad in ["10.1.2.3:80", "10.1.2.3", "tollgate.internal:9901"] {
+                assert!(!host_allowed(bad, bind, &[]), "{bad}");
+            }
+        }
+    }
+
+    #[test]
+    fn configured_hosts_match_by_name_with_any_port() {
+        let bind: SocketAddr = "10.0.0.5:9901".parse().unwrap();
+        let hosts = names(&["Gateway-1.Example.Internal.", "198.51.100.7"]);
+        assert!(host_allowed(
+            "gateway-1.example.internal:9901",
+            bind,
+            &hosts
+        ));
+        assert!(host_allowed("GATEWAY-1.example.internal", bind, &hosts));
+        assert!(host_allowed("198.51.100.7:443", bind, &hosts));
+        assert!(host_allowed("10.0.0.5:9901", bind, &hosts));
+        assert!(!host_allowed("10.0.0.6:9901", bind, &hosts));
+        assert!(
+            !host_allowed("localhost:9901", bind, &hosts),
+            "not loopback"
+        );
+        assert!(!host_allowed(
+            "gateway-2.example.internal:9901",
+            bind,
+            &hosts
+        ));
+        assert!(!host_allowed("example.internal:9901", bind, &hosts));
+    }
+
+    #[test]
+    fn port_zero_binds_check_the_host_only() {
+        let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        assert!(host_allowed("127.0.0.1:45678", bind, &[]));
+        assert!(!host_allowed("evil.example:45678", bind, &[]));
+    }
+
+    #[test]
+    fn admin_hosts_entries_are_validated() {
+        assert_eq!(
+            AdminHost::parse("[2001:db8::1]"),
+            Ok(AdminHost::Ip("2001:db8::1".parse().unwrap()))
+        );
+        assert_eq!(
+            AdminHost::parse("tollgate_admin.svc.cluster.local"),
+            Ok(AdminHost::Name("tollgate_admin.svc.cluster.local".into()))
+        );
+        for bad in [
+            "",
+            "gw.internal:9901",
+            "http://gw.internal",
+            "*.internal",
+            "a..b",
+            "-a.b",
+            "gw internal",
+            &"a".repeat(64),
+        ] {
+            assert!(AdminHost::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn request(
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Request<Full<Bytes>> {
+        let mut b = Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+    }
+
+    #[test]
+    fn the_browser_guard() {
+        let admin = AdminSettings {
+            bind: "127.0.0.1:9901".parse().unwrap(),
+            token: None,
+            hosts: Vec::new(),
+        };
+        let host = ("host", "127.0.0.1:9901");
+        let guard = |m, p, h: &[(&str, &str)], b| browser_guard(&request(m, p, h, b), &admin);
+        assert_eq!(guard("GET", "/metrics", &[host], ""), Ok(()));
+        assert_eq!(
+            guard("GET", "/metrics", &[], ""),
+            Ok(()),
+            "HTTP/1.0 has no Host"
+        );
+        assert_eq!(
+            guard("GET", "/metrics", &[host, ("sec-fetch-site", "none")], ""),
+            Ok(())
+        );
+        assert!(guard("GET", "/config", &[host, ("origin", "null")], "").is_err());
+        assert!(
+            guard(
+                "GET",
+                "/config",
+                &[host, ("sec-fetch-site", "cross-site")],
+                ""
+            )
+            .is_err()
+        );
+        assert!(
+            guard(
+                "GET",
+                "/config",
+                &[host, ("sec-fetch-site", "same-site")],
+                ""
+            )
+            .is_err()
+        );
+        assert!(guard("GET", "/config", &[("host", "evil.example:9901")], "").is_err());
+        assert!(guard("GET", "/config", &[host, host], "").is_err());
+        assert!(
+            guard("GET", "http://evil.example:9901/config", &[host], "").is_err(),
+            "an absolute-form target is checked too"
+        );
+        assert_eq!(guard("POST", "/reload", &[host], ""), Ok(()));
+        assert_eq!(
+            guard(
+                "POST",
+                "/reload",
+                &[host, ("content-type", "application/json")],
+                "{}"
+            ),
+            Ok(())
+        );
+        for ct in [
+            "text/plain",
+            "Text/Plain; charset=utf-8",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+        ] {
+            assert!(
+                guard("POST", "/issuer/rotate", &[host, ("content-type", ct)], "").is_err(),
+                "{ct}"
+            );
+            assert_eq!(
+                guard("POST", "/usage", &[host, ("content-type", ct)], "x"),
+                Ok(()),
+                "only state-changing endpoints check the body ({ct})"
+            );
+        }
+        assert!(
+            guard("POST", "/reload", &[host], "x").is_err(),
+            "untyped body"
+        );
+    }
 }

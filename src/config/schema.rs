@@ -139,6 +139,10 @@ pub struct AdminCfg {
     /// When set, every admin request must carry `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: Option<SecretCfg>,
+    /// Host names (or IP addresses), besides the bind address, that a token-less admin request
+    /// may name in its `Host` header, e.g. the DNS name Prometheus scrapes (DNS-rebinding guard).
+    #[serde(default)]
+    pub hosts: Vec<crate::admin::AdminHost>,
 }
 
 /// Limits on what clients may send.

@@ -1,7 +1,8 @@
 //! The embedded OAuth2 token issuer: a client-credentials token endpoint with resource servers
 //! and custom scopes, the discovery document, and the JWKS, shaped like a managed user pool's
 //! machine-to-machine tokens. Keys live in [`keys::KeyRing`]; failed client authentications
-//! are counted per client id and per client IP so secrets cannot be guessed online.
+//! are counted per client IP, atomically, so secrets cannot be guessed online (see
+//! [`FailureCounter`]).
 
 pub mod keys;
 
@@ -31,14 +32,29 @@ pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_TOKEN_REQUEST_BYTES: usize = 16 * 1024;
 /// Time allowed to receive a token request body.
 pub const TOKEN_REQUEST_BODY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Failed authentications allowed per client id, and per client IP, within [`FAILURE_WINDOW`].
+/// Failed client authentications allowed per client IP within [`FAILURE_WINDOW`]: enough for a
+/// client with a mistyped or rotated secret to notice, far too few to guess one.
 pub const MAX_FAILURES: u32 = 10;
 /// The window over which failures are counted; also the `retry-after` of a 429.
 pub const FAILURE_WINDOW: Duration = Duration::from_secs(300);
-/// Most client ids and IPs whose failures are tracked at once (bounded memory).
+/// Most client IPs whose failures are tracked at once (bounded memory).
 pub const FAILURE_TRACKING_CAPACITY: u64 = 100_000;
 
-/// Counts failed client authentications; outlives snapshots so a reload does not forgive them.
+/// Counts failed client authentications per client IP; outlives snapshots so a reload does not
+/// forgive them.
+///
+/// The limit is enforced by `FailureCounter::reserve`: every token request whose credentials
+/// are about to be compared first takes one of its IP's [`MAX_FAILURES`] slots with a single
+/// atomic compare-and-increment, and is refused (429 `slow_down`) when none is left. A wrong
+/// secret or unknown client id keeps its slot (it is the failure); a correct secret gives it
+/// back, so successes neither use up nor reset an IP's budget. However many attempts race, at
+/// most [`MAX_FAILURES`] per window are ever compared and answered `invalid_client`.
+///
+/// There is deliberately no per-client-id lockout: it would let anyone who knows a client id
+/// (they are not secret) lock that client out by sending wrong secrets. Counting per
+/// (client id, IP) as well would add nothing, since the per-IP count already covers every
+/// client id. What bounds guessing across many IPs is the number of IPs times
+/// [`MAX_FAILURES`] per window; client secrets should be long random values.
 #[derive(Clone)]
 pub struct FailureCounter {
     counts: moka::sync::Cache<String, Arc<AtomicU32>>,
@@ -56,16 +72,50 @@ impl Default for FailureCounter {
 }
 
 impl FailureCounter {
-    fn too_many(&self, key: &str) -> bool {
+    /// Whether `key` has no failure left in this window. A cheap early refusal before the body
+    /// is read; it is not the limit itself (see [`FailureCounter::reserve`]).
+    fn exhausted(&self, key: &str) -> bool {
         self.counts
             .get(key)
-            .is_some_and(|c| c.load(Ordering::Relaxed) >= MAX_FAILURES)
+            .is_some_and(|c| c.load(Ordering::Acquire) >= MAX_FAILURES)
     }
 
-    fn record(&self, key: String) {
-        self.counts
-            .get_with(key, || Arc::new(AtomicU32::new(0)))
-            .fetch_add(1, Ordering::Relaxed);
+    /// Takes one failure slot of `key` for an attempt about to be checked, or `None` when all
+    /// [`MAX_FAILURES`] are taken. The increment and the comparison with the limit are one
+    /// atomic step, so concurrent attempts cannot overshoot. The window of a key starts when
+    /// its entry is created (its first reservation) and lasts [`FAILURE_WINDOW`].
+    fn reserve(&self, key: &str) -> Option<Reservation> {
+        let count = self
+            .counts
+            .get_with_by_ref(key, || Arc::new(AtomicU32::new(0)));
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |c| {
+                (c < MAX_FAILURES).then_some(c + 1)
+            })
+            .ok()
+            .map(|_| Reservation { count: Some(count) })
+    }
+}
+
+/// One failure slot taken by [`FailureCounter::reserve`]. Dropping it gives the slot back (the
+/// attempt did not fail); [`Reservation::fail`] keeps it counted.
+#[must_use = "dropping a reservation gives its slot back"]
+struct Reservation {
+    count: Option<Arc<AtomicU32>>,
+}
+
+impl Reservation {
+    /// The attempt failed: its slot stays taken until the window ends.
+    fn fail(mut self) {
+        self.count = None;
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(c) = self.count.take() {
+            c.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
@@ -85,7 +135,7 @@ pub enum OAuthError {
     UnsupportedGrantType,
     /// The client may not get tokens (it has no scopes).
     UnauthorizedClient,
-    /// Too many failed attempts from this client id or IP; try again later.
+    /// Too many failed attempts from this client IP; try again later.
     SlowDown,
     /// Not a POST.
     MethodNotAllowed,
@@ -330,7 +380,9 @@ impl Issuer {
             ));
         }
         let ip_key = format!("ip:{client_ip}");
-        if self.failures.too_many(&ip_key) {
+        // Early refusal, so a tripped IP's bodies are not even read; the limit itself is the
+        // reservation below.
+        if self.failures.exhausted(&ip_key) {
             return Err(OAuthError::SlowDown);
         }
         let (parts, body) = req.into_parts();
@@ -359,22 +411,21 @@ impl Issuer {
             Some(_) => return Err(OAuthError::UnsupportedGrantType),
         }
         let creds = credentials(&parts.headers, &form)?;
-        let client_key = format!("client:{}", creds.client_id);
+        // Count the attempt before comparing: concurrent attempts from one IP cannot all pass
+        // a check made before any of them was counted.
+        let slot = self.failures.reserve(&ip_key).ok_or(OAuthError::SlowDown)?;
         let known = self.clients.get(&creds.client_id);
-        if known.is_some() && self.failures.too_many(&client_key) {
-            return Err(OAuthError::SlowDown);
-        }
         let presented = crate::util::sha256(creds.secret.as_bytes());
         // Unknown clients still pay for a comparison, so timing does not tell ids apart.
         let expected = known.map_or([0u8; 32], |c| c.secret_digest);
         let secret_ok = digests_equal(&presented, &expected);
         let client = match known {
-            Some(c) if secret_ok => c,
+            Some(c) if secret_ok => {
+                drop(slot);
+                c
+            }
             _ => {
-                self.failures.record(ip_key);
-                if known.is_some() {
-                    self.failures.record(client_key);
-                }
+                slot.fail();
                 tracing::info!(client_id_known = known.is_some(), %client_ip, "token request with bad client credentials");
                 return Err(OAuthError::InvalidClient { basic: creds.basic });
             }
@@ -551,11 +602,46 @@ mod tests {
     fn failure_counter_trips_at_the_limit() {
         let f = FailureCounter::default();
         for _ in 0..MAX_FAILURES - 1 {
-            f.record("ip:1".into());
+            f.reserve("ip:1").unwrap().fail();
         }
-        assert!(!f.too_many("ip:1"));
-        f.record("ip:1".into());
-        assert!(f.too_many("ip:1"));
-        assert!(!f.too_many("ip:2"));
+        assert!(!f.exhausted("ip:1"));
+        f.reserve("ip:1").unwrap().fail();
+        assert!(f.exhausted("ip:1"));
+        assert!(f.reserve("ip:1").is_none(), "no slot is left");
+        assert!(!f.exhausted("ip:2"));
+    }
+
+    #[test]
+    fn a_reservation_given_back_does_not_count() {
+        let f = FailureCounter::default();
+        for _ in 0..3 * MAX_FAILURES {
+            drop(
+                f.reserve("ip:1")
+                    .expect("successes never use up the budget"),
+            );
+        }
+        for _ in 0..MAX_FAILURES {
+            f.reserve("ip:1").unwrap().fail();
+        }
+        assert!(f.reserve("ip:1").is_none());
+    }
+
+    #[test]
+    fn concurrent_reservations_never_exceed_the_limit() {
+        let f = FailureCounter::default();
+        let barrier = std::sync::Barrier::new(64);
+        let granted = AtomicU32::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..64 {
+                s.spawn(|| {
+                    barrier.wait();
+                    if let Some(r) = f.reserve("ip:1") {
+                        granted.fetch_add(1, Ordering::Relaxed);
+                        r.fail();
+                    }
+                });
+            }
+        });
+        assert_eq!(granted.load(Ordering::Relaxed), MAX_FAILURES);
     }
 }

@@ -228,6 +228,8 @@ pub struct AdminSettings {
     pub bind: SocketAddr,
     /// Required bearer token, if any.
     pub token: Option<String>,
+    /// Names a token-less request's `Host` may carry besides the bind address (`admin.hosts`).
+    pub hosts: Vec<crate::admin::AdminHost>,
 }
 
 /// Everything a request needs, compiled and immutable.
@@ -489,10 +491,12 @@ pub fn compile(
                 .token
                 .as_ref()
                 .and_then(|t| read_secret(parsed, t, "admin.token", &mut errs)),
+            hosts: a.hosts.clone(),
         },
         None => AdminSettings {
             bind: DEFAULT_ADMIN_BIND.parse().expect("valid"),
             token: None,
+            hosts: Vec::new(),
         },
     };
     let l = &f.limits;

@@ -1,8 +1,13 @@
-//! The admin listener and the process lifecycle.
+//! The admin listener and the process lifecycle, and the admin listener's refusal of what a
+//! browser sends on a web page's behalf (cross-site requests, DNS rebinding, form posts).
 
 use std::time::Duration;
 
-use crate::support::{gateway, upstream};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use crate::support::gateway::{self, TestGateway};
+use crate::support::upstream;
 
 #[tokio::test]
 async fn health_ready_config_and_metrics() {
@@ -222,4 +227,220 @@ async fn shutdown_delay_keeps_accepting_while_not_ready() {
         "listeners closed only after the delay"
     );
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// One admin request with exactly these headers (`host` included when given) and body.
+async fn admin_send(
+    gw: &TestGateway,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, serde_json::Value) {
+    let mut b = http::Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", gw.admin));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let req = b.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+    let resp = gateway::client()
+        .request(req)
+        .await
+        .expect("admin answered");
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+fn forbidden() -> serde_json::Value {
+    serde_json::json!({"message": "Forbidden"})
+}
+
+const ISSUER: &str = "state: { path: state }\nissuer:\n  url: http://issuer.test\n  resource_servers: [{ identifier: api, scopes: [read] }]\n  clients: [{ client_id: c, client_secret: s3cret, scopes: [api/read] }]\nroutes: []\n";
+
+async fn current_kid(gw: &TestGateway) -> String {
+    let jwks: serde_json::Value =
+        serde_json::from_slice(&gw.get("/.well-known/jwks.json", &[]).await.body).unwrap();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{jwks}");
+    keys[0]["kid"].as_str().unwrap().to_string()
+}
+
+/// Review finding: without a token, a web page could make the operator's browser rotate the
+/// issuer's signing key (`<form method=post>` or `fetch(..., {mode: "no-cors"})`).
+#[tokio::test]
+async fn a_cross_site_post_cannot_rotate_the_issuer_key() {
+    let gw = gateway::start(ISSUER).await;
+    let kid = current_kid(&gw).await;
+    let origin = ("origin", "https://evil.example");
+    let cases: [&[(&str, &str)]; 5] = [
+        // An HTML form.
+        &[
+            origin,
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        // fetch() with a string body, no-cors.
+        &[origin, ("content-type", "text/plain;charset=UTF-8")],
+        // fetch() without a body.
+        &[origin],
+        // An old browser that sends neither Origin nor Sec-Fetch-*: a form still has its type.
+        &[("content-type", "multipart/form-data; boundary=x")],
+        // A browser that sends Sec-Fetch-Site but not Origin.
+        &[("sec-fetch-site", "cross-site")],
+    ];
+    for headers in cases {
+        let (status, body) = admin_send(&gw, "POST", "/issuer/rotate", headers, "").await;
+        assert_eq!((status, body), (403, forbidden()), "{headers:?}");
+    }
+    assert_eq!(current_kid(&gw).await, kid, "the key was not rotated");
+    // What an operator's tool sends still rotates.
+    let (status, body) = admin_send(&gw, "POST", "/issuer/rotate", &[], "").await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(body["kid"], kid);
+    gw.stop().await;
+}
+
+/// Review finding: any `Host` was served, so a page whose name was rebound to 127.0.0.1 could
+/// read `/config` and `/usage` through the operator's browser.
+#[tokio::test]
+async fn a_rebound_host_name_cannot_read_the_admin_listener() {
+    let gw = gateway::start("routes: []\n").await;
+    let port = gw.admin.port();
+    let evil = format!("evil.example:{port}");
+    for path in ["/config", "/usage?key=k", "/metrics", "/healthz"] {
+        let (status, body) = admin_send(&gw, "GET", path, &[("host", &evil)], "").await;
+        assert_eq!((status, body), (403, forbidden()), "{path}");
+    }
+    let (status, _) =
+        admin_send(&gw, "GET", "/config", &[("origin", "http://127.0.0.1")], "").await;
+    assert_eq!(status, 403, "a cross-origin read is refused too");
+    // The bind address and localhost, as curl and Prometheus send them, are served.
+    for host in [format!("127.0.0.1:{port}"), format!("localhost:{port}")] {
+        let (status, body) = admin_send(&gw, "GET", "/config", &[("host", &host)], "").await;
+        assert_eq!(status, 200, "{host}: {body}");
+        assert_eq!(body["generation"], 1);
+    }
+    let (status, _) = admin_send(&gw, "GET", "/metrics", &[("sec-fetch-site", "none")], "").await;
+    assert_eq!(status, 200, "typed into the address bar");
+    gw.stop().await;
+}
+
+/// The port is part of the check when `admin.bind` names one, and `admin.hosts` adds names.
+#[tokio::test]
+async fn admin_hosts_and_the_bind_port() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let gw = gateway::start_raw(
+        &format!(
+            "listeners:\n  - bind: 127.0.0.1:0\nadmin: {{ bind: 127.0.0.1:{port}, hosts: [Admin.GW.internal] }}\nroutes: []\n"
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(gw.admin.port(), port);
+    for (host, want) in [
+        (format!("127.0.0.1:{port}"), 200),
+        (format!("127.0.0.1:{}", port ^ 1), 403), // another port
+        ("127.0.0.1".to_string(), 403),           // port 80
+        (format!("admin.gw.internal:{port}"), 200),
+        ("admin.gw.internal".to_string(), 200), // a configured name, any port
+        (format!("gw.internal:{port}"), 403),
+    ] {
+        let (status, _) = admin_send(&gw, "GET", "/config", &[("host", &host)], "").await;
+        assert_eq!(status, want, "{host}");
+    }
+    gw.stop().await;
+
+    // A bad entry is a config error with its position.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        "admin:\n  bind: 127.0.0.1:0\n  hosts: [ok.internal, \"gw.internal:9901\"]\nroutes: []\n",
+    )
+    .unwrap();
+    let errs = tollgate::gateway::Gateway::load(&path, false)
+        .err()
+        .expect("refused");
+    let text = errs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(text.contains("gateway.yaml:3:"), "{text}");
+    assert!(text.contains("without a port"), "{text}");
+}
+
+/// Review finding: state-changing endpoints accepted bodies a browser can send cross-site
+/// without a preflight. They need no body, a non-form content type, or the token.
+#[tokio::test]
+async fn form_like_posts_cannot_reload() {
+    let gw = gateway::start("routes: []\n").await;
+    let generation = || async {
+        admin_send(&gw, "GET", "/config", &[], "").await.1["generation"]
+            .as_u64()
+            .unwrap()
+    };
+    for (ct, body) in [
+        ("text/plain", "x"),
+        ("text/plain", ""),
+        ("TEXT/PLAIN; charset=utf-8", "{}"),
+        ("application/x-www-form-urlencoded", "a=b"),
+        ("multipart/form-data; boundary=b", "--b--"),
+    ] {
+        let (status, json) =
+            admin_send(&gw, "POST", "/reload", &[("content-type", ct)], body).await;
+        assert_eq!((status, json), (403, forbidden()), "{ct}");
+    }
+    let (status, _) = admin_send(&gw, "POST", "/reload", &[], "a body without a type").await;
+    assert_eq!(status, 403);
+    assert_eq!(generation().await, 1, "nothing was reloaded");
+    // curl -X POST, and a JSON client.
+    let (status, json) = admin_send(&gw, "POST", "/reload", &[], "").await;
+    assert_eq!((status, json["generation"].as_u64()), (200, Some(2)));
+    let (status, json) = admin_send(
+        &gw,
+        "POST",
+        "/reload",
+        &[("content-type", "application/json")],
+        "{}",
+    )
+    .await;
+    assert_eq!((status, json["generation"].as_u64()), (200, Some(3)));
+    gw.stop().await;
+}
+
+/// With `admin.token`, the token is what authorises: a request carrying it is served whatever
+/// its `Host`, `Origin` or content type (a browser never adds a bearer token by itself), and one
+/// without it gets 401 as before.
+#[tokio::test]
+async fn the_token_still_authorises_as_before() {
+    let gw = gateway::start_raw(
+        "listeners:\n  - bind: 127.0.0.1:0\nadmin: { bind: 127.0.0.1:0, token: { file: admin-token } }\nroutes: []\n",
+        &[("admin-token", "s3cret-admin-token\n")],
+    )
+    .await;
+    let odd = [
+        ("host", "tollgate.example:1"),
+        ("origin", "https://console.example"),
+        ("content-type", "text/plain"),
+    ];
+    let with_token = [&odd[..], &[("authorization", "Bearer s3cret-admin-token")]].concat();
+    let (status, json) = admin_send(&gw, "POST", "/reload", &with_token, "x").await;
+    assert_eq!((status, json["result"].as_str()), (200, Some("ok")));
+    let (status, _) = admin_send(&gw, "GET", "/config", &with_token, "").await;
+    assert_eq!(status, 200);
+    let (status, json) = admin_send(&gw, "POST", "/reload", &odd, "").await;
+    assert_eq!(
+        (status, json),
+        (401, serde_json::json!({"message": "Unauthorized"}))
+    );
+    let (status, _) = admin_send(&gw, "GET", "/metrics", &[], "").await;
+    assert_eq!(status, 401);
+    gw.stop().await;
 }

@@ -1,5 +1,6 @@
 //! The embedded issuer over real sockets: the token endpoint's successes and RFC 6749 errors,
-//! discovery and JWKS, tokens accepted by `issuer: self` routes, brute-force slowing, the key
+//! discovery and JWKS, tokens accepted by `issuer: self` routes, brute-force slowing per client
+//! IP (atomic under concurrency, never locking out a client's right secret from elsewhere), the key
 //! surviving a restart, and rotation.
 
 use base64::Engine;
@@ -334,7 +335,7 @@ async fn oauth_errors_follow_rfc_6749() {
 }
 
 #[tokio::test]
-async fn guessing_secrets_is_slowed_per_client_and_per_ip() {
+async fn guessing_secrets_is_slowed_per_ip() {
     let up = upstream::start("a").await;
     let gw = issuer_gateway(&up).await;
     let cc = "grant_type=client_credentials";
@@ -345,7 +346,7 @@ async fn guessing_secrets_is_slowed_per_client_and_per_ip() {
     let a = token_basic(&gw, "reader", "reader-secret", cc).await;
     assert_eq!(
         a.status, 429,
-        "even the right secret waits once the limit is reached"
+        "even the right secret waits once the IP's limit is reached"
     );
     assert_eq!(oauth_error(&a), "slow_down");
     assert_eq!(a.header("retry-after"), Some("300"));
@@ -356,6 +357,142 @@ async fn guessing_secrets_is_slowed_per_client_and_per_ip() {
     assert_eq!(gw.admin_post("/reload").await.status, 200);
     assert_eq!(
         token_basic(&gw, "reader", "reader-secret", cc).await.status,
+        429
+    );
+    gw.stop().await;
+}
+
+/// Sends `n` token requests with wrong secrets on `n` connections at once: every request head
+/// first, and only once all of them wait for their bodies, every body. The requests take turns
+/// among the three clients of [`CONFIG`], so no one client id sees more than a third of them.
+/// Returns the statuses.
+async fn concurrent_wrong_secrets(gw: &TestGateway, n: usize) -> Vec<u16> {
+    use tokio::io::AsyncWriteExt;
+    let body = "grant_type=client_credentials";
+    let mut conns = Vec::new();
+    for i in 0..n {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "POST /oauth2/token HTTP/1.1\r\nhost: gw.test\r\ncontent-type: application/x-www-form-urlencoded\r\nauthorization: {}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+            basic(
+                ["reader", "inventory", "nothing"][i % 3],
+                &format!("guess-{i}")
+            ),
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        conns.push(s);
+    }
+    // Let the gateway take every request in and wait for its body.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let answers = conns.into_iter().map(|mut s| {
+        tokio::spawn(async move {
+            s.write_all(body.as_bytes()).await.unwrap();
+            gateway::read_for(&mut s, std::time::Duration::from_secs(10)).await
+        })
+    });
+    let mut statuses = Vec::new();
+    for a in answers.collect::<Vec<_>>() {
+        let text = a.await.unwrap();
+        let status = text
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no status line: {text:?}"));
+        statuses.push(status);
+    }
+    statuses
+}
+
+/// Review finding: the per-IP limit was checked before the body was read and counted after
+/// the secret check, so 40 concurrent failures from one IP all got their secret compared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_failures_from_one_ip_never_exceed_the_limit() {
+    let up = upstream::start("a").await;
+    let gw = issuer_gateway(&up).await;
+    let statuses = concurrent_wrong_secrets(&gw, 40).await;
+    let rejected = statuses.iter().filter(|s| **s == 401).count();
+    let slowed = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!(
+        (rejected, slowed),
+        (10, 30),
+        "exactly the limit of 10 evaluated, the rest refused unseen: {statuses:?}"
+    );
+    let a = token_basic(
+        &gw,
+        "reader",
+        "reader-secret",
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_eq!(a.status, 429, "the IP's budget is used up");
+    gw.stop().await;
+}
+
+/// Review finding: 10 wrong secrets for a client id locked that client out from every IP,
+/// right secret included. Failures count per client IP only, so other IPs' failures never
+/// refuse a client presenting its correct secret.
+#[tokio::test]
+async fn wrong_secrets_from_other_ips_never_lock_out_the_right_secret() {
+    let up = upstream::start("a").await;
+    let gw = gateway::start_with_files(
+        &format!(
+            "client_ip: {{ trusted_proxies: [127.0.0.1/32] }}\n{}",
+            CONFIG.replace("UPSTREAM", &up.url())
+        ),
+        &[("inventory.secret", "inventory-secret\n")],
+    )
+    .await;
+    let g = &gw;
+    let from = |ip: String, secret: String| async move {
+        g.send(
+            "POST",
+            "/oauth2/token",
+            &[
+                FORM,
+                ("authorization", &basic("reader", &secret)),
+                ("x-forwarded-for", &ip),
+            ],
+            "grant_type=client_credentials",
+        )
+        .await
+    };
+    // IP A uses up its budget on the client...
+    for i in 0..10 {
+        assert_eq!(
+            from("198.51.100.1".into(), format!("guess-{i}"))
+                .await
+                .status,
+            401
+        );
+    }
+    assert_eq!(
+        from("198.51.100.1".into(), "guess-x".into()).await.status,
+        429
+    );
+    // ...and 20 more IPs guess it once each.
+    for i in 2..22 {
+        let a = from(format!("198.51.100.{i}"), "guess".into()).await;
+        assert_eq!(a.status, 401, "{}", a.text());
+    }
+    // The client, from its own IP, still gets its token.
+    let a = from("203.0.113.7".into(), "reader-secret".into()).await;
+    let token = access_token(&a);
+    assert_eq!(decode(&token).1["client_id"], "reader");
+    // Its successes do not use up its IP's budget either.
+    for _ in 0..15 {
+        assert_eq!(
+            from("203.0.113.7".into(), "reader-secret".into())
+                .await
+                .status,
+            200
+        );
+    }
+    // IP A is still slowed, for the right secret too.
+    assert_eq!(
+        from("198.51.100.1".into(), "reader-secret".into())
+            .await
+            .status,
         429
     );
     gw.stop().await;
