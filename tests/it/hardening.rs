@@ -448,3 +448,35 @@ async fn an_idle_spliced_connection_is_closed_and_uncounted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn http2_paths_follow_the_same_rules() {
+    use http_body_util::{BodyExt, Full};
+    let up = upstream::start("app").await;
+    let gw = products_gateway(&up, "").await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    for (method, path, expected) in [
+        ("DELETE", "/product%73/1", 403),
+        ("GET", "/%61dmin/users", 401),
+        ("GET", "/products%2f1", 400),
+        ("GET", "/a%00", 400),
+        ("get", "/products", 400),
+        ("GET", "/open%7e", 200),
+    ] {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", gw.addr))
+            .body(Full::default())
+            .unwrap();
+        let resp = h2.request(req).await.expect("h2c answered");
+        assert_eq!(resp.version(), http::Version::HTTP_2);
+        let status = resp.status().as_u16();
+        let _ = resp.into_body().collect().await;
+        assert_eq!(status, expected, "{method} {path} over h2c");
+    }
+    let seen = up.seen();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].uri.path(), "/open~");
+}
