@@ -12,6 +12,7 @@
 //! Answers, allow and deny, are cached by the identity values for `cache_ttl`; concurrent
 //! identical requests share one call. Failures are never cached.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -244,14 +245,15 @@ impl ExternalAuthorizer {
         client_ip: IpAddr,
         request_id: &str,
     ) -> Result<Arc<Decision>, ExternalError> {
-        let values = self
-            .identity_values(parts, route_key)
+        let raw = self
+            .identity_raw(parts, route_key)
             .ok_or(ExternalError::MissingIdentity)?;
+        let values: Vec<String> = raw.iter().map(|v| shown(v)).collect();
         let call = || self.call(parts, route_key, client_ip, request_id, &values);
         let Some(cache) = &self.cache else {
             return call().await;
         };
-        let key = cache_key(&self.salt, &values);
+        let key = cache_key(&self.salt, &raw);
         let called = AtomicBool::new(false);
         let answer = cache
             .try_get_with(key, async {
@@ -270,25 +272,43 @@ impl ExternalAuthorizer {
         answer.unwrap_or_else(|e| Err(*e))
     }
 
-    /// The identity values in source order; `None` when one is missing or empty.
+    /// The identity values in source order, as the authorizer is shown them (each source's
+    /// occurrences joined with `,`, bytes that are not UTF-8 as U+FFFD); `None` when one is
+    /// missing or empty.
+    #[cfg(test)]
     fn identity_values(
         &self,
         parts: &http::request::Parts,
         route_key: &str,
     ) -> Option<Vec<String>> {
+        self.identity_raw(parts, route_key)
+            .map(|raw| raw.iter().map(|v| shown(v)).collect())
+    }
+
+    /// Each identity source's occurrences in source order, as the request carries them: every
+    /// line of a header as sent, every value of a query parameter percent-decoded to bytes (not
+    /// to text), the route key. The cache is keyed on these bytes, so values that differ only
+    /// in bytes that are not UTF-8, or only in where one header line ends, never share an
+    /// answer. `None` when a source is missing or its shown value is blank.
+    fn identity_raw<'a>(
+        &self,
+        parts: &'a http::request::Parts,
+        route_key: &'a str,
+    ) -> Option<Vec<RawValue<'a>>> {
         self.sources
             .iter()
             .map(|s| {
-                let v = match s {
-                    IdentitySource::Header(h) => join_header(&parts.headers, h),
-                    IdentitySource::Query(q) => query_pairs(parts.uri.query())
-                        .filter(|(k, _)| k == q)
-                        .map(|(_, v)| v)
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    IdentitySource::RouteKey => route_key.to_string(),
+                let v: RawValue<'a> = match s {
+                    IdentitySource::Header(h) => parts
+                        .headers
+                        .get_all(h)
+                        .iter()
+                        .map(|v| Cow::Borrowed(v.as_bytes()))
+                        .collect(),
+                    IdentitySource::Query(q) => raw_query_values(parts.uri.query(), q),
+                    IdentitySource::RouteKey => vec![Cow::Borrowed(route_key.as_bytes())],
                 };
-                (!v.trim().is_empty()).then_some(v)
+                (!shown(&v).trim().is_empty()).then_some(v)
             })
             .collect()
     }
@@ -378,14 +398,78 @@ fn query_pairs(q: Option<&str>) -> impl Iterator<Item = (String, String)> + '_ {
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
 }
 
-/// SHA-256 over the authorizer's salt and each identity value, length-prefixed so that value
-/// boundaries count (`("ab", "c")` and `("a", "bc")` differ).
-fn cache_key(salt: &[u8; 32], values: &[String]) -> [u8; 32] {
+/// One identity source's value: its occurrences (header lines, query values), raw bytes.
+type RawValue<'a> = Vec<Cow<'a, [u8]>>;
+
+/// What the authorizer is shown of one identity source: its occurrences joined with `,`,
+/// bytes that are not UTF-8 replaced by U+FFFD (JSON strings are text).
+fn shown(v: &[Cow<'_, [u8]>]) -> String {
+    v.iter()
+        .map(|b| String::from_utf8_lossy(b))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The decoded bytes of every value of query parameter `name`, in order. Pairs are split
+/// like `application/x-www-form-urlencoded` (on `&`, then the first `=`), names and values
+/// decoded (`+` is a space, `%XX` a byte) without turning bytes into text, so `%FE` and `%FF`
+/// stay apart.
+fn raw_query_values<'a>(query: Option<&'a str>, name: &str) -> RawValue<'a> {
+    query
+        .unwrap_or("")
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .filter_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (*form_decode(k.as_bytes()) == *name.as_bytes()).then(|| form_decode(v.as_bytes()))
+        })
+        .collect()
+}
+
+/// `application/x-www-form-urlencoded` decoding to bytes: `+` is a space, `%XX` the byte XX,
+/// a `%` not followed by two hex digits itself (as `form_urlencoded` does). Borrowed when
+/// there is nothing to decode.
+fn form_decode(b: &[u8]) -> Cow<'_, [u8]> {
+    if !b.iter().any(|&c| c == b'+' || c == b'%') {
+        return Cow::Borrowed(b);
+    }
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(hi), Some(lo)) => {
+                    out.push(hi << 4 | lo);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    Cow::Owned(out)
+}
+
+/// The cache key: SHA-256 over the authorizer's salt and, for each identity source, its
+/// number of occurrences and each occurrence's length and raw bytes. Every length is
+/// written before what it measures, so no two different requests give the same input:
+/// `("ab", "c")` and `("a", "bc")` differ, as do the header lines `a,b` + `c` and `a` + `b,c`,
+/// and `tok\xfe` and `tok\xff` (which the authorizer is shown alike).
+fn cache_key(salt: &[u8; 32], values: &[RawValue<'_>]) -> [u8; 32] {
     let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
     ctx.update(salt);
     for v in values {
         ctx.update(&(v.len() as u64).to_be_bytes());
-        ctx.update(v.as_bytes());
+        for occurrence in v {
+            ctx.update(&(occurrence.len() as u64).to_be_bytes());
+            ctx.update(occurrence);
+        }
     }
     let mut out = [0u8; 32];
     out.copy_from_slice(ctx.finish().as_ref());

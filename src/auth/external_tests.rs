@@ -188,7 +188,12 @@ fn answers_parse() {
 #[test]
 fn cache_key_changes_with_each_identity_value() {
     let salt = [7u8; 32];
-    let k = |v: &[&str]| cache_key(&salt, &v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    let raw = |v: &[&str]| -> Vec<RawValue<'static>> {
+        v.iter()
+            .map(|s| vec![Cow::Owned(s.as_bytes().to_vec())])
+            .collect()
+    };
+    let k = |v: &[&str]| cache_key(&salt, &raw(v));
     let base = k(&["a", "b", "GET /x"]);
     assert_eq!(base, k(&["a", "b", "GET /x"]));
     assert_ne!(base, k(&["A", "b", "GET /x"]));
@@ -196,9 +201,11 @@ fn cache_key_changes_with_each_identity_value() {
     assert_ne!(base, k(&["a", "b", "GET /y"]));
     assert_ne!(k(&["ab", "c"]), k(&["a", "bc"]), "value boundaries count");
     assert_ne!(
-        base,
-        cache_key(&[8u8; 32], &["a".into(), "b".into(), "GET /x".into()])
+        k(&["a,b", "c"]),
+        k(&["a", "b,c"]),
+        "source boundaries count"
     );
+    assert_ne!(base, cache_key(&[8u8; 32], &raw(&["a", "b", "GET /x"])));
     let a = authorizer(&["header:Authorization"], DEFAULT_CACHE_TTL);
     let b = ExternalAuthorizer::new(
         "other",
@@ -280,4 +287,122 @@ async fn missing_identity_is_refused_without_a_call() {
         .authorize(&p, "GET /", "127.0.0.1".parse().unwrap(), "r")
         .await;
     assert_eq!(r, Err(ExternalError::MissingIdentity));
+}
+
+/// Parts whose header `name` has the raw (possibly non-UTF-8) values `values`, in order.
+fn raw_header_parts(name: &'static str, values: &[&[u8]]) -> http::request::Parts {
+    let mut p = parts("/", &[]);
+    for v in values {
+        p.headers.append(
+            HeaderName::from_static(name),
+            HeaderValue::from_bytes(v).unwrap(),
+        );
+    }
+    p
+}
+
+/// The cache key `az` uses for `p` (None: an identity source is missing).
+fn key_of(az: &ExternalAuthorizer, p: &http::request::Parts) -> Option<[u8; 32]> {
+    az.identity_raw(p, "GET /")
+        .map(|raw| cache_key(&az.salt, &raw))
+}
+
+#[test]
+fn values_that_differ_only_in_bytes_that_are_not_utf8_get_their_own_cache_keys() {
+    let az = authorizer(&["header:Authorization"], DEFAULT_CACHE_TTL);
+    let fe = raw_header_parts("authorization", &[b"Bearer tok\xfe"]);
+    let ff = raw_header_parts("authorization", &[b"Bearer tok\xff"]);
+    // The authorizer is shown both alike (JSON strings are text) ...
+    assert_eq!(
+        az.identity_values(&fe, "GET /"),
+        az.identity_values(&ff, "GET /")
+    );
+    assert_eq!(
+        az.identity_values(&fe, "GET /"),
+        Some(vec!["Bearer tok\u{fffd}".to_string()])
+    );
+    // ... but their answers are cached apart.
+    assert_ne!(key_of(&az, &fe).unwrap(), key_of(&az, &ff).unwrap());
+    assert_eq!(key_of(&az, &fe), key_of(&az, &fe), "and each is stable");
+}
+
+#[test]
+fn header_lines_are_kept_apart_in_the_cache_key() {
+    let az = authorizer(&["header:Authorization"], DEFAULT_CACHE_TTL);
+    let one = raw_header_parts("authorization", &[b"a,b", b"c"]);
+    let two = raw_header_parts("authorization", &[b"a", b"b,c"]);
+    let joined = raw_header_parts("authorization", &[b"a,b,c"]);
+    // Shown alike (lines joined with `,`, as the managed gateway does) ...
+    assert_eq!(
+        az.identity_values(&one, "GET /"),
+        Some(vec!["a,b,c".into()])
+    );
+    assert_eq!(
+        az.identity_values(&two, "GET /"),
+        Some(vec!["a,b,c".into()])
+    );
+    // ... cached apart.
+    let keys = [&one, &two, &joined].map(|p| key_of(&az, p).unwrap());
+    assert_ne!(keys[0], keys[1]);
+    assert_ne!(keys[0], keys[2]);
+    assert_ne!(keys[1], keys[2]);
+}
+
+#[test]
+fn query_values_are_keyed_on_their_decoded_bytes() {
+    let az = authorizer(&["query:token"], DEFAULT_CACHE_TTL);
+    let key = |uri: &str| key_of(&az, &parts(uri, &[])).unwrap();
+    assert_ne!(key("/?token=t%FE"), key("/?token=t%FF"), "not text, bytes");
+    assert_eq!(
+        key("/?token=t%61+b"),
+        key("/?token=ta%20b"),
+        "one value however it is escaped"
+    );
+    assert_ne!(key("/?token=a,b&token=c"), key("/?token=a&token=b,c"));
+    assert_eq!(
+        az.identity_values(&parts("/?token=t%FE", &[]), "GET /"),
+        Some(vec!["t\u{fffd}".to_string()])
+    );
+    // Names are decoded too, and other parameters ignored.
+    assert_eq!(key("/?x=1&to%6Ben=v"), key("/?token=v"));
+    // A `%` without two hex digits is itself, as form_urlencoded reads it.
+    assert_eq!(
+        raw_query_values(Some("token=%&token=%4&token=%zz"), "token").len(),
+        3
+    );
+    assert_eq!(
+        raw_query_values(Some("token=%&token=%4&token=%zz"), "token"),
+        vec![
+            Cow::Borrowed(&b"%"[..]),
+            Cow::Borrowed(&b"%4"[..]),
+            Cow::Borrowed(&b"%zz"[..])
+        ]
+    );
+}
+
+#[test]
+fn form_decoding_matches_form_urlencoded_on_text() {
+    for q in [
+        "token=a%20b",
+        "token=a+b",
+        "token=%41%62c",
+        "token=%",
+        "token=%4",
+        "token=%G1",
+        "token=%e2%82%ac",
+        "token=&token=x",
+        "token",
+        "&&token=y&",
+        "to+ken=z&token=w",
+    ] {
+        let ours: Vec<String> = raw_query_values(Some(q), "token")
+            .iter()
+            .map(|v| String::from_utf8(v.to_vec()).unwrap())
+            .collect();
+        let theirs: Vec<String> = query_pairs(Some(q))
+            .filter(|(k, _)| k == "token")
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(ours, theirs, "{q}");
+    }
 }

@@ -49,6 +49,12 @@ pub enum TokenError {
     WrongTokenUse,
     /// A claim has the wrong type, or a required claim is missing.
     BadClaim,
+    /// The protected header has a `crit` member: it names extensions the recipient must
+    /// understand (RFC 7515 §4.1.11), and tollgate understands none.
+    CriticalHeader,
+    /// `issuer: self` only: the token's `client_id` is no longer one of the issuer's clients, or
+    /// the client may no longer hold any of the token's scopes.
+    RevokedClient,
 }
 
 impl TokenError {
@@ -65,6 +71,8 @@ impl TokenError {
             TokenError::WrongAudience => "the token does not have a valid audience",
             TokenError::WrongTokenUse => "the token's token_use is not accepted",
             TokenError::BadClaim => "the token's claims are malformed",
+            TokenError::CriticalHeader => "the token requires an unsupported extension",
+            TokenError::RevokedClient => "the token's client is not allowed",
         }
     }
 
@@ -81,6 +89,8 @@ impl TokenError {
             TokenError::WrongAudience => "token_audience",
             TokenError::WrongTokenUse => "token_use",
             TokenError::BadClaim => "token_claims",
+            TokenError::CriticalHeader => "token_crit_header",
+            TokenError::RevokedClient => "token_client_revoked",
         }
     }
 }
@@ -106,6 +116,87 @@ impl Identity {
     /// Whether the identity holds at least one of `required` (an empty list requires nothing).
     pub fn has_any_scope(&self, required: &[Box<str>]) -> bool {
         required.is_empty() || required.iter().any(|r| self.scopes.iter().any(|s| s == r))
+    }
+
+    /// The same identity holding only `scopes`, its `x-tollgate-scopes` header rebuilt (or
+    /// dropped when `scopes` is empty).
+    fn with_scopes(&self, scopes: Vec<Box<str>>) -> Result<Identity, TokenError> {
+        let mut upstream_headers: Vec<(HeaderName, HeaderValue)> = self
+            .upstream_headers
+            .iter()
+            .filter(|(name, _)| *name != headers::SCOPES)
+            .cloned()
+            .collect();
+        if !scopes.is_empty() {
+            let joined = scopes.join(" ");
+            let value = HeaderValue::from_str(&joined).map_err(|_| TokenError::BadClaim)?;
+            upstream_headers.push((headers::SCOPES, value));
+        }
+        Ok(Identity {
+            subject: self.subject.clone(),
+            client_id: self.client_id.clone(),
+            scopes,
+            expires_at: self.expires_at,
+            key_generation: self.key_generation,
+            upstream_headers,
+        })
+    }
+}
+
+/// The embedded issuer's app clients as one config snapshot defines them, for the
+/// `issuer: self` authorizers of that snapshot: each client id with the scopes it may hold now.
+///
+/// A token names its client in `client_id`; the issuer's signature proves the client existed
+/// and held the token's scopes when it was issued, not that it still does. With this set, an
+/// `issuer: self` authorizer ([`JwtAuthorizer::only_current_clients`]) checks every token,
+/// cached or not, against the config that serves the request: a client a reload removed is
+/// refused ([`TokenError::RevokedClient`]), and a client whose scopes a reload reduced keeps only
+/// the token's scopes it still may have.
+#[derive(Debug, Default, Clone)]
+pub struct CurrentClients {
+    by_id: std::collections::HashMap<Box<str>, std::collections::HashSet<Box<str>>>,
+}
+
+impl CurrentClients {
+    /// The set of `(client_id, allowed scopes)`.
+    pub fn new<I, S>(clients: I) -> CurrentClients
+    where
+        I: IntoIterator<Item = (String, S)>,
+        S: IntoIterator<Item = String>,
+    {
+        CurrentClients {
+            by_id: clients
+                .into_iter()
+                .map(|(id, scopes)| (id.into(), scopes.into_iter().map(Into::into).collect()))
+                .collect(),
+        }
+    }
+
+    /// `identity` as this config allows it: unchanged when its client exists and may still hold
+    /// every one of its scopes (one hash lookup per scope, no allocation); otherwise narrowed to
+    /// the scopes the client may still hold. Refuses ([`TokenError::RevokedClient`]) a token
+    /// without `client_id`, of a client not in the set, of a client with no scopes (the issuer
+    /// gives such a client no token either), or that would be left without any scope.
+    fn admit(&self, identity: Arc<Identity>) -> Result<Arc<Identity>, TokenError> {
+        let allowed = identity
+            .client_id
+            .as_deref()
+            .and_then(|c| self.by_id.get(c))
+            .filter(|scopes| !scopes.is_empty())
+            .ok_or(TokenError::RevokedClient)?;
+        if identity.scopes.iter().all(|s| allowed.contains(&**s)) {
+            return Ok(identity);
+        }
+        let kept: Vec<Box<str>> = identity
+            .scopes
+            .iter()
+            .filter(|s| allowed.contains(&***s))
+            .cloned()
+            .collect();
+        if kept.is_empty() {
+            return Err(TokenError::RevokedClient);
+        }
+        identity.with_scopes(kept).map(Arc::new)
     }
 }
 
@@ -258,6 +349,9 @@ pub struct JwtAuthorizer {
     cache: TokenCache,
     /// Digest of everything that decides a verdict besides the keys; salts every cache key.
     cache_salt: [u8; 32],
+    /// `issuer: self` only: the clients of the snapshot this authorizer belongs to, checked on
+    /// every request after the cache (see [`CurrentClients`]).
+    clients: Option<CurrentClients>,
     name_value: HeaderValue,
     hits: prometheus::IntCounter,
     misses: prometheus::IntCounter,
@@ -318,8 +412,18 @@ impl JwtAuthorizer {
             keys,
             cache,
             cache_salt,
+            clients: None,
             name_value,
         })
+    }
+
+    /// Makes this authorizer accept only tokens of `clients`, with at most the scopes each may
+    /// hold now (for `issuer: self`, whose clients the config defines). The check runs on
+    /// every request, after the verified-token cache: the cache may be shared with the
+    /// authorizer of an earlier config, the client set is this config's.
+    pub fn only_current_clients(mut self, clients: CurrentClients) -> JwtAuthorizer {
+        self.clients = Some(clients);
+        self
     }
 
     /// The authorizer's name.
@@ -345,8 +449,21 @@ impl JwtAuthorizer {
     }
 
     /// Verifies a token: from the cache when this exact token was verified under the current
-    /// keys and has not expired; otherwise signature, algorithm and every claim rule.
+    /// keys and has not expired; otherwise header, signature, algorithm and every claim rule.
+    /// Then, cached or not, for an authorizer made with
+    /// [`JwtAuthorizer::only_current_clients`], the token's client and scopes against the
+    /// current clients.
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
+        let identity = self.verify_signed(token).await?;
+        match &self.clients {
+            Some(clients) => clients.admit(identity),
+            None => Ok(identity),
+        }
+    }
+
+    /// The token's own verdict (what the cache holds): everything [`JwtAuthorizer::verify`]
+    /// checks but the current clients.
+    async fn verify_signed(&self, token: &str) -> Result<Arc<Identity>, TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::Malformed);
         }
@@ -361,20 +478,7 @@ impl JwtAuthorizer {
             return Ok(id);
         }
         self.misses.inc();
-        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
-            ErrorKind::Json(_) if token.split('.').count() == 3 => {
-                // A header that parses as JSON but names an unknown `alg` (e.g. `none`).
-                if header_alg_unsupported(token) {
-                    TokenError::BadAlgorithm
-                } else {
-                    TokenError::Malformed
-                }
-            }
-            _ => TokenError::Malformed,
-        })?;
-        if token.split('.').count() != 3 {
-            return Err(TokenError::Malformed);
-        }
+        let header = protected_header(token)?;
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::BadAlgorithm);
         }
@@ -480,18 +584,90 @@ fn verify_parsed(
     serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)
 }
 
-/// Whether the token's header is JSON whose `alg` is not one we know (for example `none`).
-fn header_alg_unsupported(token: &str) -> bool {
+/// Whether a JSON object has a `crit` member, whatever its value (`null` and `[]` included:
+/// RFC 7515 allows neither, and a header that has one is refused like any other `crit`), however
+/// often it is repeated and however its name is escaped (`"cr\u0069t"`). It walks the member names
+/// and skips the values without building them, and, unlike a derived struct, does not fail on a
+/// repeated member, so the answer never depends on which duplicate a parser would keep.
+struct HasCrit(bool);
+
+impl<'de> serde::Deserialize<'de> for HasCrit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HasCrit, D::Error> {
+        /// One member name: whether it is `crit`.
+        struct IsCrit(bool);
+        impl<'de> serde::Deserialize<'de> for IsCrit {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<IsCrit, D::Error> {
+                struct Name;
+                impl serde::de::Visitor<'_> for Name {
+                    type Value = IsCrit;
+                    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                        f.write_str("a member name")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<IsCrit, E> {
+                        Ok(IsCrit(v == "crit"))
+                    }
+                }
+                d.deserialize_str(Name)
+            }
+        }
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = HasCrit;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<HasCrit, A::Error> {
+                let mut found = false;
+                while let Some(IsCrit(crit)) = m.next_key()? {
+                    found |= crit;
+                    m.next_value::<serde::de::IgnoredAny>()?;
+                }
+                Ok(HasCrit(found))
+            }
+        }
+        d.deserialize_map(Members)
+    }
+}
+
+/// Decodes the protected header of a compact JWS, on the path of every token not served from
+/// the cache. Refuses a token that is not exactly three parts or whose header is not
+/// base64url JSON ([`TokenError::Malformed`]), a header with a `crit` member
+/// ([`TokenError::CriticalHeader`]: RFC 7515 §4.1.11 says a recipient that does not understand
+/// a listed extension must refuse the JWS, and tollgate understands none), and a header whose
+/// `alg` is unknown, such as `none` ([`TokenError::BadAlgorithm`]).
+///
+/// The segment is decoded once; the JSON is read twice (the first pass, [`HasCrit`], only
+/// looks at member names), because jsonwebtoken's `Header` turns `crit: null` into "no
+/// `crit`" and refuses a repeated member as malformed.
+fn protected_header(token: &str) -> Result<jsonwebtoken::Header, TokenError> {
     use base64::Engine;
-    let Some(h) = token.split('.').next() else {
-        return false;
-    };
-    let Ok(bytes) =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h.trim_end_matches('='))
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return false;
+        return Err(TokenError::Malformed);
     };
-    serde_json::from_slice::<serde_json::Value>(&bytes)
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|_| TokenError::Malformed)?;
+    if serde_json::from_slice::<HasCrit>(&bytes).is_ok_and(|h| h.0) {
+        return Err(TokenError::CriticalHeader);
+    }
+    serde_json::from_slice(&bytes).map_err(|_| {
+        if header_alg_unsupported(&bytes) {
+            TokenError::BadAlgorithm
+        } else {
+            TokenError::Malformed
+        }
+    })
+}
+
+/// Whether the decoded header is JSON whose `alg` is not one we know (for example `none`).
+fn header_alg_unsupported(header: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(header)
         .ok()
         .and_then(|v| {
             v.get("alg")

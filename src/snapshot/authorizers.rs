@@ -181,12 +181,28 @@ pub(super) fn jwt_authorizer(
         registry.token_cache(fingerprint),
         registry.metrics(),
     ) {
+        // The issuer's clients as this config defines them: a token of a client a reload
+        // removed is refused, and one whose scopes were reduced keeps only those it still has.
+        Ok(a) if own => Some(a.only_current_clients(current_clients(parsed))),
         Ok(a) => Some(a),
         Err(e) => {
             errs.at(path, e);
             None
         }
     }
+}
+
+/// The embedded issuer's clients and the scopes each may hold, from the `issuer:` section
+/// (empty without one; `issuer: self` then failed to compile anyway).
+fn current_clients(parsed: &Parsed) -> crate::auth::CurrentClients {
+    crate::auth::CurrentClients::new(
+        parsed
+            .file
+            .issuer
+            .iter()
+            .flat_map(|i| &i.clients)
+            .map(|c| (c.client_id.clone(), c.scopes.clone())),
+    )
 }
 
 /// The compiled authorizers by name, one map per kind.

@@ -333,3 +333,48 @@ async fn reload_with_a_removed_key_stops_accepting_its_cached_tokens() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_correctly_signed_token_with_a_crit_header_is_401_invalid_token() {
+    let up = upstream::start("a").await;
+    let gw = partner_gateway(&up).await;
+    let key = jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes());
+    let good = claims("orders/read", "app-1");
+    let plain = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &good,
+        &key,
+    )
+    .unwrap();
+    let a = gw
+        .get("/orders", &[("authorization", &format!("Bearer {plain}"))])
+        .await;
+    assert_eq!(a.status, 200, "the control without crit: {}", a.text());
+    for crit in ["exp", "b64"] {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+        header.crit = Some(vec![crit.to_string()]);
+        let token = jsonwebtoken::encode(&header, &good, &key).unwrap();
+        // Twice: the second time would be the first one served from the cache.
+        for _ in 0..2 {
+            let a = gw
+                .get("/orders", &[("authorization", &format!("Bearer {token}"))])
+                .await;
+            assert_eq!(a.status, 401, "crit [{crit}]: {}", a.text());
+            assert_eq!(a.text(), r#"{"message":"Unauthorized"}"#);
+            assert_eq!(
+                a.header("www-authenticate"),
+                Some(
+                    r#"Bearer error="invalid_token", error_description="the token requires an unsupported extension""#
+                )
+            );
+        }
+    }
+    assert_eq!(up.seen().len(), 1, "only the control reached the upstream");
+    let m = gw.admin_get("/metrics").await.text();
+    assert!(
+        m.lines().any(|l| l.starts_with("tollgate_denied_total{")
+            && l.contains(r#"reason="token_crit_header""#)),
+        "{m}"
+    );
+    gw.stop().await;
+}

@@ -29,11 +29,13 @@ const WAIT: Duration = Duration::from_millis(200);
 /// A running authorizer. By the payload's `authorization` header: `allow-<user>` allows with
 /// context `{"user": "<user>", "tier": 3, "admin": true}` (after [`WAIT`] when the token
 /// contains `wait`), `deny-*` denies, `slow` answers after [`SLOW`], `garbage` answers `not
-/// json`, `500` answers status 500, anything else denies.
+/// json`, `500` answers status 500, `first-*` allows only the first call with such a token
+/// (every later one is denied, so a second call shows as a denial), anything else denies.
 #[derive(Clone)]
 struct Authz {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
+    firsts: Arc<AtomicUsize>,
     last: Arc<Mutex<Option<Value>>>,
 }
 
@@ -43,6 +45,7 @@ impl Authz {
         let authz = Authz {
             addr: listener.local_addr().unwrap(),
             calls: Arc::new(AtomicUsize::new(0)),
+            firsts: Arc::new(AtomicUsize::new(0)),
             last: Arc::new(Mutex::new(None)),
         };
         let srv = authz.clone();
@@ -103,6 +106,9 @@ impl Authz {
             .to_string();
         if token.contains("wait") {
             tokio::time::sleep(WAIT).await;
+        }
+        if token.starts_with("first-") && self.firsts.fetch_add(1, Ordering::SeqCst) == 0 {
+            return reply(StatusCode::OK, r#"{"isAuthorized":true}"#.into());
         }
         if let Some(user) = token.strip_prefix("allow-") {
             let answer = json!({"isAuthorized": true,
@@ -555,6 +561,104 @@ async fn over_the_wire_through_a_gateway() {
     assert!(
         metrics.contains(r#"tollgate_authorizer_cache_total{authorizer="ext",result="hit"} 1"#),
         "{metrics}"
+    );
+    gw.stop().await;
+}
+
+/// Asks `az` with `authorization` set to the raw bytes `token` (which need not be UTF-8).
+async fn ask_raw(az: &ExternalAuthorizer, token: &[u8]) -> Result<(), ExternalError> {
+    let mut p = parts("/orders", &[]);
+    p.headers.insert(
+        "authorization",
+        http::HeaderValue::from_bytes(token).unwrap(),
+    );
+    az.authorize(&p, "GET /orders", ip(), "req-1")
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn identities_that_differ_only_in_bytes_that_are_not_utf8_are_asked_apart() {
+    // Both values are shown to the authorizer as `first-tok\u{fffd}`; the cache must still
+    // not hand the second caller the first one's allow.
+    let authz = Authz::start().await;
+    let m = Metrics::new();
+    let az = five_minutes(&authz, &m);
+    assert_eq!(ask_raw(&az, b"first-tok\xfe").await, Ok(()));
+    assert_eq!(authz.calls(), 1);
+    assert_eq!(authz.last()["identitySource"], json!(["first-tok\u{fffd}"]));
+    assert_eq!(
+        ask_raw(&az, b"first-tok\xff").await,
+        Err(ExternalError::Denied),
+        "the other caller got its own answer, not the cached allow"
+    );
+    assert_eq!(authz.calls(), 2, "two identities, two calls");
+    // Each answer stays cached under its own bytes.
+    assert_eq!(ask_raw(&az, b"first-tok\xfe").await, Ok(()));
+    assert_eq!(
+        ask_raw(&az, b"first-tok\xff").await,
+        Err(ExternalError::Denied)
+    );
+    assert_eq!(authz.calls(), 2);
+}
+
+#[tokio::test]
+async fn header_lines_are_separate_identities_even_when_they_join_alike() {
+    let authz = Authz::start().await;
+    let m = Metrics::new();
+    let az = five_minutes(&authz, &m);
+    let ask_lines = |lines: &'static [&'static str]| {
+        let az = &az;
+        async move {
+            let mut p = parts("/orders", &[]);
+            for l in lines {
+                p.headers
+                    .append("authorization", http::HeaderValue::from_static(l));
+            }
+            az.authorize(&p, "GET /orders", ip(), "r").await.map(|_| ())
+        }
+    };
+    assert_eq!(ask_lines(&["first-a,b", "c"]).await, Ok(()));
+    assert_eq!(
+        ask_lines(&["first-a", "b,c"]).await,
+        Err(ExternalError::Denied),
+        "`first-a,b` + `c` and `first-a` + `b,c` are two identities"
+    );
+    assert_eq!(authz.calls(), 2);
+}
+
+#[tokio::test]
+async fn over_the_wire_bytes_that_are_not_utf8_do_not_share_an_answer() {
+    let authz = Authz::start().await;
+    let up = upstream::start("app").await;
+    let gw = gateway::start(&format!(
+        "authorizers:\n  ext: {{ type: http, url: \"{}\", identity: [\"header:Authorization\"], cache_ttl: 300s }}\n\
+         upstreams:\n  app: {{ targets: [{}] }}\n\
+         routes:\n  - {{ route: \"GET /orders\", upstream: app, authorizer: ext }}\n",
+        authz.url(),
+        up.url()
+    ))
+    .await;
+    let status = |answer: &str| answer.split(' ').nth(1).unwrap_or("").to_string();
+    let request = |byte: u8| {
+        let mut r = b"GET /orders HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\nauthorization: first-tok".to_vec();
+        r.push(byte);
+        r.extend_from_slice(b"\r\n\r\n");
+        r
+    };
+    let a = gw.raw(&request(0xfe), Duration::from_secs(5)).await;
+    assert_eq!(status(&a), "200", "{a}");
+    let b = gw.raw(&request(0xff), Duration::from_secs(5)).await;
+    assert_eq!(
+        status(&b),
+        "403",
+        "the second caller was served the first one's cached allow: {b}"
+    );
+    assert_eq!(authz.calls(), 2);
+    assert_eq!(
+        up.seen().len(),
+        1,
+        "only the allowed request reached the upstream"
     );
     gw.stop().await;
 }

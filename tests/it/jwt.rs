@@ -12,7 +12,9 @@ use serde_json::{Value, json};
 use tollgate::auth::claims::ClaimRules;
 use tollgate::auth::jwks::{FETCH_TIMEOUT, JwksSource, Loaded, MIN_REFETCH_INTERVAL, RemoteJwks};
 use tollgate::auth::keys::KeySet;
-use tollgate::auth::{Identity, JwtAuthorizer, JwtSettings, KeySource, TokenCache, TokenError};
+use tollgate::auth::{
+    CurrentClients, Identity, JwtAuthorizer, JwtSettings, KeySource, TokenCache, TokenError,
+};
 use tollgate::fetch::Fetcher;
 use tollgate::metrics::Metrics;
 
@@ -1005,4 +1007,231 @@ async fn concurrent_unknown_kids_share_one_fetch() {
     burst(64).await;
     assert_eq!(server.jwks_requests(), 1);
     assert_eq!(server.discovery_requests(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Critical header parameters (RFC 7515 §4.1.11)
+// ---------------------------------------------------------------------------------------------
+
+/// A token signed by `key` whose header is exactly the JSON text `header`.
+fn with_header_text(key: &TestKey, header: &str) -> String {
+    sign_parts(key, &b64_bytes(header.as_bytes()), &b64_json(&good()))
+}
+
+#[tokio::test]
+async fn a_correctly_signed_token_with_crit_is_refused() {
+    let auth = static_auth(
+        &[Algorithm::RS256, Algorithm::ES256],
+        &[rsa_key(), ec_key()],
+    );
+    let kid = &rsa_key().kid;
+    // The control: the same header without `crit` is accepted.
+    accepted(
+        &auth,
+        &with_header_text(rsa_key(), &format!(r#"{{"alg":"RS256","kid":"{kid}"}}"#)),
+    )
+    .await;
+    // Only a member of the header itself counts: `crit` nested in another member, or as a value.
+    for header in [
+        format!(r#"{{"alg":"RS256","kid":"{kid}","x-ext":{{"crit":["exp"]}}}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","typ":"crit","x":["crit"]}}"#),
+    ] {
+        accepted(&auth, &with_header_text(rsa_key(), &header)).await;
+    }
+    // Through jsonwebtoken's own header type, as an issuer would send it.
+    for crit in [vec!["exp"], vec!["b64"], vec!["exp", "b64"]] {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.clone());
+        header.crit = Some(crit.iter().map(|s| s.to_string()).collect());
+        let token = mint_with_header(header, rsa_key(), good());
+        assert_eq!(
+            refused(&auth, &token).await,
+            TokenError::CriticalHeader,
+            "{crit:?}"
+        );
+    }
+    // Every spelling and value of the member, valid or not, is refused the same way.
+    for header in [
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":["b64"],"b64":false}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":["x-custom"],"x-custom":1}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":[]}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":null}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":"exp"}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":[7]}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","cr\u0069t":["exp"]}}"#),
+        format!(r#"{{"crit":["exp"],"alg":"RS256","kid":"{kid}"}}"#),
+        // A repeated member is still there, whichever value a parser would keep.
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":["exp"],"crit":null}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":null,"crit":null}}"#),
+        format!(r#"{{"alg":"RS256","kid":"{kid}","crit":["exp"],"crit":["exp"]}}"#),
+    ] {
+        assert_eq!(
+            refused(&auth, &with_header_text(rsa_key(), &header)).await,
+            TokenError::CriticalHeader,
+            "{header}"
+        );
+    }
+    // Keys verified by jsonwebtoken itself (not pre-parsed RSA) go through the same check.
+    let ec = &ec_key().kid;
+    let header = format!(r#"{{"alg":"ES256","kid":"{ec}","crit":["exp"]}}"#);
+    assert_eq!(
+        refused(&auth, &with_header_text(ec_key(), &header)).await,
+        TokenError::CriticalHeader
+    );
+    assert_eq!(TokenError::CriticalHeader.reason(), "token_crit_header");
+}
+
+#[tokio::test]
+async fn a_crit_header_is_refused_by_a_secret_authorizer_too() {
+    const SECRET: &[u8] = b"a-32-byte-shared-secret-for-test";
+    let auth = authorizer(
+        settings(NAME, ISSUER, &[Algorithm::HS256]),
+        static_loaded(KeySet::from_secret(SECRET)),
+        &Metrics::new(),
+    );
+    let mut header = Header::new(Algorithm::HS256);
+    header.crit = Some(vec!["b64".to_string()]);
+    let token = jsonwebtoken::encode(
+        &header,
+        &good(),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        // Refused every time: a refusal is never cached.
+        assert_eq!(refused(&auth, &token).await, TokenError::CriticalHeader);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `issuer: self`: the current clients
+// ---------------------------------------------------------------------------------------------
+
+/// An authorizer over [`rsa_key`] restricted to `clients`, sharing `cache`.
+fn for_clients(
+    clients: &[(&str, &[&str])],
+    cache: &TokenCache,
+    metrics: &Metrics,
+) -> JwtAuthorizer {
+    let clients = CurrentClients::new(clients.iter().map(|(id, scopes)| {
+        (
+            id.to_string(),
+            scopes.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+    }));
+    JwtAuthorizer::new(
+        settings(NAME, ISSUER, &[Algorithm::RS256]),
+        static_source(&[rsa_key()]),
+        cache.clone(),
+        metrics,
+    )
+    .unwrap()
+    .only_current_clients(clients)
+}
+
+#[tokio::test]
+async fn a_removed_client_is_refused_even_from_the_cache() {
+    let metrics = Metrics::new();
+    let cache = TokenCache::new(1000);
+    let before = for_clients(
+        &[
+            (CLIENT, &["orders/read", "orders/write"]),
+            ("other", &["orders/read"]),
+        ],
+        &cache,
+        &metrics,
+    );
+    let token = mint(rsa_key(), good());
+    let kept = accepted(&before, &token).await;
+    accepted(&before, &token).await;
+    let cached = accepted(&before, &token).await;
+    assert_eq!(
+        cache_count(&metrics, NAME, "hit"),
+        1,
+        "now served from the cache"
+    );
+    assert!(Arc::ptr_eq(&accepted(&before, &token).await, &cached));
+    assert_eq!(upstream_header(&kept, "x-tollgate-scopes"), Some(SCOPES));
+
+    // The next config (sharing the cache, as a reload does) no longer has the client.
+    let after = for_clients(&[("other", &["orders/read"])], &cache, &metrics);
+    assert_eq!(refused(&after, &token).await, TokenError::RevokedClient);
+    assert_eq!(
+        cache_count(&metrics, NAME, "hit"),
+        3,
+        "the refusal came after a cache hit"
+    );
+    assert_eq!(TokenError::RevokedClient.reason(), "token_client_revoked");
+
+    // A client with no scopes gets no token from the issuer, and its tokens are refused.
+    let none = for_clients(&[(CLIENT, &[])], &cache, &metrics);
+    assert_eq!(refused(&none, &token).await, TokenError::RevokedClient);
+    // A token without `client_id` names no client.
+    let anonymous = mint(rsa_key(), without(good(), "client_id"));
+    let mut audience_free = settings(NAME, ISSUER, &[Algorithm::RS256]);
+    audience_free.rules.audience.clear();
+    let open = JwtAuthorizer::new(
+        audience_free,
+        static_source(&[rsa_key()]),
+        TokenCache::new(10),
+        &metrics,
+    )
+    .unwrap()
+    .only_current_clients(CurrentClients::new([(
+        CLIENT.to_string(),
+        vec!["orders/read".to_string()],
+    )]));
+    assert_eq!(refused(&open, &anonymous).await, TokenError::RevokedClient);
+}
+
+#[tokio::test]
+async fn a_client_whose_scopes_were_reduced_keeps_only_the_rest() {
+    let metrics = Metrics::new();
+    let cache = TokenCache::new(1000);
+    let token = mint(rsa_key(), good());
+    let full = for_clients(
+        &[(CLIENT, &["orders/read", "orders/write"])],
+        &cache,
+        &metrics,
+    );
+    for _ in 0..3 {
+        accepted(&full, &token).await;
+    }
+    let cached = accepted(&full, &token).await;
+
+    let reduced = for_clients(
+        &[(CLIENT, &["orders/read", "orders/admin"])],
+        &cache,
+        &metrics,
+    );
+    let id = accepted(&reduced, &token).await;
+    let scopes: Vec<&str> = id.scopes.iter().map(|s| &**s).collect();
+    assert_eq!(
+        scopes,
+        ["orders/read"],
+        "orders/write is no longer the client's"
+    );
+    assert!(!id.has_any_scope(&["orders/write".into()]));
+    assert!(
+        !id.has_any_scope(&["orders/admin".into()]),
+        "never more than the token carried"
+    );
+    assert_eq!(
+        upstream_header(&id, "x-tollgate-scopes"),
+        Some("orders/read")
+    );
+    assert_eq!(upstream_header(&id, "x-tollgate-client-id"), Some(CLIENT));
+    assert_eq!(
+        upstream_header(&id, "x-tollgate-principal"),
+        Some("user-of-client-abc")
+    );
+    assert_eq!(upstream_header(&id, "x-tollgate-authorizer"), Some(NAME));
+    assert_eq!(id.upstream_headers.len(), 4);
+    // The cached verdict itself is untouched: the full config still sees every scope.
+    assert!(Arc::ptr_eq(&accepted(&full, &token).await, &cached));
+    assert_eq!(cached.scopes.len(), 2);
+
+    // A client left with none of the token's scopes: the token grants nothing, refused.
+    let other = for_clients(&[(CLIENT, &["orders/admin"])], &cache, &metrics);
+    assert_eq!(refused(&other, &token).await, TokenError::RevokedClient);
 }

@@ -207,3 +207,113 @@ async fn configmap_symlink_swap_and_named_files_are_watched() {
     served_within(&gw, "/keyed", &[("x-api-key", "key-two")], 403, since).await;
     gw.stop().await;
 }
+
+/// An `issuer: self` gateway with the clients `clients` (YAML flow items), the route
+/// `GET /read` (scope `api/read`) and `GET /write` (scope `api/write`) to `upstream`.
+fn issuer_config(upstream: &str, clients: &[&str]) -> String {
+    format!(
+        r#"{head}state: {{ path: state }}
+issuer:
+  url: http://issuer.test
+  resource_servers:
+    - {{ identifier: api, scopes: [read, write] }}
+  clients:
+{clients}
+authorizers:
+  local: {{ type: jwt, issuer: self }}
+upstreams:
+  app: {{ targets: [{upstream}] }}
+defaults: {{ authorizer: local }}
+routes:
+  - {{ route: "GET /read", upstream: app, scopes: [api/read] }}
+  - {{ route: "GET /write", upstream: app, scopes: [api/write] }}
+"#,
+        head = gateway::HEAD,
+        clients = clients
+            .iter()
+            .map(|c| format!("    - {c}\n"))
+            .collect::<String>(),
+    )
+}
+
+const CLIENT_X: &str = "{ client_id: x, client_secret: x-secret, scopes: [api/read, api/write] }";
+const CLIENT_Y: &str = "{ client_id: y, client_secret: y-secret, scopes: [api/read, api/write] }";
+const CLIENT_Y_READ_ONLY: &str = "{ client_id: y, client_secret: y-secret, scopes: [api/read] }";
+
+/// A token for `id` from the gateway's own token endpoint (HTTP Basic).
+async fn issued_token(gw: &TestGateway, id: &str, secret: &str) -> String {
+    use base64::Engine;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"));
+    let a = gw
+        .send(
+            "POST",
+            "/oauth2/token",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("authorization", &format!("Basic {basic}")),
+            ],
+            "grant_type=client_credentials",
+        )
+        .await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    let v: serde_json::Value = serde_json::from_slice(&a.body).unwrap();
+    v["access_token"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_client_removed_by_a_reload_loses_its_tokens_at_once() {
+    let up = crate::support::upstream::start("app").await;
+    let gw = gateway::start_raw(&issuer_config(&up.url(), &[CLIENT_X, CLIENT_Y]), &[]).await;
+    let x = format!("Bearer {}", issued_token(&gw, "x", "x-secret").await);
+    let y = format!("Bearer {}", issued_token(&gw, "y", "y-secret").await);
+    // Three times each, so the tokens sit in the verified-token cache.
+    for _ in 0..3 {
+        for t in [&x, &y] {
+            assert_eq!(gw.get("/read", &[("authorization", t)]).await.status, 200);
+            assert_eq!(gw.get("/write", &[("authorization", t)]).await.status, 200);
+        }
+    }
+
+    // x removed, y reduced to api/read.
+    std::fs::write(&gw.config, issuer_config(&up.url(), &[CLIENT_Y_READ_ONLY])).unwrap();
+    assert_eq!(gw.admin_post("/reload").await.status, 200);
+
+    let a = gw.get("/read", &[("authorization", &x)]).await;
+    assert_eq!(a.status, 401, "a removed client's token: {}", a.text());
+    assert_eq!(
+        a.header("www-authenticate"),
+        Some(
+            r#"Bearer error="invalid_token", error_description="the token's client is not allowed""#
+        )
+    );
+    assert_eq!(gw.get("/write", &[("authorization", &x)]).await.status, 401);
+
+    // y keeps what it still may have, and nothing more.
+    let seen_before = up.seen().len();
+    let a = gw.get("/read", &[("authorization", &y)]).await;
+    assert_eq!(a.status, 200, "{}", a.text());
+    assert_eq!(up.last().headers["x-tollgate-scopes"], "api/read");
+    let a = gw.get("/write", &[("authorization", &y)]).await;
+    assert_eq!(a.status, 403, "a revoked scope: {}", a.text());
+    assert_eq!(up.seen().len(), seen_before + 1);
+
+    let m = gw.admin_get("/metrics").await.text();
+    assert!(
+        m.lines().any(|l| l.starts_with("tollgate_denied_total{")
+            && l.contains(r#"reason="token_client_revoked""#)),
+        "{m}"
+    );
+    // And the token endpoint agrees: x gets no new token.
+    assert_eq!(
+        gw.send(
+            "POST",
+            "/oauth2/token",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            "grant_type=client_credentials&client_id=x&client_secret=x-secret",
+        )
+        .await
+        .status,
+        401
+    );
+    gw.stop().await;
+}
