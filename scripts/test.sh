@@ -7,17 +7,25 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests use: promtool (from `prometheus`) validates the /metrics text, and
 # redis-server backs the Redis store tests (each test starts its own on a free port; the
 # package's own service is stopped so nothing is left listening on 6379). curl (OpenSSL, with
-# HTTP/2) is a second TLS client for the interop suite.
+# HTTP/2) is a second TLS client for the interop suite. nginx is a real upstream and a trusted
+# front proxy for the attack suite (tests/interop/test_attack_*.py), which runs its own nginx
+# processes on free ports; the package's own service is stopped (and kept from starting at
+# boot) so nothing is left listening on port 80.
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx)
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [[ " ${missing[*]} " == *" redis-server "* ]]; then
     service redis-server stop >/dev/null 2>&1 || true
+  fi
+  if [[ " ${missing[*]} " == *" nginx "* ]]; then
+    service nginx stop >/dev/null 2>&1 || true
+    systemctl disable nginx >/dev/null 2>&1 || true
   fi
 fi
 
@@ -48,7 +56,7 @@ if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
 fi
 stamp="$(sha256sum "$REQS" | cut -d' ' -f1)"
 if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$stamp" ] ||
-  ! "$VENV/bin/python" -c 'import pytest, requests, requests_oauthlib, oauthlib, authlib, jwt, botocore' 2>/dev/null; then
+  ! "$VENV/bin/python" -c 'import pytest, requests, requests_oauthlib, oauthlib, authlib, jwt, botocore, hypercorn, h2, websockets' 2>/dev/null; then
   PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install -q -r "$REQS"
   echo "$stamp" >"$VENV/.requirements.sha256"
 fi
