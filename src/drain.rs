@@ -1,7 +1,8 @@
 //! Counting what shutdown waits for: the open public connections ([`crate::server`]) and the
 //! spliced upgraded connections ([`crate::upgrade`]). Each is admitted with a guard that
 //! uncounts it when dropped; shutdown raises one closing signal they all watch, and waits for
-//! the count to reach zero.
+//! the count to reach zero. [`Slots`] counts one listener's connections against its
+//! `limits.max_connections`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,5 +68,61 @@ impl Tracker {
         tokio::time::timeout(limit, open.wait_for(|n| *n == 0))
             .await
             .is_ok()
+    }
+}
+
+/// The open connections of one public listener against its `limits.max_connections`. Unlike
+/// [`Tracker`], it refuses: [`Slots::take`] fails once the limit is reached.
+#[derive(Debug, Default)]
+pub struct Slots {
+    open: std::sync::atomic::AtomicUsize,
+}
+
+/// One connection's place under a listener's limit; given back when dropped.
+#[derive(Debug)]
+pub struct Slot(Arc<Slots>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+impl Slots {
+    /// A place for one more connection, or `None` when `max` are open already.
+    pub fn take(self: &Arc<Self>, max: usize) -> Option<Slot> {
+        use std::sync::atomic::Ordering;
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// How many places are taken now.
+    pub fn open(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_refuse_beyond_the_limit_and_free_on_drop() {
+        let slots = Arc::new(Slots::default());
+        let a = slots.take(2).expect("first");
+        let _b = slots.take(2).expect("second");
+        assert!(slots.take(2).is_none(), "a third place under a limit of 2");
+        assert_eq!(slots.open(), 2);
+        drop(a);
+        assert_eq!(slots.open(), 1);
+        assert!(slots.take(2).is_some(), "a freed place is given again");
+        // A lowered limit (a reload) refuses until enough have closed.
+        assert!(slots.take(1).is_none());
     }
 }

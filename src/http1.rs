@@ -293,14 +293,15 @@ enum Step {
     Ended(Result<(), hyper::Error>),
     /// Waiting for the next request with nothing in flight: may be taken apart.
     Idle,
-    /// Shutdown began.
+    /// Shutdown began, or the connection reached its maximum age (`retire_at`): no new request.
     Closing,
 }
 
 /// Serves HTTP/1.1 on a plain connection until it ends, releasing hyper's buffers whenever the
 /// connection is idle. An idle connection is closed after `idle` (the header timeout: the same
-/// bound hyper applies while it holds the connection) and at shutdown; a busy one is told to
-/// close after its current response (`Connection: close`) when shutdown begins.
+/// bound hyper applies while it holds the connection), at shutdown and once `retire_at` (its
+/// maximum age, `limits.max_connection_age`) has passed; a busy one is told to close after its
+/// current response (`Connection: close`) when shutdown begins or `retire_at` passes.
 pub async fn serve(
     mut stream: TcpStream,
     info: ConnInfo,
@@ -308,6 +309,7 @@ pub async fn serve(
     gateway: Arc<Gateway>,
     mut closing: watch::Receiver<bool>,
     idle: Duration,
+    retire_at: Instant,
 ) {
     let peer = info.peer;
     let idle_gauge = gateway.metrics().connections_idle.clone();
@@ -335,11 +337,15 @@ pub async fn serve(
     tokio::pin!(release);
     // When the current idle spell began: it may last `idle` in all, with or without hyper.
     let mut idle_since = Instant::now();
+    // Fires once the connection is too old to take another request.
+    let retire = tokio::time::sleep_until(retire_at);
+    tokio::pin!(retire);
     loop {
         if prefix.is_empty() {
             let _counted = Idle::count(&idle_gauge);
+            let until = (idle_since + idle).min(retire_at);
             let ready = tokio::select! {
-                r = tokio::time::timeout_at(idle_since + idle, stream.readable()) => matches!(r, Ok(Ok(()))),
+                r = tokio::time::timeout_at(until, stream.readable()) => matches!(r, Ok(Ok(()))),
                 () = shutdown_begun(&mut closing) => false,
             };
             if !ready {
@@ -365,6 +371,9 @@ pub async fn serve(
                 biased;
                 () = shutdown_begun(&mut closing), if !shutting_down => Step::Closing,
                 s = drive(&mut conn, &activity, release.as_mut(), &mut armed) => s,
+                // After `drive`: a request that arrived with the deadline is read first and
+                // answered with `Connection: close`.
+                () = retire.as_mut(), if !shutting_down => Step::Closing,
             };
             match step {
                 Step::Closing => {

@@ -57,6 +57,9 @@ pub struct Metrics {
     /// `tollgate_tls_handshake_failures_total`: TLS handshakes that failed or timed out
     /// (untrusted or missing client certificates, scanners, protocol mismatches).
     pub tls_handshake_failures: IntCounter,
+    /// `tollgate_connections_refused_total{listener,reason}`: client connections accepted and
+    /// closed at once, by listener (its bound address) and reason (`max_connections`).
+    pub connections_refused: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -191,6 +194,11 @@ impl Metrics {
                 "tollgate_api_key_requests_total",
                 "Requests with a valid API key, by usage plan and outcome.",
                 &["plan", "result"],
+            ),
+            connections_refused: counter(
+                "tollgate_connections_refused_total",
+                "Client connections closed as soon as accepted, by listener and reason.",
+                &["listener", "reason"],
             ),
             registry,
         }

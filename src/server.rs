@@ -4,10 +4,34 @@
 //! on both), applying `listeners:` changes on reload without a restart, counting connections,
 //! and shutting down gracefully: readiness off, stop accepting, let in-flight requests finish
 //! within the grace period.
+//!
+//! What bounds the connections clients can hold, so that idle clients cannot use up the
+//! process's file descriptors and stop all service:
+//! - `limits.max_connections` per listener: a connection beyond it is accepted and closed at
+//!   once (counted in `tollgate_connections_refused_total`). Closing rather than leaving it in
+//!   the kernel's backlog keeps the process serving the connections it has and tells the
+//!   client (or its load balancer) at once to go elsewhere, instead of letting it wait on a
+//!   connection nobody reads. The default is half the descriptor limit (the soft limit is
+//!   raised to the hard one at start), shared among the listeners: the other half is for
+//!   upstream connections, one per request in flight.
+//! - `limits.h2_idle_timeout`: an HTTP/2 connection with no request in flight for that long
+//!   gets a GOAWAY (PINGs do not count: hyper's keep-alive only finds dead peers). Requests
+//!   are counted per connection in the service ([`Streams`]); a timer reads the count only
+//!   when it fires, so a request costs two atomic updates and no timer work.
+//! - `limits.max_connection_age`: after it (less up to a tenth, so clients that connected
+//!   together do not all reconnect together), HTTP/1 closes after the current response and
+//!   HTTP/2 gets a GOAWAY and finishes its streams.
+//! - A connection sent a GOAWAY for either reason that then stays without a request in flight
+//!   for [`GOAWAY_CLOSE_GRACE`] is dropped (a peer that never answers the GOAWAY's PING).
+//! - `accept` failing (out of descriptors: EMFILE, ENFILE) pauses the loop and retries; it is
+//!   logged once when the failures begin and once when accepting works again.
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -19,16 +43,44 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::config::ConfigError;
-use crate::drain::{Admitted, Tracker};
+use crate::drain::{Admitted, Slot, Slots, Tracker};
 use crate::gateway::{BindFailure, Gateway, ListenerCommit, ListenerControl};
 use crate::pipeline::{self, ConnInfo};
 use crate::snapshot::{Limits, ListenerSpec, Snapshot};
 use crate::tls::TlsSettings;
 
-/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin.
+/// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin; short,
+/// so that connections waiting in the backlog are served soon after descriptors free up.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// How long after its last failure a spell of accept failures or refused connections ends
+/// ([`Spell`]): long enough that flapping at a limit is logged once, short enough that the
+/// "again" line follows the recovery closely.
+const SPELL_QUIET: Duration = Duration::from_secs(1);
+/// Default `limits.h2_idle_timeout`: an HTTP/2 client with nothing to ask for a minute gives
+/// its descriptor back; a minute covers the gaps of a client that polls (nginx waits 75 s,
+/// `keepalive_timeout`), and the GOAWAY lets the client reconnect without losing a request.
+pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default `limits.max_connection_age`: nginx's `keepalive_time` (1 h). Long enough that
+/// reconnecting costs nothing measurable, short enough that clients move to new replicas and
+/// certificates within the hour.
+pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
+/// Descriptors left out of the default `limits.max_connections` for everything else the
+/// process holds: listeners, the admin listener and its clients, epoll, the file watcher, log,
+/// state and key files, Redis, JWKS and authorizer fetches.
+const FD_RESERVE: u64 = 64;
+/// Default `limits.max_connections` of each listener when the descriptor limit cannot be read
+/// (other platforms) or is unlimited: the number of idle connections the load benchmark holds.
+const FALLBACK_MAX_CONNECTIONS: usize = 10_000;
+/// A connection retires up to 1/this of `limits.max_connection_age` early (gRPC jitters its
+/// `MAX_CONNECTION_AGE` by ±10% for the same reason: no synchronised reconnect storms).
+const AGE_JITTER_DIVISOR: u32 = 10;
+/// Longest a connection sent a GOAWAY for idleness or age may stay open with no request in
+/// flight: hyper closes it once the client answers the GOAWAY's PING (one round trip), so this
+/// only ends peers that never answer.
+const GOAWAY_CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// A TLS handshake not finished by then is abandoned, so a stalled client holds no task long.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 concurrent streams per connection; bounds per-connection work.
@@ -86,6 +138,7 @@ pub struct Running {
 /// and an address that cannot be bound.
 pub async fn start(config: &Path) -> Result<Running, StartError> {
     let gateway = Arc::new(Gateway::load(config, true).map_err(StartError::Config)?);
+    raise_descriptor_limit();
     let snap = gateway.snapshot();
     let admin = TcpListener::bind(snap.admin.bind)
         .await
@@ -169,6 +222,8 @@ struct Serving {
     proxy_protocol: bool,
     tls: Option<Arc<TlsSettings>>,
     http: Arc<HttpSettings>,
+    /// `limits.max_connections` for this listener (the default worked out).
+    max_connections: usize,
 }
 
 /// hyper's settings for one snapshot's limits.
@@ -179,6 +234,10 @@ struct HttpSettings {
     http1: http1::Builder,
     /// How long a connection may sit idle between requests (`limits.header_timeout`).
     idle: Duration,
+    /// How long an HTTP/2 connection may have no request in flight (`limits.h2_idle_timeout`).
+    h2_idle: Duration,
+    /// `limits.max_connection_age`.
+    max_age: Duration,
 }
 
 /// One running accept loop.
@@ -189,6 +248,14 @@ struct Live {
     serving: Arc<ArcSwap<Serving>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+}
+
+/// What an accept loop counts and refuses with, kept across reloads with its socket.
+struct Gate {
+    /// Its open connections against `limits.max_connections`.
+    slots: Arc<Slots>,
+    /// `tollgate_connections_refused_total{listener=<this>,reason="max_connections"}`.
+    refused: prometheus::IntCounter,
 }
 
 /// The public listeners of a running gateway. A reload keeps the sockets of addresses that
@@ -220,7 +287,80 @@ fn http_settings(limits: &Limits) -> HttpSettings {
         auto: auto_builder(limits),
         http1,
         idle: limits.header_timeout,
+        h2_idle: limits.h2_idle_timeout,
+        max_age: limits.max_connection_age,
     }
+}
+
+/// On Linux with glibc, raises the soft descriptor limit (`ulimit -n`) to the hard one, as Go
+/// programs do at start: the soft limit (often 1024) exists for programs that use `select`,
+/// and a proxy needs a descriptor per client and per upstream connection. Elsewhere it leaves
+/// the limit as it is.
+fn raise_descriptor_limit() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 || lim.rlim_cur >= lim.rlim_max {
+                return;
+            }
+            let was = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = was, to = lim.rlim_max, "raised the descriptor limit");
+            }
+        }
+    }
+}
+
+/// The process's soft descriptor limit, `None` when it cannot be read or is unlimited.
+fn descriptor_limit() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit only writes the struct passed.
+        let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+        (ok && lim.rlim_cur != libc::RLIM_INFINITY).then_some(lim.rlim_cur)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        None
+    }
+}
+
+/// The default `limits.max_connections` of each of `listeners` listeners when the descriptor
+/// limit is `nofile`: half of what [`FD_RESERVE`] leaves (the other half is for the upstream
+/// connection each client may be waiting on, as HAProxy derives its `maxconn`), shared
+/// equally, at least 1.
+fn default_max_connections(nofile: Option<u64>, listeners: usize) -> usize {
+    let listeners = listeners.max(1);
+    match nofile {
+        Some(n) => {
+            let each = n.saturating_sub(FD_RESERVE) / 2 / listeners as u64;
+            usize::try_from(each).unwrap_or(usize::MAX).max(1)
+        }
+        None => FALLBACK_MAX_CONNECTIONS,
+    }
+}
+
+/// When a connection accepted now stops taking requests: `max_age` from now, less a random
+/// part of up to a tenth of it ([`AGE_JITTER_DIVISOR`]); far in the future when that does not
+/// fit in an `Instant`.
+fn retire_at(max_age: Duration, peer: SocketAddr) -> Instant {
+    use std::hash::BuildHasher;
+    // A fresh `RandomState` has fresh keys: a cheap random number, without a dependency.
+    let r = std::collections::hash_map::RandomState::new().hash_one(peer) % 1024;
+    let early = max_age / AGE_JITTER_DIVISOR / 1024 * r as u32;
+    let now = Instant::now();
+    now.checked_add(max_age.saturating_sub(early))
+        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
 }
 
 /// The auto builder (HTTP/1.1 or HTTP/2, by ALPN or the HTTP/2 preface).
@@ -291,14 +431,23 @@ impl Listeners {
     /// Starts the accept loop of a newly bound listener.
     fn spawn(&self, key: ListenerKey, listener: TcpListener, serving: Serving) -> Live {
         let local = listener.local_addr().unwrap_or(key.0);
+        let max_connections = serving.max_connections;
         let serving = Arc::new(ArcSwap::from_pointee(serving));
         let (stop, stop_rx) = watch::channel(false);
         let me = self
             .me
             .upgrade()
             .expect("listeners outlive their accept loops");
-        let task = tokio::spawn(accept_public(listener, serving.clone(), me, stop_rx));
-        tracing::info!(addr = %local, "listening");
+        let gate = Gate {
+            slots: Arc::new(Slots::default()),
+            refused: self
+                .gateway
+                .metrics()
+                .connections_refused
+                .with_label_values(&[&local.to_string(), "max_connections"]),
+        };
+        let task = tokio::spawn(accept_public(listener, serving.clone(), gate, me, stop_rx));
+        tracing::info!(addr = %local, max_connections, "listening");
         Live {
             key,
             local,
@@ -346,6 +495,10 @@ impl Listeners {
     /// (bound by `prepare`) started, removed ones stopped.
     fn commit(&self, snap: &Snapshot, mut bound: Vec<(ListenerKey, TcpListener)>) {
         let http = Arc::new(http_settings(&snap.limits));
+        let max_connections = snap
+            .limits
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(descriptor_limit(), snap.listeners.len()));
         let expiry = &self.gateway.metrics().tls_certificate_expiry;
         expiry.reset();
         for spec in &snap.listeners {
@@ -362,6 +515,7 @@ impl Listeners {
                 proxy_protocol: spec.proxy_protocol,
                 tls: spec.tls.clone(),
                 http: http.clone(),
+                max_connections,
             };
             if let Some(i) = old.iter().position(|l| l.key == key) {
                 let l = old.swap_remove(i);
@@ -379,54 +533,154 @@ impl Listeners {
     }
 }
 
-/// The next connection, or `None` once `stop` fires. Accept errors (such as running out of file
-/// descriptors) are logged and retried after a pause.
+/// Failures of one kind close together ("a spell"), logged when they begin and when they end
+/// rather than each time. A spell ends with the first success [`SPELL_QUIET`] after its last
+/// failure, so a limit that is touched again and again (a few descriptors freeing and filling
+/// up) is one spell, not one warning per freed descriptor.
+#[derive(Debug, Default)]
+struct Spell {
+    /// When the current spell began, its last failure, and its failures so far.
+    current: Option<(Instant, Instant, u64)>,
+}
+
+impl Spell {
+    /// One more failure at `now`; `true` when it begins a spell.
+    fn fail(&mut self, now: Instant) -> bool {
+        match &mut self.current {
+            Some((_, last, n)) => {
+                *last = now;
+                *n += 1;
+                false
+            }
+            None => {
+                self.current = Some((now, now, 1));
+                true
+            }
+        }
+    }
+
+    /// A success at `now`: how long the spell it ends lasted (to its last failure) and how many
+    /// failures it had, if it ends one.
+    fn end(&mut self, now: Instant) -> Option<(Duration, u64)> {
+        let (began, last, n) = self.current?;
+        (now >= last + SPELL_QUIET).then(|| {
+            self.current = None;
+            (last - began, n)
+        })
+    }
+}
+
+/// Whether an accept error concerns only the connection being accepted (reset or aborted by
+/// its client while in the backlog): the next accept may follow at once.
+fn only_that_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        e.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    )
+}
+
+/// The next connection, or `None` once `stop` fires. Other accept errors (out of file
+/// descriptors, EMFILE or ENFILE; out of memory) pause the loop for [`ACCEPT_ERROR_BACKOFF`]
+/// before it tries again, for as long as they last: the connections already open keep being
+/// served, and those waiting in the backlog are taken once descriptors free up. `failing`
+/// holds the spell across calls: it is logged once when it begins (`warn`) and once when
+/// accepting works again (`info`).
 async fn accept(
     listener: &TcpListener,
     stop: &mut watch::Receiver<bool>,
+    failing: &mut Spell,
 ) -> Option<(TcpStream, SocketAddr)> {
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             _ = stop.changed() => return None,
-            r = listener.accept() => match r {
-                Ok(x) => return Some(x),
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            r = listener.accept() => r,
+        };
+        match accepted {
+            Ok(x) => {
+                if let Some((lasted, failures)) = failing.end(Instant::now()) {
+                    tracing::info!(addr = %local(listener), ?lasted, failures, "accepting connections again");
                 }
-            },
+                return Some(x);
+            }
+            Err(e) if only_that_connection(&e) => {
+                tracing::debug!(error = %e, "a connection ended before it was accepted");
+            }
+            Err(e) => {
+                if failing.fail(Instant::now()) {
+                    tracing::warn!(
+                        addr = %local(listener),
+                        error = %e,
+                        retry = ?ACCEPT_ERROR_BACKOFF,
+                        "accept failed; retrying until it works (out of file descriptors? see limits.max_connections)"
+                    );
+                }
+                tokio::select! {
+                    _ = stop.changed() => return None,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                }
+            }
         }
     }
 }
 
+/// A listener's bound address for logs.
+fn local(listener: &TcpListener) -> String {
+    listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string())
+}
+
 /// Accepts connections and serves each in its own task, with the listener's settings at the
-/// moment of accepting.
+/// moment of accepting. A connection beyond the listener's `limits.max_connections` is closed
+/// as soon as it is accepted and counted in `tollgate_connections_refused_total`; the limit
+/// being reached is logged once, and once more when connections are admitted again.
 async fn accept_public(
     listener: TcpListener,
     serving: Arc<ArcSwap<Serving>>,
+    gate: Gate,
     listeners: Arc<Listeners>,
     mut stop: watch::Receiver<bool>,
 ) {
-    while let Some((stream, tcp_peer)) = accept(&listener, &mut stop).await {
-        let _ = stream.set_nodelay(true);
-        if listeners.closed.load(std::sync::atomic::Ordering::SeqCst) {
+    let mut failing = Spell::default();
+    let mut refusing = Spell::default();
+    while let Some((stream, tcp_peer)) = accept(&listener, &mut stop, &mut failing).await {
+        if listeners.closed.load(Ordering::SeqCst) {
             return; // shutting down
         }
+        let serving = serving.load_full();
+        let Some(slot) = gate.slots.take(serving.max_connections) else {
+            gate.refused.inc();
+            if refusing.fail(Instant::now()) {
+                tracing::warn!(
+                    addr = %local(&listener),
+                    max_connections = serving.max_connections,
+                    "connection limit reached; closing new connections until some end (limits.max_connections)"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        if let Some((lasted, refused)) = refusing.end(Instant::now()) {
+            tracing::info!(addr = %local(&listener), ?lasted, refused, "below the connection limit again");
+        }
+        let _ = stream.set_nodelay(true);
         let guard = listeners.conns.admit();
         tokio::spawn(connection(
             stream,
             tcp_peer,
-            serving.load_full(),
+            serving,
             listeners.gateway.clone(),
             listeners.conns.closing(),
-            guard,
+            (guard, slot),
         ));
     }
 }
 
 /// One connection: the PROXY header when the listener expects one (its source address becomes
 /// the peer; a connection without a valid one is closed), then plain HTTP/1 through
-/// [`crate::http1`], or the HTTP/2 preface through the auto builder, or TLS.
+/// [`crate::http1`], or the HTTP/2 preface through the auto builder, or TLS. It stops taking
+/// requests at its maximum age ([`retire_at`]).
 ///
 /// The task of every connection is sized for this future's largest state, so the states only
 /// some connections reach (PROXY header, TLS, HTTP/2) are boxed: an idle plain HTTP/1
@@ -437,8 +691,9 @@ async fn connection(
     serving: Arc<Serving>,
     gateway: Arc<Gateway>,
     mut closing: watch::Receiver<bool>,
-    _guard: Admitted,
+    _counted: (Admitted, Slot),
 ) {
+    let retire = retire_at(serving.http.max_age, tcp_peer);
     let peer = if serving.proxy_protocol {
         match Box::pin(crate::proxy_protocol::read_header(&mut stream)).await {
             Ok(Some(source)) => source,
@@ -459,6 +714,7 @@ async fn connection(
             &serving.http,
             gateway,
             closing,
+            retire,
         ))
         .await;
     }
@@ -470,10 +726,19 @@ async fn connection(
     let http = &serving.http;
     match crate::http1::opening(&stream, http.idle, &mut closing).await {
         crate::http1::Opening::Http1 => {
-            crate::http1::serve(stream, info, &http.http1, gateway, closing, http.idle).await;
+            crate::http1::serve(
+                stream,
+                info,
+                &http.http1,
+                gateway,
+                closing,
+                http.idle,
+                retire,
+            )
+            .await;
         }
         crate::http1::Opening::Other => {
-            Box::pin(serve(stream, info, &http.auto, gateway, closing)).await;
+            Box::pin(serve(stream, info, http, gateway, closing, retire)).await;
         }
         crate::http1::Opening::Gone => {}
     }
@@ -488,6 +753,7 @@ async fn tls_connection(
     http: &HttpSettings,
     gateway: Arc<Gateway>,
     closing: watch::Receiver<bool>,
+    retire: Instant,
 ) {
     let tls_stream =
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
@@ -509,85 +775,248 @@ async fn tls_connection(
         client_cert: crate::tls::client_cert(tls_stream.get_ref().1),
     };
     if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        serve(tls_stream, info, &http.auto, gateway, closing).await;
+        serve(tls_stream, info, http, gateway, closing, retire).await;
     } else {
-        serve_http1(tls_stream, info, &http.http1, gateway, closing).await;
+        serve_http1(tls_stream, info, &http.http1, gateway, closing, retire).await;
     }
 }
 
-/// Serves HTTP/1.1 (with upgrades) or HTTP/2 on `io` until the connection ends; when shutdown
-/// begins, idle connections close and busy ones finish their current requests.
+/// Serves HTTP/2 (or HTTP/1.1, with upgrades, when the auto builder finds no preface) on `io`
+/// until the connection ends; it gets a GOAWAY once it has had no request in flight for
+/// `limits.h2_idle_timeout`, at its maximum age, and when shutdown begins (idle connections
+/// close, busy ones finish their streams).
 async fn serve<IO>(
     io: IO,
     info: ConnInfo,
-    http: &auto::Builder<TokioExecutor>,
+    http: &HttpSettings,
     gateway: Arc<Gateway>,
     closing: watch::Receiver<bool>,
+    retire_at: Instant,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let conn = http.serve_connection_with_upgrades(TokioIo::new(io), service(gateway, info));
-    finish(conn, |c| c.graceful_shutdown(), closing, peer).await;
+    let streams = Arc::new(Streams::new());
+    let conn = http.auto.serve_connection_with_upgrades(
+        TokioIo::new(io),
+        service(gateway, info, Some(streams.clone())),
+    );
+    let life = Lifetime {
+        retire_at,
+        idle: Some((streams, http.h2_idle)),
+    };
+    finish(conn, |c| c.graceful_shutdown(), closing, peer, life).await;
 }
 
 /// Serves HTTP/1.1 (with upgrades) on a TLS connection until it ends. rustls keeps its own
 /// buffers for the connection's life, so hyper's are kept too (unlike [`crate::http1::serve`]).
+/// Its idle keep-alive bound is hyper's header timeout; at its maximum age it closes (idle) or
+/// answers its current request with `Connection: close`.
 async fn serve_http1<IO>(
     io: IO,
     info: ConnInfo,
     http: &http1::Builder,
     gateway: Arc<Gateway>,
     closing: watch::Receiver<bool>,
+    retire_at: Instant,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
     let conn = http
-        .serve_connection(TokioIo::new(io), service(gateway, info))
+        .serve_connection(TokioIo::new(io), service(gateway, info, None))
         .with_upgrades();
-    finish(conn, |c| c.graceful_shutdown(), closing, peer).await;
+    let life = Lifetime {
+        retire_at,
+        idle: None,
+    };
+    finish(conn, |c| c.graceful_shutdown(), closing, peer, life).await;
 }
 
-/// The pipeline as a hyper service for one connection.
+/// The requests in flight on one connection, and when the last one ended: what
+/// `limits.h2_idle_timeout` measures. Updated by the service on every request (two atomic
+/// operations at its start and end); read only when the connection's idle timer fires.
+#[derive(Debug)]
+struct Streams {
+    /// Requests whose response hyper has not dropped yet.
+    open: AtomicUsize,
+    /// When the last request ended, in milliseconds after `since`.
+    last_end: AtomicU64,
+    /// When the connection began.
+    since: Instant,
+}
+
+impl Streams {
+    fn new() -> Streams {
+        Streams {
+            open: AtomicUsize::new(0),
+            last_end: AtomicU64::new(0),
+            since: Instant::now(),
+        }
+    }
+
+    /// A request began: in flight until the returned guard (kept with its response) drops.
+    fn start(self: &Arc<Self>) -> InFlight {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Since when the connection has had no request in flight; `None` while one is.
+    fn quiet_since(&self) -> Option<Instant> {
+        (self.open.load(Ordering::Acquire) == 0)
+            .then(|| self.since + Duration::from_millis(self.last_end.load(Ordering::Acquire)))
+    }
+}
+
+/// One request in flight on a connection ([`Streams`]).
+#[derive(Debug)]
+struct InFlight(Arc<Streams>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let s = &self.0;
+        let at = u64::try_from(s.since.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // Before the count drops, so a reader that sees none in flight sees this end too.
+        s.last_end.fetch_max(at, Ordering::AcqRel);
+        s.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted in flight until hyper drops it (sent
+    /// whole, or its stream reset).
+    struct Counted<B> {
+        #[pin]
+        inner: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The pipeline as a hyper service for one connection; with `streams`, each request is counted
+/// in flight there until its response has been sent.
 fn service(
     gateway: Arc<Gateway>,
     info: ConnInfo,
+    streams: Option<Arc<Streams>>,
 ) -> impl hyper::service::Service<
     hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<crate::error::ResponseBody>,
+    Response = hyper::Response<Counted<crate::error::ResponseBody>>,
     Error = std::convert::Infallible,
     Future = impl Future<
-        Output = Result<hyper::Response<crate::error::ResponseBody>, std::convert::Infallible>,
+        Output = Result<
+            hyper::Response<Counted<crate::error::ResponseBody>>,
+            std::convert::Infallible,
+        >,
     > + Send,
 > + Clone {
     let info = Arc::new(info);
     service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        pipeline::handle(
+        let in_flight = streams.as_ref().map(|s| s.start());
+        let handled = pipeline::handle(
             gateway.clone(),
             info.clone(),
             req.map(crate::body::ClientBody::new),
-        )
+        );
+        async move {
+            let resp = handled.await?;
+            Ok(resp.map(|inner| Counted { inner, in_flight }))
+        }
     })
 }
 
-/// Drives `conn` to its end; once shutdown begins, asks it to finish with `graceful` (idle, it
-/// closes; busy, it closes after the current response).
+/// What ends a connection besides its client and shutdown.
+struct Lifetime {
+    /// When it stops taking requests (`limits.max_connection_age`, see [`retire_at`]).
+    retire_at: Instant,
+    /// For HTTP/2: its requests in flight, and how long it may have none
+    /// (`limits.h2_idle_timeout`).
+    idle: Option<(Arc<Streams>, Duration)>,
+}
+
+/// Drives `conn` to its end. It is asked to finish with `graceful` (idle, it closes; busy,
+/// HTTP/1 closes after the current response and HTTP/2 sends GOAWAY and finishes its streams)
+/// when shutdown begins, when it reaches `life.retire_at`, and, with `life.idle`, once it has
+/// had no request in flight for the idle timeout. After a GOAWAY for age or idleness, a
+/// connection with no request in flight for [`GOAWAY_CLOSE_GRACE`] is dropped.
 async fn finish<C, E>(
     conn: C,
-    graceful: impl FnOnce(std::pin::Pin<&mut C>),
+    graceful: impl Fn(Pin<&mut C>),
     mut closing: watch::Receiver<bool>,
     peer: SocketAddr,
+    life: Lifetime,
 ) where
     C: Future<Output = Result<(), E>>,
     E: std::fmt::Display,
 {
     let mut conn = std::pin::pin!(conn);
-    let ended = tokio::select! {
-        r = conn.as_mut() => r,
-        () = crate::http1::shutdown_begun(&mut closing) => {
-            graceful(conn.as_mut());
-            conn.await
+    let retire = tokio::time::sleep_until(life.retire_at);
+    let first_look = life
+        .idle
+        .as_ref()
+        .map_or(life.retire_at, |(_, after)| Instant::now() + *after);
+    let idle = tokio::time::sleep_until(first_look);
+    let mut retire = std::pin::pin!(retire);
+    let mut idle = std::pin::pin!(idle);
+    // When the connection was asked to finish for its age or idleness.
+    let mut retired: Option<Instant> = None;
+    let ended = loop {
+        tokio::select! {
+            r = conn.as_mut() => break r,
+            () = crate::http1::shutdown_begun(&mut closing) => {
+                graceful(conn.as_mut());
+                break conn.await;
+            }
+            () = retire.as_mut(), if retired.is_none() => {
+                tracing::debug!(%peer, "connection reached limits.max_connection_age; it takes no new requests");
+                graceful(conn.as_mut());
+                let now = Instant::now();
+                retired = Some(now);
+                idle.as_mut().reset(now + GOAWAY_CLOSE_GRACE);
+            }
+            () = idle.as_mut(), if life.idle.is_some() => {
+                let Some((streams, timeout)) = &life.idle else { continue };
+                let now = Instant::now();
+                let (after, quiet) = match (retired, streams.quiet_since()) {
+                    (_, None) => {
+                        // A request in flight: look again in a while.
+                        idle.as_mut().reset(now + *timeout);
+                        continue;
+                    }
+                    (None, Some(q)) => (*timeout, q),
+                    (Some(at), Some(q)) => (GOAWAY_CLOSE_GRACE, q.max(at)),
+                };
+                if now < quiet + after {
+                    idle.as_mut().reset(quiet + after);
+                } else if retired.is_some() {
+                    tracing::debug!(%peer, "connection sent a GOAWAY did not close; dropping it");
+                    return;
+                } else {
+                    tracing::debug!(%peer, "HTTP/2 connection idle for limits.h2_idle_timeout; GOAWAY");
+                    graceful(conn.as_mut());
+                    retired = Some(now);
+                    idle.as_mut().reset(now + GOAWAY_CLOSE_GRACE);
+                }
+            }
         }
     };
     if let Err(e) = ended {
@@ -600,7 +1029,8 @@ async fn accept_admin(
     gateway: Arc<Gateway>,
     mut stop: watch::Receiver<bool>,
 ) {
-    while let Some((stream, _)) = accept(&listener, &mut stop).await {
+    let mut failing = Spell::default();
+    while let Some((stream, _)) = accept(&listener, &mut stop, &mut failing).await {
         let gw = gateway.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| crate::admin::handle(gw.clone(), req));
@@ -610,5 +1040,74 @@ async fn accept_admin(
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_connection_limit_is_half_the_descriptors_left_shared_by_listeners() {
+        assert_eq!(default_max_connections(Some(256), 1), 96);
+        assert_eq!(default_max_connections(Some(1024), 2), 240);
+        assert_eq!(default_max_connections(Some(20_000), 1), 9_968);
+        // Never 0, whatever the limit.
+        assert_eq!(default_max_connections(Some(10), 1), 1);
+        assert_eq!(default_max_connections(Some(100), 0), 18);
+        assert_eq!(default_max_connections(None, 3), FALLBACK_MAX_CONNECTIONS);
+    }
+
+    #[test]
+    fn a_connection_retires_within_a_tenth_before_its_maximum_age() {
+        let age = Duration::from_secs(100);
+        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        for _ in 0..100 {
+            let before = Instant::now();
+            let at = retire_at(age, peer);
+            assert!(at <= Instant::now() + age, "later than the maximum age");
+            assert!(
+                at >= before + age - age / AGE_JITTER_DIVISOR,
+                "more than a tenth early"
+            );
+        }
+        // An age that does not fit in an Instant is far away, not a panic.
+        assert!(retire_at(Duration::MAX, peer) > Instant::now() + Duration::from_secs(86_400));
+    }
+
+    #[test]
+    fn a_spell_is_reported_once_at_its_start_and_once_at_its_end() {
+        let t = Instant::now();
+        let ms = |n| t + Duration::from_millis(n);
+        let mut s = Spell::default();
+        assert!(s.end(t).is_none(), "no spell, nothing ended");
+        assert!(s.fail(t), "the first failure begins a spell");
+        assert!(!s.fail(ms(10)));
+        // A success soon after a failure does not end the spell: the next failure continues it.
+        assert!(s.end(ms(60)).is_none());
+        assert!(!s.fail(ms(110)));
+        let (lasted, failures) = s
+            .end(ms(110) + SPELL_QUIET)
+            .expect("a quiet success ends it");
+        assert_eq!((lasted, failures), (Duration::from_millis(110), 3));
+        assert!(s.end(ms(5000)).is_none());
+        assert!(s.fail(ms(6000)), "a later failure begins a new spell");
+    }
+
+    #[test]
+    fn streams_are_quiet_only_with_none_in_flight() {
+        let s = Arc::new(Streams::new());
+        assert!(
+            s.quiet_since().is_some(),
+            "a new connection is quiet from its start"
+        );
+        let a = s.start();
+        let b = s.start();
+        assert!(s.quiet_since().is_none());
+        drop(a);
+        assert!(s.quiet_since().is_none(), "one still in flight");
+        drop(b);
+        let q = s.quiet_since().expect("none in flight");
+        assert!(q >= s.since);
     }
 }

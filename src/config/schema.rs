@@ -167,6 +167,15 @@ pub struct LimitsCfg {
     /// How long listeners keep accepting after `/readyz` turns 503 at shutdown, so load
     /// balancers stop sending first (default 0s; e.g. 5s behind a load balancer or in Kubernetes).
     pub shutdown_delay: Option<Dur>,
+    /// Longest an HTTP/2 connection may stay open with no request in flight before it gets a
+    /// GOAWAY and is closed (default 60s). PINGs do not count as activity.
+    pub h2_idle_timeout: Option<Dur>,
+    /// Age after which a client connection takes no new request: HTTP/1 closes after the
+    /// current response, HTTP/2 gets a GOAWAY and finishes its streams (default 1h).
+    pub max_connection_age: Option<Dur>,
+    /// Most open client connections per public listener; more are accepted and closed at once
+    /// (default: half the process's descriptor limit, shared among the listeners).
+    pub max_connections: Option<usize>,
 }
 
 /// State storage.

@@ -87,6 +87,13 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Time between readiness turning off and listeners closing.
     pub shutdown_delay: Duration,
+    /// Longest an HTTP/2 connection may have no request in flight before its GOAWAY.
+    pub h2_idle_timeout: Duration,
+    /// Age after which a client connection takes no new request.
+    pub max_connection_age: Duration,
+    /// Most open connections per public listener; `None`: derived from the descriptor limit
+    /// when the listeners start ([`crate::server`]).
+    pub max_connections: Option<usize>,
 }
 
 /// CORS settings in their response-ready form.
@@ -513,15 +520,27 @@ pub fn compile(
             .map_or(crate::upgrade::DEFAULT_IDLE_TIMEOUT, |d| d.0),
         shutdown_grace: l.shutdown_grace.map_or(DEFAULT_SHUTDOWN_GRACE, |d| d.0),
         shutdown_delay: l.shutdown_delay.map_or(Duration::ZERO, |d| d.0),
+        h2_idle_timeout: l
+            .h2_idle_timeout
+            .map_or(crate::server::DEFAULT_H2_IDLE_TIMEOUT, |d| d.0),
+        max_connection_age: l
+            .max_connection_age
+            .map_or(crate::server::DEFAULT_MAX_CONNECTION_AGE, |d| d.0),
+        max_connections: l.max_connections,
     };
     for (value, path) in [
         (limits.header_timeout, "limits.header_timeout"),
         (limits.body_idle_timeout, "limits.body_idle_timeout"),
         (limits.upgrade_idle_timeout, "limits.upgrade_idle_timeout"),
+        (limits.h2_idle_timeout, "limits.h2_idle_timeout"),
+        (limits.max_connection_age, "limits.max_connection_age"),
     ] {
         if value.is_zero() {
             errs.at(path, "must be greater than 0");
         }
+    }
+    if limits.max_connections == Some(0) {
+        errs.at("limits.max_connections", "must be at least 1");
     }
     if limits.max_header_bytes < 8192 {
         errs.at("limits.max_header_bytes", "must be at least 8KiB");

@@ -6,6 +6,7 @@ mod admin;
 mod auth_e2e;
 mod clientip;
 mod config;
+mod connlimits;
 mod external;
 mod hardening;
 mod issuer;
