@@ -68,13 +68,25 @@ pub fn sanitize_request(h: &mut HeaderMap, allow_underscores: bool) -> bool {
 pub fn sanitize_trailers(h: &mut HeaderMap, allow_underscores: bool) {
     crate::proxy::strip_hop_by_hop(h, false);
     sanitize_request(h, allow_underscores);
-    // Fields that frame or route a message have no place in trailers (RFC 9110 6.5.1).
+    // Fields that frame or route a message, carry credentials or say who the client is have no
+    // place in trailers (RFC 9110 6.5.1): the gateway sets the head's, and a framework that
+    // merges trailers into the head would take a client's second copy.
     for n in [
         header::HOST,
         header::CONTENT_LENGTH,
         header::CONTENT_TYPE,
         header::AUTHORIZATION,
         header::COOKIE,
+    ] {
+        h.remove(n);
+    }
+    for n in [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-request-id",
+        "x-api-key",
     ] {
         h.remove(n);
     }
@@ -146,6 +158,9 @@ mod tests {
             "connection",
             "content-length",
             "host",
+            "x-forwarded-for",
+            "x-api-key",
+            "x-request-id",
             "x-checksum",
         ]);
         sanitize_trailers(&mut h, false);

@@ -480,3 +480,65 @@ async fn http2_paths_follow_the_same_rules() {
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].uri.path(), "/open~");
 }
+
+#[tokio::test]
+async fn trailers_towards_an_http2_upstream_lose_identity_hop_by_hop_and_underscore_fields() {
+    use http_body_util::{BodyExt, StreamBody};
+    let up = upstream::start_h2c("app").await;
+    let gw = gateway::start(&format!(
+        "upstreams:\n  app: {{ targets: [\"{}\"], protocol: h2c }}\nroutes:\n  - {{ route: \"POST /upload\", upstream: app, authorizer: none }}\n",
+        up.url()
+    ))
+    .await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<StreamBody<
+            futures_util::stream::Iter<
+                std::vec::IntoIter<
+                    Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
+                >,
+            >,
+        >>();
+    let mut trailers = http::HeaderMap::new();
+    for (name, value) in [
+        ("x-tollgate-principal", "admin"),
+        ("x_tollgate_principal", "admin"),
+        ("x_user", "root"),
+        ("x-forwarded-for", "10.0.0.1"),
+        ("x-http-method-override", "DELETE"),
+        ("content-length", "0"),
+        ("te", "trailers"),
+        ("x-checksum", "abc123"),
+    ] {
+        trailers.insert(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
+    let frames = vec![
+        Ok(http_body::Frame::data(bytes::Bytes::from_static(
+            b"payload",
+        ))),
+        Ok(http_body::Frame::trailers(trailers)),
+    ];
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("http://{}/upload", gw.addr))
+        .header("te", "trailers")
+        .body(StreamBody::new(futures_util::stream::iter(frames)))
+        .unwrap();
+    let resp = h2.request(req).await.expect("h2c answered");
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    let seen = up.last();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert_eq!(seen.body, "payload");
+    let got = seen.trailers.expect("the upstream received the trailers");
+    let names: Vec<&str> = got.keys().map(|n| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["x-checksum"],
+        "trailers that reached the upstream: {got:?}"
+    );
+    gw.stop().await;
+}

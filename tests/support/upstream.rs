@@ -31,6 +31,8 @@ pub struct Seen {
     pub uri: Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// The request's trailers, if it sent any.
+    pub trailers: Option<HeaderMap>,
     /// The HTTP version the request arrived in.
     pub version: http::Version,
     /// The server name (SNI) the client asked for over TLS.
@@ -196,8 +198,11 @@ fn service(
 
 async fn answer(srv: Upstream, sni: Option<String>, req: Request<Incoming>) -> Response<MockBody> {
     let (parts, body) = req.into_parts();
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
+    let (body, trailers) = match body.collect().await {
+        Ok(b) => {
+            let trailers = b.trailers().cloned();
+            (b.to_bytes(), trailers)
+        }
         Err(_) => {
             return Response::new(Either::Left(Full::new(Bytes::from_static(b"body failed"))));
         }
@@ -207,6 +212,7 @@ async fn answer(srv: Upstream, sni: Option<String>, req: Request<Incoming>) -> R
         uri: parts.uri.clone(),
         headers: parts.headers.clone(),
         body: body.clone(),
+        trailers,
         version: parts.version,
         sni,
     });
