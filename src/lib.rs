@@ -17,6 +17,9 @@ pub mod config;
 pub mod drain;
 pub mod error;
 pub mod fetch;
+/// Entry points for the fuzz targets in `fuzz/` (docs/fuzzing.md); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
 pub mod http1;
