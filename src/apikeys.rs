@@ -174,11 +174,13 @@ pub fn read_csv(path: &Path) -> Result<(Vec<KeyRecord>, usize), Vec<ConfigError>
     let mut errors = Vec::new();
     let mut literal = 0;
     for (i, row) in reader.records().enumerate() {
-        let line = row
-            .as_ref()
-            .ok()
-            .and_then(|r| r.position())
-            .map_or(i + 2, |p| p.line() as usize);
+        // The reader's own line count (by LF): a record count would drift from the lines an
+        // editor shows when fields span lines or a lone CR ends a record (found by fuzzing).
+        let line = match &row {
+            Ok(r) => r.position(),
+            Err(e) => e.position(),
+        }
+        .map_or(i + 2, |p| p.line() as usize);
         let row = match row {
             Ok(r) => r,
             Err(e) => {

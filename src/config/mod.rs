@@ -117,8 +117,19 @@ pub fn read(path: &Path) -> Result<Parsed, ConfigError> {
     parse(path, &text)
 }
 
-/// Parses config text as if read from `path`.
+/// Parses config text as if read from `path`. Refuses a line break other than LF or CRLF (see
+/// [`odd_line_break`]) before anything else.
 pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
+    if let Some((line, col, what)) = odd_line_break(text) {
+        return Err(ConfigError {
+            file: path.to_path_buf(),
+            line,
+            col,
+            message: format!(
+                "{what} is a line break in YAML; tollgate counts lines by LF, so use LF or CRLF line ends"
+            ),
+        });
+    }
     let file: FileConfig = serde_norway::from_str(text).map_err(|e| {
         let (line, col) = e
             .location()
@@ -150,10 +161,67 @@ pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
     })
 }
 
+/// The first line break YAML (1.1, as libyaml reads it) sees but an editor counting LF does not:
+/// a CR not followed by LF, NEL (U+0085), LINE SEPARATOR (U+2028) or PARAGRAPH SEPARATOR
+/// (U+2029), with its line and column counted by LF. Refused because every location tollgate
+/// reports would otherwise point past the line the operator sees (found by fuzzing).
+fn odd_line_break(text: &str) -> Option<(usize, usize, &'static str)> {
+    let mut line = 1;
+    let mut col = 1;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let odd = match c {
+            '\n' => {
+                line += 1;
+                col = 1;
+                continue;
+            }
+            '\r' if chars.peek() != Some(&'\n') => {
+                Some("a carriage return (CR) without a line feed")
+            }
+            '\u{85}' => Some("NEL (U+0085)"),
+            '\u{2028}' => Some("LINE SEPARATOR (U+2028)"),
+            '\u{2029}' => Some("PARAGRAPH SEPARATOR (U+2029)"),
+            _ => None,
+        };
+        if let Some(what) = odd {
+            return Some((line, col, what));
+        }
+        col += 1;
+    }
+    None
+}
+
 /// serde_norway appends " at line L column C" to messages; we print the location ourselves.
 fn strip_location(msg: &str) -> String {
     match msg.find(" at line ") {
         Some(i) => msg[..i].to_string(),
         None => msg.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_breaks_yaml_sees_but_editors_do_not_are_refused_where_they_are() {
+        let path = Path::new("gateway.yaml");
+        for (text, line, col) in [
+            ("listeners: []\nroutes:\r  x: 1\n", 2, 8),
+            ("a: 1\r\nb: \u{85}\n", 2, 4),
+            ("a: \"x\u{2028}y\"\n", 1, 6),
+            ("\u{2029}", 1, 1),
+        ] {
+            let e = parse(path, text).err().expect("refused");
+            assert_eq!((e.line, e.col), (line, col), "{text:?}: {e}");
+            assert!(e.message.contains("line break"), "{e}");
+        }
+        // CRLF files are fine: the error (if any) is not about line breaks.
+        let e = parse(path, "listeners: []\r\nnope: 1\r\n")
+            .err()
+            .expect("refused");
+        assert!(!e.message.contains("line break"), "{e}");
+        assert_eq!(e.line, 2);
     }
 }
