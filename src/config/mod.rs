@@ -213,14 +213,16 @@ mod tests {
             ("a: \"x\u{2028}y\"\n", 1, 6),
             ("\u{2029}", 1, 1),
         ] {
-            let e = parse(path, text).err().expect("refused");
+            let Err(e) = parse(path, text) else {
+                panic!("{text:?} accepted")
+            };
             assert_eq!((e.line, e.col), (line, col), "{text:?}: {e}");
             assert!(e.message.contains("line break"), "{e}");
         }
         // CRLF files are fine: the error (if any) is not about line breaks.
-        let e = parse(path, "listeners: []\r\nnope: 1\r\n")
-            .err()
-            .expect("refused");
+        let Err(e) = parse(path, "listeners: []\r\nnope: 1\r\n") else {
+            panic!("an unknown key accepted")
+        };
         assert!(!e.message.contains("line break"), "{e}");
         assert_eq!(e.line, 2);
     }
