@@ -234,22 +234,8 @@ fn form_like_body<B: Body>(headers: &HeaderMap, body: &B) -> Result<(), &'static
     Ok(())
 }
 
-fn text(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
-    let mut r = Response::new(Full::new(body.into()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static(content_type),
-    );
-    r
-}
-
 fn json(status: StatusCode, v: serde_json::Value) -> Response<Full<Bytes>> {
-    text(status, "application/json", v.to_string())
+    crate::answer::json(status, v.to_string())
 }
 
 /// Serves one admin request. Without `admin.token`, `browser_guard` runs first and refuses
@@ -312,7 +298,7 @@ pub async fn handle(
                 )
             }
         }
-        (&Method::GET, "/metrics") => text(
+        (&Method::GET, "/metrics") => crate::answer::fixed(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             gw.metrics().render(),

@@ -13,8 +13,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-use crate::http1::BodyWatch;
-
 /// Why a request body stopped early.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFailure {
@@ -65,28 +63,81 @@ impl std::fmt::Display for BodyError {
 
 impl std::error::Error for BodyError {}
 
-pin_project_lite::pin_project! {
-    /// A client's request body as hyper delivers it. On a plain HTTP/1 connection it tells the
-    /// connection loop when it has been read to its end (see [`crate::http1`]): only then may
-    /// the loop take the idle connection back from hyper.
-    pub struct ClientBody {
-        #[pin]
-        inner: Incoming,
-        watch: Option<BodyWatch>,
+/// Told once when a request body has been read to its end, or dropped before it. The plain
+/// HTTP/1 transport uses it to know when a connection is at a message boundary.
+pub(crate) trait BodyEnd: Send + Sync {
+    /// The body ended: `whole` when it was read to its end, `false` when it was dropped early.
+    fn ended(&self, whole: bool);
+}
+
+/// Held by a [`ClientBody`] until its end; tells its [`BodyEnd`] exactly once.
+pub(crate) struct EndSignal(Option<Arc<dyn BodyEnd>>);
+
+impl EndSignal {
+    /// A signal to `to`.
+    pub(crate) fn new(to: Arc<dyn BodyEnd>) -> EndSignal {
+        EndSignal(Some(to))
     }
+
+    fn finished(mut self) {
+        if let Some(to) = self.0.take() {
+            to.ended(true);
+        }
+    }
+}
+
+impl Drop for EndSignal {
+    fn drop(&mut self) {
+        if let Some(to) = self.0.take() {
+            to.ended(false);
+        }
+    }
+}
+
+impl std::fmt::Debug for EndSignal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EndSignal")
+    }
+}
+
+/// A client's request body: as hyper delivers it from a connection, or fixed bytes (tests,
+/// benches, anything that drives the pipeline without a socket). A body with an
+/// [`EndSignal`] tells the connection when it has been read to its end.
+#[derive(Debug)]
+pub struct ClientBody {
+    source: Source,
+    end: Option<EndSignal>,
+}
+
+#[derive(Debug)]
+enum Source {
+    Client(Incoming),
+    Fixed(Option<Bytes>),
 }
 
 impl ClientBody {
     /// A body nobody waits for (HTTP/2, TLS, or no body at all).
-    pub fn new(inner: Incoming) -> ClientBody {
-        ClientBody { inner, watch: None }
+    pub(crate) fn new(inner: Incoming) -> ClientBody {
+        ClientBody {
+            source: Source::Client(inner),
+            end: None,
+        }
     }
 
-    /// A body whose end `watch` reports.
-    pub fn watched(inner: Incoming, watch: BodyWatch) -> ClientBody {
+    /// A body whose end `end` reports.
+    pub(crate) fn watched(inner: Incoming, end: EndSignal) -> ClientBody {
         ClientBody {
-            inner,
-            watch: Some(watch),
+            source: Source::Client(inner),
+            end: Some(end),
+        }
+    }
+
+    /// A body of fixed bytes, sent as one frame (none when empty).
+    pub fn from_bytes(bytes: impl Into<Bytes>) -> ClientBody {
+        let bytes: Bytes = bytes.into();
+        ClientBody {
+            source: Source::Fixed((!bytes.is_empty()).then_some(bytes)),
+            end: None,
         }
     }
 }
@@ -99,25 +150,39 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let polled = this.inner.as_mut().poll_frame(cx);
-        let ended = match &polled {
-            Poll::Ready(None) => true,
-            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
-            _ => false,
+        let this = self.get_mut();
+        let (polled, ended) = match &mut this.source {
+            Source::Client(inner) => {
+                let polled = Pin::new(&mut *inner).poll_frame(cx);
+                let ended = match &polled {
+                    Poll::Ready(None) => true,
+                    Poll::Ready(Some(Ok(_))) => inner.is_end_stream(),
+                    _ => false,
+                };
+                (polled, ended)
+            }
+            Source::Fixed(bytes) => (Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))), true),
         };
-        if ended && let Some(watch) = this.watch.take() {
-            watch.finished();
+        if ended && let Some(end) = this.end.take() {
+            end.finished();
         }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.source {
+            Source::Client(inner) => inner.is_end_stream(),
+            Source::Fixed(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.source {
+            Source::Client(inner) => inner.size_hint(),
+            Source::Fixed(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 

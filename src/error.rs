@@ -4,16 +4,13 @@
 
 use bytes::Bytes;
 use http::header::{
-    CACHE_CONTROL, CONNECTION, CONTENT_TYPE, HeaderName, HeaderValue, PRAGMA, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    CACHE_CONTROL, CONNECTION, HeaderName, HeaderValue, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use http::{Response, StatusCode};
-use http_body_util::{Either, Full};
 
 use crate::auth::TokenError;
 
-/// The body of every response the gateway sends: a fixed one it made, or the upstream's stream.
-pub type ResponseBody = Either<Full<Bytes>, hyper::body::Incoming>;
+pub use crate::answer::ResponseBody;
 
 /// A refusal, decided by one phase of the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,7 +192,7 @@ impl Refusal {
                 (status, Bytes::from(body))
             }
         };
-        let mut resp = json_response(status, body);
+        let mut resp = crate::answer::json_public(status, body);
         for (k, v) in headers {
             resp.headers_mut().insert(k, v);
         }
@@ -238,13 +235,4 @@ pub fn insufficient_scope_header(scopes: &[Box<str>]) -> Result<HeaderValue, Str
         "Bearer error=\"insufficient_scope\", scope=\"{joined}\""
     ))
     .map_err(|_| format!("scopes {joined:?} cannot be sent in a header"))
-}
-
-/// A JSON response with the given status and body.
-pub fn json_response(status: StatusCode, body: Bytes) -> Response<ResponseBody> {
-    let mut resp = Response::new(Either::Left(Full::new(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
 }

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub(crate) mod answer;
 pub mod apikeys;
 pub mod auth;
 pub mod body;
@@ -22,7 +23,6 @@ pub mod fetch;
 pub mod fuzzing;
 pub mod gateway;
 pub mod headers;
-pub mod http1;
 pub mod issuer;
 pub mod limits;
 pub mod logs;
@@ -32,8 +32,10 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod routes;
 pub mod server;
+pub mod service;
 pub mod snapshot;
 pub mod tls;
+pub mod transport;
 pub mod upgrade;
 pub mod util;
 pub mod watch;

@@ -13,8 +13,7 @@
 //! [`handle`] wraps the pipeline with what every answer gets: `x-request-id`, CORS headers for
 //! allowed origins, one access-log line and the request metrics.
 
-use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,6 +31,7 @@ use crate::error::{Refusal, ResponseBody};
 use crate::gateway::Gateway;
 use crate::limits::{LimitError, LimitState, Period, QuotaSpec};
 use crate::proxy::Protocol;
+use crate::service::{ConnInfo, Handler};
 use crate::snapshot::{Integration, Route, RouteAuth, Snapshot};
 use crate::upgrade::Upgrades;
 
@@ -43,17 +43,6 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_TOLLGATE_API_KEY_ID: HeaderName = HeaderName::from_static("x-tollgate-api-key-id");
-
-/// What the gateway knows about the client connection.
-#[derive(Debug, Clone)]
-pub struct ConnInfo {
-    /// The TCP peer.
-    pub peer: SocketAddr,
-    /// Whether the connection is TLS (for `x-forwarded-proto`).
-    pub tls: bool,
-    /// The client certificate the TLS handshake verified (mTLS), if any.
-    pub client_cert: Option<crate::tls::ClientCert>,
-}
 
 /// Who is calling, as established by the route's authorizer.
 #[derive(Debug, Clone)]
@@ -97,12 +86,35 @@ struct Outcome<'s> {
     reason: Option<&'static str>,
 }
 
-/// Serves one request (hyper service entry point). Never fails: refusals become responses.
+/// The pipeline as the transport drives it: every request of every public connection.
+#[derive(Clone)]
+pub struct Pipeline(Arc<Gateway>);
+
+impl Pipeline {
+    /// The pipeline of `gateway` (its snapshot is loaded once per request).
+    pub fn new(gateway: Arc<Gateway>) -> Pipeline {
+        Pipeline(gateway)
+    }
+}
+
+impl Handler for Pipeline {
+    type Body = ResponseBody;
+
+    fn handle(
+        &self,
+        conn: &Arc<ConnInfo>,
+        req: Request<ClientBody>,
+    ) -> impl Future<Output = Response<ResponseBody>> + Send + use<> {
+        handle(self.0.clone(), conn.clone(), req)
+    }
+}
+
+/// Serves one request. Never fails: refusals become responses.
 pub async fn handle(
     gw: Arc<Gateway>,
     conn: Arc<ConnInfo>,
     req: Request<ClientBody>,
-) -> Result<Response<ResponseBody>, Infallible> {
+) -> Response<ResponseBody> {
     let started = Instant::now();
     let snap = gw.snapshot();
     let ctx = Ctx {
@@ -157,7 +169,7 @@ pub async fn handle(
         resp.status(),
         started.elapsed(),
     );
-    Ok(resp)
+    resp
 }
 
 /// The phases, in order.
@@ -556,7 +568,8 @@ async fn forward<'s>(
         Integration::Issuer(issuer, endpoint) => {
             return issuer
                 .serve(*endpoint, Request::from_parts(parts, body), ctx.client_ip)
-                .await;
+                .await
+                .map_err(Refusal::OAuth);
         }
         Integration::Proxy(u) => u,
     };

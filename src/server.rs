@@ -1,7 +1,5 @@
 //! Listeners and lifecycle: binding the public and admin listeners, accepting connections
-//! (plain HTTP/1.1 through [`crate::http1`], which releases hyper's buffers while a connection
-//! is idle; TLS and HTTP/2 through hyper-util's auto builder; header timeouts and size limits
-//! on both), applying `listeners:` changes on reload without a restart, counting connections,
+//! (each then served by [`crate::transport`], driving the [`Pipeline`]), applying `listeners:` changes on reload without a restart, counting connections,
 //! and shutting down gracefully: readiness off, stop accepting, let in-flight requests finish
 //! within the grace period.
 //!
@@ -28,29 +26,24 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::ConfigError;
-use crate::drain::{Admitted, Slot, Slots, Tracker};
+use crate::drain::{Slots, Tracker};
 use crate::gateway::{BindFailure, Gateway, ListenerCommit, ListenerControl};
-use crate::pipeline::{self, ConnInfo};
+use crate::pipeline::Pipeline;
 use crate::snapshot::{Limits, ListenerSpec, Snapshot};
-use crate::tls::TlsSettings;
+use crate::transport::{ConnLimits, Counters, Endpoint, Settings};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin; short,
 /// so that connections waiting in the backlog are served soon after descriptors free up.
@@ -74,25 +67,6 @@ const FD_RESERVE: u64 = 64;
 /// Default `limits.max_connections` of each listener when the descriptor limit cannot be read
 /// (other platforms) or is unlimited: the number of idle connections the load benchmark holds.
 const FALLBACK_MAX_CONNECTIONS: usize = 10_000;
-/// A connection retires up to 1/this of `limits.max_connection_age` early (gRPC jitters its
-/// `MAX_CONNECTION_AGE` by ±10% for the same reason: no synchronised reconnect storms).
-const AGE_JITTER_DIVISOR: u32 = 10;
-/// Longest a connection sent a GOAWAY for idleness or age may stay open with no request in
-/// flight: hyper closes it once the client answers the GOAWAY's PING (one round trip), so this
-/// only ends peers that never answer.
-const GOAWAY_CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// A TLS handshake not finished by then is abandoned, so a stalled client holds no task long.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// HTTP/2 concurrent streams per connection; bounds per-connection work.
-const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
-/// HTTP/2 per-stream receive window: room for a fast upload without unbounded buffering.
-const H2_STREAM_WINDOW: u32 = 1 << 20;
-/// HTTP/2 per-connection receive window: a few streams' worth.
-const H2_CONNECTION_WINDOW: u32 = 4 << 20;
-/// HTTP/2 pings on an idle connection find peers that vanished without closing.
-const H2_KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(30);
-/// A ping unanswered this long closes the connection.
-const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why the gateway could not start.
 #[derive(Debug)]
@@ -161,7 +135,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let admin_task = tokio::spawn(accept_admin(admin, gateway.clone(), stop_admin_rx.clone()));
     crate::watch::spawn(gateway.clone(), stop_admin_rx.clone());
-    tokio::spawn(crate::http1::give_back_memory(stop_admin_rx.clone()));
+    tokio::spawn(crate::transport::give_back_memory(stop_admin_rx.clone()));
     let maintenance = tokio::spawn(crate::limits::maintain(
         gateway.limits().clone(),
         stop_admin_rx,
@@ -219,25 +193,9 @@ impl Running {
 /// What an accept loop serves its next connection with; replaced when a reload changes the
 /// listener's settings (certificates, PROXY protocol, limits).
 struct Serving {
-    proxy_protocol: bool,
-    tls: Option<Arc<TlsSettings>>,
-    http: Arc<HttpSettings>,
+    endpoint: Endpoint,
     /// `limits.max_connections` for this listener (the default worked out).
     max_connections: usize,
-}
-
-/// hyper's settings for one snapshot's limits.
-struct HttpSettings {
-    /// TLS and HTTP/2 connections.
-    auto: auto::Builder<TokioExecutor>,
-    /// Plain HTTP/1 connections (see [`crate::http1`]).
-    http1: http1::Builder,
-    /// How long a connection may sit idle between requests (`limits.header_timeout`).
-    idle: Duration,
-    /// How long an HTTP/2 connection may have no request in flight (`limits.h2_idle_timeout`).
-    h2_idle: Duration,
-    /// `limits.max_connection_age`.
-    max_age: Duration,
 }
 
 /// One running accept loop.
@@ -272,24 +230,15 @@ struct Listeners {
     closed: std::sync::atomic::AtomicBool,
 }
 
-/// hyper's connection settings from the snapshot's limits.
-fn http_settings(limits: &Limits) -> HttpSettings {
-    let mut http1 = http1::Builder::new();
-    http1
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        // `max_header_size` bounds the parsed head; `max_buf_size` alone only bounds reads
-        // that leave the head incomplete, so a head read in few large reads could pass it.
-        .max_header_size(limits.max_header_bytes)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    HttpSettings {
-        auto: auto_builder(limits),
-        http1,
-        idle: limits.header_timeout,
-        h2_idle: limits.h2_idle_timeout,
-        max_age: limits.max_connection_age,
-    }
+/// The transport's connection settings from the snapshot's limits.
+fn conn_settings(limits: &Limits) -> Settings {
+    Settings::new(&ConnLimits {
+        header_timeout: limits.header_timeout,
+        max_header_bytes: limits.max_header_bytes,
+        max_headers: limits.max_headers,
+        h2_idle_timeout: limits.h2_idle_timeout,
+        max_connection_age: limits.max_connection_age,
+    })
 }
 
 /// On Linux with glibc, raises the soft descriptor limit (`ulimit -n`) to the hard one, as Go
@@ -348,38 +297,6 @@ fn default_max_connections(nofile: Option<u64>, listeners: usize) -> usize {
         }
         None => FALLBACK_MAX_CONNECTIONS,
     }
-}
-
-/// When a connection accepted now stops taking requests: `max_age` from now, less a random
-/// part of up to a tenth of it ([`AGE_JITTER_DIVISOR`]); far in the future when that does not
-/// fit in an `Instant`.
-fn retire_at(max_age: Duration, peer: SocketAddr) -> Instant {
-    use std::hash::BuildHasher;
-    // A fresh `RandomState` has fresh keys: a cheap random number, without a dependency.
-    let r = std::collections::hash_map::RandomState::new().hash_one(peer) % 1024;
-    let early = max_age / AGE_JITTER_DIVISOR / 1024 * r as u32;
-    let now = Instant::now();
-    now.checked_add(max_age.saturating_sub(early))
-        .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
-}
-
-/// The auto builder (HTTP/1.1 or HTTP/2, by ALPN or the HTTP/2 preface).
-fn auto_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
-        .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
-        .initial_stream_window_size(H2_STREAM_WINDOW)
-        .initial_connection_window_size(H2_CONNECTION_WINDOW)
-        .keep_alive_interval(H2_KEEP_ALIVE_INTERVAL)
-        .keep_alive_timeout(H2_KEEP_ALIVE_TIMEOUT);
-    b
 }
 
 /// A listener's identity across reloads: the address as configured (port 0 stays 0) and how
@@ -494,7 +411,12 @@ impl Listeners {
     /// Makes the running listeners those of `snap`: settings updated in place, new sockets
     /// (bound by `prepare`) started, removed ones stopped.
     fn commit(&self, snap: &Snapshot, mut bound: Vec<(ListenerKey, TcpListener)>) {
-        let http = Arc::new(http_settings(&snap.limits));
+        let settings = Arc::new(conn_settings(&snap.limits));
+        let metrics = self.gateway.metrics();
+        let counters = Counters {
+            idle: metrics.connections_idle.clone(),
+            tls_handshake_failures: metrics.tls_handshake_failures.clone(),
+        };
         let max_connections = snap
             .limits
             .max_connections
@@ -512,9 +434,12 @@ impl Listeners {
         let mut old: Vec<Live> = live.drain(..).collect();
         for (key, spec) in keyed(snap) {
             let serving = Serving {
-                proxy_protocol: spec.proxy_protocol,
-                tls: spec.tls.clone(),
-                http: http.clone(),
+                endpoint: Endpoint {
+                    proxy_protocol: spec.proxy_protocol,
+                    tls: spec.tls.clone(),
+                    settings: settings.clone(),
+                    counters: counters.clone(),
+                },
                 max_connections,
             };
             if let Some(i) = old.iter().position(|l| l.key == key) {
@@ -665,362 +590,13 @@ async fn accept_public(
             tracing::info!(addr = %local(&listener), ?lasted, refused, "below the connection limit again");
         }
         let _ = stream.set_nodelay(true);
-        let guard = listeners.conns.admit();
-        tokio::spawn(connection(
-            stream,
-            tcp_peer,
-            serving,
-            listeners.gateway.clone(),
-            listeners.conns.closing(),
-            (guard, slot),
-        ));
-    }
-}
-
-/// One connection: the PROXY header when the listener expects one (its source address becomes
-/// the peer; a connection without a valid one is closed), then plain HTTP/1 through
-/// [`crate::http1`], or the HTTP/2 preface through the auto builder, or TLS. It stops taking
-/// requests at its maximum age ([`retire_at`]).
-///
-/// The task of every connection is sized for this future's largest state, so the states only
-/// some connections reach (PROXY header, TLS, HTTP/2) are boxed: an idle plain HTTP/1
-/// connection then costs a small task, not room for rustls and hyper-util's state.
-async fn connection(
-    mut stream: TcpStream,
-    tcp_peer: SocketAddr,
-    serving: Arc<Serving>,
-    gateway: Arc<Gateway>,
-    mut closing: watch::Receiver<bool>,
-    _counted: (Admitted, Slot),
-) {
-    let retire = retire_at(serving.http.max_age, tcp_peer);
-    let peer = if serving.proxy_protocol {
-        match Box::pin(crate::proxy_protocol::read_header(&mut stream)).await {
-            Ok(Some(source)) => source,
-            Ok(None) => tcp_peer,
-            Err(e) => {
-                tracing::debug!(%tcp_peer, error = %e, "connection without a valid PROXY header closed");
-                return;
-            }
-        }
-    } else {
-        tcp_peer
-    };
-    if let Some(tls) = &serving.tls {
-        return Box::pin(tls_connection(
-            stream,
-            peer,
-            tls,
-            &serving.http,
-            gateway,
-            closing,
-            retire,
-        ))
-        .await;
-    }
-    let info = ConnInfo {
-        peer,
-        tls: false,
-        client_cert: None,
-    };
-    let http = &serving.http;
-    match crate::http1::opening(&stream, http.idle, &mut closing).await {
-        crate::http1::Opening::Http1 => {
-            crate::http1::serve(
-                stream,
-                info,
-                &http.http1,
-                gateway,
-                closing,
-                http.idle,
-                retire,
-            )
-            .await;
-        }
-        crate::http1::Opening::Other => {
-            Box::pin(serve(stream, info, http, gateway, closing, retire)).await;
-        }
-        crate::http1::Opening::Gone => {}
-    }
-}
-
-/// A TLS connection: the handshake (abandoned after [`TLS_HANDSHAKE_TIMEOUT`]), then HTTP/2 when
-/// ALPN chose it, else HTTP/1.1.
-async fn tls_connection(
-    stream: TcpStream,
-    peer: SocketAddr,
-    tls: &TlsSettings,
-    http: &HttpSettings,
-    gateway: Arc<Gateway>,
-    closing: watch::Receiver<bool>,
-    retire: Instant,
-) {
-    let tls_stream =
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                gateway.metrics().tls_handshake_failures.inc();
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                gateway.metrics().tls_handshake_failures.inc();
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        };
-    let info = ConnInfo {
-        peer,
-        tls: true,
-        client_cert: crate::tls::client_cert(tls_stream.get_ref().1),
-    };
-    if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        serve(tls_stream, info, http, gateway, closing, retire).await;
-    } else {
-        serve_http1(tls_stream, info, &http.http1, gateway, closing, retire).await;
-    }
-}
-
-/// Serves HTTP/2 (or HTTP/1.1, with upgrades, when the auto builder finds no preface) on `io`
-/// until the connection ends; it gets a GOAWAY once it has had no request in flight for
-/// `limits.h2_idle_timeout`, at its maximum age, and when shutdown begins (idle connections
-/// close, busy ones finish their streams).
-async fn serve<IO>(
-    io: IO,
-    info: ConnInfo,
-    http: &HttpSettings,
-    gateway: Arc<Gateway>,
-    closing: watch::Receiver<bool>,
-    retire_at: Instant,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = info.peer;
-    let streams = Arc::new(Streams::new());
-    let conn = http.auto.serve_connection_with_upgrades(
-        TokioIo::new(io),
-        service(gateway, info, Some(streams.clone())),
-    );
-    let life = Lifetime {
-        retire_at,
-        idle: Some((streams, http.h2_idle)),
-    };
-    finish(conn, |c| c.graceful_shutdown(), closing, peer, life).await;
-}
-
-/// Serves HTTP/1.1 (with upgrades) on a TLS connection until it ends. rustls keeps its own
-/// buffers for the connection's life, so hyper's are kept too (unlike [`crate::http1::serve`]).
-/// Its idle keep-alive bound is hyper's header timeout; at its maximum age it closes (idle) or
-/// answers its current request with `Connection: close`.
-async fn serve_http1<IO>(
-    io: IO,
-    info: ConnInfo,
-    http: &http1::Builder,
-    gateway: Arc<Gateway>,
-    closing: watch::Receiver<bool>,
-    retire_at: Instant,
-) where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let peer = info.peer;
-    let conn = http
-        .serve_connection(TokioIo::new(io), service(gateway, info, None))
-        .with_upgrades();
-    let life = Lifetime {
-        retire_at,
-        idle: None,
-    };
-    finish(conn, |c| c.graceful_shutdown(), closing, peer, life).await;
-}
-
-/// The requests in flight on one connection, and when the last one ended: what
-/// `limits.h2_idle_timeout` measures. Updated by the service on every request (two atomic
-/// operations at its start and end); read only when the connection's idle timer fires.
-#[derive(Debug)]
-struct Streams {
-    /// Requests whose response hyper has not dropped yet.
-    open: AtomicUsize,
-    /// When the last request ended, in milliseconds after `since`.
-    last_end: AtomicU64,
-    /// When the connection began.
-    since: Instant,
-}
-
-impl Streams {
-    fn new() -> Streams {
-        Streams {
-            open: AtomicUsize::new(0),
-            last_end: AtomicU64::new(0),
-            since: Instant::now(),
-        }
-    }
-
-    /// A request began: in flight until the returned guard (kept with its response) drops.
-    fn start(self: &Arc<Self>) -> InFlight {
-        self.open.fetch_add(1, Ordering::AcqRel);
-        InFlight(self.clone())
-    }
-
-    /// Since when the connection has had no request in flight; `None` while one is.
-    fn quiet_since(&self) -> Option<Instant> {
-        (self.open.load(Ordering::Acquire) == 0)
-            .then(|| self.since + Duration::from_millis(self.last_end.load(Ordering::Acquire)))
-    }
-}
-
-/// One request in flight on a connection ([`Streams`]).
-#[derive(Debug)]
-struct InFlight(Arc<Streams>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let s = &self.0;
-        let at = u64::try_from(s.since.elapsed().as_millis()).unwrap_or(u64::MAX);
-        // Before the count drops, so a reader that sees none in flight sees this end too.
-        s.last_end.fetch_max(at, Ordering::AcqRel);
-        s.open.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted in flight until hyper drops it (sent
-    /// whole, or its stream reset).
-    struct Counted<B> {
-        #[pin]
-        inner: B,
-        in_flight: Option<InFlight>,
-    }
-}
-
-impl<B: http_body::Body> http_body::Body for Counted<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The pipeline as a hyper service for one connection; with `streams`, each request is counted
-/// in flight there until its response has been sent.
-fn service(
-    gateway: Arc<Gateway>,
-    info: ConnInfo,
-    streams: Option<Arc<Streams>>,
-) -> impl hyper::service::Service<
-    hyper::Request<hyper::body::Incoming>,
-    Response = hyper::Response<Counted<crate::error::ResponseBody>>,
-    Error = std::convert::Infallible,
-    Future = impl Future<
-        Output = Result<
-            hyper::Response<Counted<crate::error::ResponseBody>>,
-            std::convert::Infallible,
-        >,
-    > + Send,
-> + Clone {
-    let info = Arc::new(info);
-    service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let in_flight = streams.as_ref().map(|s| s.start());
-        let handled = pipeline::handle(
-            gateway.clone(),
-            info.clone(),
-            req.map(crate::body::ClientBody::new),
-        );
-        async move {
-            let resp = handled.await?;
-            Ok(resp.map(|inner| Counted { inner, in_flight }))
-        }
-    })
-}
-
-/// What ends a connection besides its client and shutdown.
-struct Lifetime {
-    /// When it stops taking requests (`limits.max_connection_age`, see [`retire_at`]).
-    retire_at: Instant,
-    /// For HTTP/2: its requests in flight, and how long it may have none
-    /// (`limits.h2_idle_timeout`).
-    idle: Option<(Arc<Streams>, Duration)>,
-}
-
-/// Drives `conn` to its end. It is asked to finish with `graceful` (idle, it closes; busy,
-/// HTTP/1 closes after the current response and HTTP/2 sends GOAWAY and finishes its streams)
-/// when shutdown begins, when it reaches `life.retire_at`, and, with `life.idle`, once it has
-/// had no request in flight for the idle timeout. After a GOAWAY for age or idleness, a
-/// connection with no request in flight for [`GOAWAY_CLOSE_GRACE`] is dropped.
-async fn finish<C, E>(
-    conn: C,
-    graceful: impl Fn(Pin<&mut C>),
-    mut closing: watch::Receiver<bool>,
-    peer: SocketAddr,
-    life: Lifetime,
-) where
-    C: Future<Output = Result<(), E>>,
-    E: std::fmt::Display,
-{
-    let mut conn = std::pin::pin!(conn);
-    let retire = tokio::time::sleep_until(life.retire_at);
-    let first_look = life
-        .idle
-        .as_ref()
-        .map_or(life.retire_at, |(_, after)| Instant::now() + *after);
-    let idle = tokio::time::sleep_until(first_look);
-    let mut retire = std::pin::pin!(retire);
-    let mut idle = std::pin::pin!(idle);
-    // When the connection was asked to finish for its age or idleness.
-    let mut retired: Option<Instant> = None;
-    let ended = loop {
-        tokio::select! {
-            r = conn.as_mut() => break r,
-            () = crate::http1::shutdown_begun(&mut closing) => {
-                graceful(conn.as_mut());
-                break conn.await;
-            }
-            () = retire.as_mut(), if retired.is_none() => {
-                tracing::debug!(%peer, "connection reached limits.max_connection_age; it takes no new requests");
-                graceful(conn.as_mut());
-                let now = Instant::now();
-                retired = Some(now);
-                idle.as_mut().reset(now + GOAWAY_CLOSE_GRACE);
-            }
-            () = idle.as_mut(), if life.idle.is_some() => {
-                let Some((streams, timeout)) = &life.idle else { continue };
-                let now = Instant::now();
-                let (after, quiet) = match (retired, streams.quiet_since()) {
-                    (_, None) => {
-                        // A request in flight: look again in a while.
-                        idle.as_mut().reset(now + *timeout);
-                        continue;
-                    }
-                    (None, Some(q)) => (*timeout, q),
-                    (Some(at), Some(q)) => (GOAWAY_CLOSE_GRACE, q.max(at)),
-                };
-                if now < quiet + after {
-                    idle.as_mut().reset(quiet + after);
-                } else if retired.is_some() {
-                    tracing::debug!(%peer, "connection sent a GOAWAY did not close; dropping it");
-                    return;
-                } else {
-                    tracing::debug!(%peer, "HTTP/2 connection idle for limits.h2_idle_timeout; GOAWAY");
-                    graceful(conn.as_mut());
-                    retired = Some(now);
-                    idle.as_mut().reset(now + GOAWAY_CLOSE_GRACE);
-                }
-            }
-        }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+        let admitted = listeners.conns.admit();
+        let handler = Pipeline::new(listeners.gateway.clone());
+        let closing = listeners.conns.closing();
+        tokio::spawn(async move {
+            let _counted = (admitted, slot);
+            crate::transport::serve(stream, tcp_peer, &serving.endpoint, handler, closing).await;
+        });
     }
 }
 
@@ -1059,23 +635,6 @@ mod tests {
     }
 
     #[test]
-    fn a_connection_retires_within_a_tenth_before_its_maximum_age() {
-        let age = Duration::from_secs(100);
-        let peer: SocketAddr = "127.0.0.1:1".parse().unwrap();
-        for _ in 0..100 {
-            let before = Instant::now();
-            let at = retire_at(age, peer);
-            assert!(at <= Instant::now() + age, "later than the maximum age");
-            assert!(
-                at >= before + age - age / AGE_JITTER_DIVISOR,
-                "more than a tenth early"
-            );
-        }
-        // An age that does not fit in an Instant is far away, not a panic.
-        assert!(retire_at(Duration::MAX, peer) > Instant::now() + Duration::from_secs(86_400));
-    }
-
-    #[test]
     fn a_spell_is_reported_once_at_its_start_and_once_at_its_end() {
         let t = Instant::now();
         let ms = |n| t + Duration::from_millis(n);
@@ -1092,22 +651,5 @@ mod tests {
         assert_eq!((lasted, failures), (Duration::from_millis(110), 3));
         assert!(s.end(ms(5000)).is_none());
         assert!(s.fail(ms(6000)), "a later failure begins a new spell");
-    }
-
-    #[test]
-    fn streams_are_quiet_only_with_none_in_flight() {
-        let s = Arc::new(Streams::new());
-        assert!(
-            s.quiet_since().is_some(),
-            "a new connection is quiet from its start"
-        );
-        let a = s.start();
-        let b = s.start();
-        assert!(s.quiet_since().is_none());
-        drop(a);
-        assert!(s.quiet_since().is_none(), "one still in flight");
-        drop(b);
-        let q = s.quiet_since().expect("none in flight");
-        assert!(q >= s.since);
     }
 }

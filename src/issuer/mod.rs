@@ -16,11 +16,10 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{Either, Full};
 
 use self::keys::KeyRing;
+use crate::answer::ResponseBody;
 use crate::body::{CollectError, ReqBody};
-use crate::error::{Refusal, ResponseBody};
 
 /// Shortest token lifetime accepted in config.
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(300);
@@ -268,13 +267,8 @@ fn json_reply(
     body: impl Into<Bytes>,
     cacheable: bool,
 ) -> Response<ResponseBody> {
-    let mut r = Response::new(Either::Left(Full::new(body.into())));
-    *r.status_mut() = status;
+    let mut r = crate::answer::json_public(status, body);
     let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
     if cacheable {
         h.insert(
             header::CACHE_CONTROL,
@@ -340,19 +334,19 @@ impl Issuer {
         &self.keys
     }
 
-    /// Serves one issuer endpoint.
+    /// Serves one issuer endpoint. The token endpoint refuses with an RFC 6749 error, counted in
+    /// `tollgate_issuer_errors_total`.
     pub async fn serve(
         &self,
         endpoint: Endpoint,
         req: Request<ReqBody>,
         client_ip: IpAddr,
-    ) -> Result<Response<ResponseBody>, Refusal> {
+    ) -> Result<Response<ResponseBody>, OAuthError> {
         match endpoint {
             Endpoint::Discovery => Ok(json_reply(StatusCode::OK, self.discovery.clone(), true)),
             Endpoint::Jwks => Ok(json_reply(StatusCode::OK, self.keys.jwks(), true)),
-            Endpoint::Token => self.token(req, client_ip).await.map_err(|e| {
+            Endpoint::Token => self.token(req, client_ip).await.inspect_err(|e| {
                 self.errors.with_label_values(&[e.code()]).inc();
-                Refusal::OAuth(e)
             }),
         }
     }

@@ -542,3 +542,48 @@ async fn trailers_towards_an_http2_upstream_lose_identity_hop_by_hop_and_undersc
     );
     gw.stop().await;
 }
+
+/// A client whose first bytes are a prefix of the HTTP/2 preface (`P`, then the rest of an
+/// HTTP/1.1 request) is served by the one HTTP/1 configuration, so `limits.max_header_bytes`
+/// still bounds its head: before, such a connection went to hyper-util's auto builder, which
+/// could not set `max_header_size`, and a 100 KiB head read in large chunks reached the upstream.
+#[tokio::test]
+async fn a_head_that_starts_like_the_http2_preface_is_still_bounded() {
+    let up = upstream::start("app").await;
+    let gw = gateway::start(&format!(
+        "upstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ route: \"$default\", upstream: app, authorizer: none }}\n",
+        up.url()
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"P").await.unwrap();
+    // A slow client: the gateway's first read sees only the `P`.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rest = format!(
+        "OST /big HTTP/1.1\r\nhost: gw\r\nx-big: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        "b".repeat(100 * 1024)
+    );
+    s.write_all(rest.as_bytes()).await.unwrap();
+    let out = gateway::read_for(&mut s, WAIT).await;
+    assert!(
+        out.is_empty() || out.starts_with("HTTP/1.1 431"),
+        "oversized head after a preface-like start: {out:?}"
+    );
+    assert!(
+        up.seen().is_empty(),
+        "the upstream received the oversized head"
+    );
+
+    // A client that starts like the preface and then differs is HTTP/1.1.
+    let out = gw
+        .raw(
+            b"PRI /x HTTP/1.1\r\nhost: gw\r\nconnection: close\r\n\r\n",
+            WAIT,
+        )
+        .await;
+    assert!(
+        out.starts_with("HTTP/1.1 "),
+        "not answered as HTTP/1.1: {out:?}"
+    );
+}

@@ -132,7 +132,7 @@ async fn bytes_of_the_next_request_read_before_the_release_are_not_lost() {
     assert_eq!(s.response().await.unwrap(), 200);
     // The idle spell itself is what is tested here: longer than the release delay, so the
     // connection is taken apart with those bytes in hyper's buffer.
-    tokio::time::sleep(tollgate::http1::IDLE_RELEASE_AFTER * 3).await;
+    tokio::time::sleep(tollgate::transport::IDLE_RELEASE_AFTER * 3).await;
     s.send(b"ond HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     assert_eq!(s.response().await.unwrap(), 200);
     assert_eq!(up.last().uri.path(), "/app/second");
@@ -168,7 +168,7 @@ async fn an_unread_body_is_never_taken_for_the_next_request() {
             .await
             .unwrap();
         assert_eq!(s.response().await.unwrap(), 404);
-        tokio::time::sleep(tollgate::http1::IDLE_RELEASE_AFTER * 3).await;
+        tokio::time::sleep(tollgate::transport::IDLE_RELEASE_AFTER * 3).await;
         // The connection may have been closed; if it is open, it answers the next request.
         if s.send(body.as_bytes()).await.is_ok()
             && s.send(b"GET /app/next HTTP/1.1\r\nhost: x\r\n\r\n")

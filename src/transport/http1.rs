@@ -21,9 +21,9 @@
 //! [`give_back_memory`] asks it (`malloc_trim`) to return their pages once enough connections
 //! have released theirs.
 //!
-//! Other connections keep hyper's buffers: HTTP/2 (prior knowledge, or `h2` by ALPN) is served
-//! by hyper-util's auto builder, as it multiplexes and keeps its own state; HTTP/1.1 over TLS by
-//! the same HTTP/1 settings without the release, as rustls keeps its own buffers anyway.
+//! Other connections keep hyper's buffers: HTTP/2 multiplexes and keeps its own state, and
+//! HTTP/1.1 over TLS uses the same HTTP/1 settings without the release, as rustls keeps its own
+//! buffers anyway ([`super::conn`]).
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -36,7 +36,6 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -44,12 +43,11 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::body::ClientBody;
-use crate::gateway::Gateway;
-use crate::pipeline::{self, ConnInfo};
+use super::conn::Settings;
+use super::{Counters, shutdown_begun};
+use crate::body::{BodyEnd, ClientBody, EndSignal};
+use crate::service::{ConnInfo, Handler};
 
-/// The HTTP/2 connection preface (RFC 9113 3.4): a client that opens with it speaks HTTP/2.
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// How long a connection stays idle before hyper's buffers are released: longer than the gap
 /// between a busy client's requests, so only connections that really wait pay for a new hyper
 /// connection (two buffers and its state) at their next request.
@@ -88,12 +86,9 @@ impl Activity {
     }
 
     /// A request body that is not empty: busy until it has been read to its end.
-    fn watch_body(self: &Arc<Self>) -> BodyWatch {
+    fn watch_body(self: &Arc<Self>) -> EndSignal {
         self.busy.fetch_add(1, Ordering::AcqRel);
-        BodyWatch {
-            busy: Busy(self.clone()),
-            finished: false,
-        }
+        EndSignal::new(self.clone())
     }
 
     fn end(&self) {
@@ -128,26 +123,14 @@ impl Drop for Busy {
     }
 }
 
-/// Held by a [`ClientBody`] until the body has been read to its end; dropped earlier, it marks
-/// the connection as not to be taken apart.
-#[derive(Debug)]
-pub struct BodyWatch {
-    busy: Busy,
-    finished: bool,
-}
-
-impl BodyWatch {
-    /// The body reached its end: hyper has parsed all of it.
-    pub fn finished(mut self) {
-        self.finished = true;
-    }
-}
-
-impl Drop for BodyWatch {
-    fn drop(&mut self) {
-        if !self.finished {
-            self.busy.0.stuck.store(true, Ordering::Release);
+impl BodyEnd for Activity {
+    /// A request body ended. Dropped before its end, hyper may still drain it: the connection
+    /// is not to be taken apart.
+    fn ended(&self, whole: bool) {
+        if !whole {
+            self.stuck.store(true, Ordering::Release);
         }
+        self.end();
     }
 }
 
@@ -241,36 +224,6 @@ impl AsyncWrite for Socket {
     }
 }
 
-/// How a plain connection is to be served, decided from its first bytes.
-pub enum Opening {
-    /// HTTP/1: serve with [`serve`].
-    Http1,
-    /// The HTTP/2 preface, or too few bytes to tell: serve with hyper-util's auto builder.
-    Other,
-    /// Closed, timed out or shutting down before sending anything.
-    Gone,
-}
-
-/// Waits (at most `idle`) for a new connection's first bytes and tells HTTP/1 from the HTTP/2
-/// preface without consuming anything. Refuses nothing itself: a connection that stays silent
-/// or closes is [`Opening::Gone`].
-pub async fn opening(
-    stream: &TcpStream,
-    idle: Duration,
-    closing: &mut watch::Receiver<bool>,
-) -> Opening {
-    let mut head = [0u8; H2_PREFACE.len()];
-    let peeked = tokio::select! {
-        r = tokio::time::timeout(idle, stream.peek(&mut head)) => r,
-        () = shutdown_begun(closing) => return Opening::Gone,
-    };
-    match peeked {
-        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => Opening::Gone,
-        Ok(Ok(n)) if head[..n] == H2_PREFACE[..n] => Opening::Other,
-        Ok(Ok(_)) => Opening::Http1,
-    }
-}
-
 /// Counts a connection in `tollgate_connections_idle` while it waits without hyper.
 struct Idle<'g>(&'g prometheus::IntGauge);
 
@@ -302,17 +255,22 @@ enum Step {
 /// bound hyper applies while it holds the connection), at shutdown and once `retire_at` (its
 /// maximum age, `limits.max_connection_age`) has passed; a busy one is told to close after its
 /// current response (`Connection: close`) when shutdown begins or `retire_at` passes.
-pub async fn serve(
+/// `prefix` holds the bytes already read from `stream` to tell HTTP/1 from HTTP/2.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn serve<H: Handler>(
     mut stream: TcpStream,
+    mut prefix: Bytes,
     info: ConnInfo,
-    builder: &http1::Builder,
-    gateway: Arc<Gateway>,
+    settings: &Settings,
+    handler: H,
+    counters: &Counters,
     mut closing: watch::Receiver<bool>,
-    idle: Duration,
     retire_at: Instant,
 ) {
     let peer = info.peer;
-    let idle_gauge = gateway.metrics().connections_idle.clone();
+    let idle = settings.idle();
+    let builder = settings.http1();
+    let idle_gauge = &counters.idle;
     let info = Arc::new(info);
     let activity = Arc::new(Activity::default());
     let watch = activity.clone();
@@ -325,13 +283,12 @@ pub async fn serve(
                 ClientBody::watched(b, watch.watch_body())
             }
         });
-        let handled = pipeline::handle(gateway.clone(), info.clone(), req);
+        let handled = handler.handle(&info, req);
         async move {
-            let resp = handled.await?;
+            let resp = handled.await;
             Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, busy }))
         }
     });
-    let mut prefix = Bytes::new();
     // One timer for the connection's life, re-armed each time the connection turns idle.
     let release = tokio::time::sleep(IDLE_RELEASE_AFTER);
     tokio::pin!(release);
@@ -342,7 +299,7 @@ pub async fn serve(
     tokio::pin!(retire);
     loop {
         if prefix.is_empty() {
-            let _counted = Idle::count(&idle_gauge);
+            let _counted = Idle::count(idle_gauge);
             let until = (idle_since + idle).min(retire_at);
             let ready = tokio::select! {
                 r = tokio::time::timeout_at(until, stream.readable()) => matches!(r, Ok(Ok(()))),
@@ -444,16 +401,11 @@ where
     .await
 }
 
-/// Resolves once shutdown has begun (or the signal's sender is gone).
-pub async fn shutdown_begun(closing: &mut watch::Receiver<bool>) {
-    let _ = closing.wait_for(|c| *c).await;
-}
-
 /// Runs until `stop`: once a second, when at least `TRIM_AFTER_RELEASES` (256) connections have
 /// released their buffers since the last time, asks glibc to return free heap pages to the
 /// system (off the async workers). Without it, the buffers of connections that went idle stay
 /// resident as free chunks between live allocations. Does nothing with other allocators.
-pub async fn give_back_memory(mut stop: watch::Receiver<bool>) {
+pub(crate) async fn give_back_memory(mut stop: watch::Receiver<bool>) {
     let mut tick = tokio::time::interval(TRIM_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
