@@ -13,15 +13,26 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::time::Sleep;
 
-/// Why a request body stopped early.
+/// Why a request body stopped early, streamed or read whole.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFailure {
     /// More bytes than the limit.
     TooLarge,
-    /// The client paused longer than the idle timeout.
+    /// The client paused longer than the idle timeout, or did not finish by the deadline.
     Stalled,
     /// The client's stream broke (disconnect, protocol error).
     Aborted,
+}
+
+impl BodyFailure {
+    /// The `reason` label for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            BodyFailure::TooLarge => "body_too_large",
+            BodyFailure::Stalled => "body_timeout",
+            BodyFailure::Aborted => "client_aborted",
+        }
+    }
 }
 
 /// Shared record of a body failure, read by the proxy after the upstream call fails.
@@ -297,23 +308,12 @@ pub enum ReqBody {
     Buffered(Bytes),
 }
 
-/// Why a body could not be read whole.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CollectError {
-    /// Larger than the limit.
-    TooLarge,
-    /// Not complete within the deadline.
-    Timeout,
-    /// The client's stream broke.
-    Aborted,
-}
-
 impl ReqBody {
     /// Reads the whole body, refusing more than `limit` bytes or taking longer than `deadline`.
-    pub async fn collect(self, limit: usize, deadline: Duration) -> Result<Bytes, CollectError> {
+    pub async fn collect(self, limit: usize, deadline: Duration) -> Result<Bytes, BodyFailure> {
         use http_body_util::BodyExt;
         match self {
-            ReqBody::Buffered(b) if b.len() > limit => Err(CollectError::TooLarge),
+            ReqBody::Buffered(b) if b.len() > limit => Err(BodyFailure::TooLarge),
             ReqBody::Buffered(b) => Ok(b),
             ReqBody::Streaming(inc) => {
                 let collected = tokio::time::timeout(
@@ -321,13 +321,13 @@ impl ReqBody {
                     http_body_util::Limited::new(inc, limit).collect(),
                 )
                 .await
-                .map_err(|_| CollectError::Timeout)?;
+                .map_err(|_| BodyFailure::Stalled)?;
                 match collected {
                     Ok(c) => Ok(c.to_bytes()),
                     Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        Err(CollectError::TooLarge)
+                        Err(BodyFailure::TooLarge)
                     }
-                    Err(_) => Err(CollectError::Aborted),
+                    Err(_) => Err(BodyFailure::Aborted),
                 }
             }
         }

@@ -54,6 +54,28 @@ impl PathError {
     }
 }
 
+/// One spelling a path holds that its route does not allow (400).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spelling {
+    /// `%2F`, `%5C` or a raw `\\`.
+    EncodedSlash,
+    /// `//`.
+    EmptySegment,
+    /// `;` or `%3B`.
+    Semicolon,
+}
+
+impl Spelling {
+    /// The `reason` label of the 400.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Spelling::EncodedSlash => "path_encoded_slash",
+            Spelling::EmptySegment => "path_empty_segment",
+            Spelling::Semicolon => "path_semicolon",
+        }
+    }
+}
+
 /// Spellings refused by default that a route may allow (`allow_in_path`). A set of flags.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Exceptions(u8);
@@ -83,15 +105,15 @@ impl Exceptions {
         Exceptions(self.0 | other.0)
     }
 
-    /// The first exception in `self` that `allowed` lacks, as its `reason` label.
-    pub fn not_in(self, allowed: Exceptions) -> Option<&'static str> {
+    /// The first exception in `self` that `allowed` lacks.
+    pub fn not_in(self, allowed: Exceptions) -> Option<Spelling> {
         let missing = self.0 & !allowed.0;
         if missing & Exceptions::ENCODED_SLASH.0 != 0 {
-            Some("path_encoded_slash")
+            Some(Spelling::EncodedSlash)
         } else if missing & Exceptions::EMPTY_SEGMENTS.0 != 0 {
-            Some("path_empty_segment")
+            Some(Spelling::EmptySegment)
         } else if missing & Exceptions::SEMICOLON.0 != 0 {
-            Some("path_semicolon")
+            Some(Spelling::Semicolon)
         } else {
             None
         }
@@ -427,7 +449,7 @@ mod tests {
         );
         assert_eq!(
             Exceptions::SEMICOLON.not_in(Exceptions::NONE),
-            Some("path_semicolon")
+            Some(Spelling::Semicolon)
         );
         assert_eq!(Exceptions::SEMICOLON.not_in(Exceptions::SEMICOLON), None);
     }

@@ -1,6 +1,10 @@
 //! Every refusal the gateway makes, and the one place that turns a refusal into what the client
-//! sees. Bodies and headers follow the contract's table (section 3); the detail of *why* stays in
-//! [`Refusal::reason`], which goes to the access log and the `reason` metric label only.
+//! sees. Bodies and headers follow the contract's table (section 3); the detail of *why* is the
+//! refusal's [`Reason`], which goes to the access log and the `reason` metric label only.
+//!
+//! Each domain module refuses with its own error type (a token's [`TokenError`], a key's
+//! [`KeyError`], the upstream's [`UpstreamError`], ...); a [`Refusal`] carries it unchanged, and
+//! [`Refusal::into_response`] is the one exhaustive mapping to status, headers and body.
 
 use bytes::Bytes;
 use http::header::{
@@ -8,36 +12,42 @@ use http::header::{
 };
 use http::{Response, StatusCode};
 
+use crate::answer::ResponseBody;
+use crate::apikeys::KeyError;
 use crate::auth::TokenError;
-
-pub use crate::answer::ResponseBody;
+use crate::auth::external::ExternalError;
+use crate::auth::sigv4::SigV4Error;
+use crate::body::BodyFailure;
+use crate::canonical::{PathError, Spelling};
+use crate::issuer::OAuthError;
+use crate::proxy::{ForwardError, UpstreamError};
 
 /// A refusal, decided by one phase of the pipeline.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// No route matches (and there is no `$default`).
     NotFound,
-    /// The request cannot be routed safely: no Host, a dot-segment path, a bad URI.
-    BadRequest(&'static str),
-    /// The route needs a token and the request has none.
+    /// The request cannot be decided safely (400).
+    BadRequest(BadRequest),
+    /// The client's body was too large (413), too slow (408) or broken (400).
+    Body(BodyFailure),
+    /// The route needs a bearer token and the request has none.
     NoCredentials,
-    /// The token is not acceptable.
+    /// The bearer token is not acceptable.
     InvalidToken(TokenError),
-    /// The token is valid but holds none of the route's scopes; the value is the ready-made
-    /// `www-authenticate` header naming them.
-    InsufficientScope(HeaderValue),
-    /// The body is (or grew) larger than the limit.
-    PayloadTooLarge,
-    /// The client stopped sending its body.
-    RequestTimeout,
-    /// The upstream could not be reached or answered badly; the reason is for logs.
-    BadGateway(&'static str),
-    /// The upstream did not answer in time.
-    GatewayTimeout,
-    /// The embedded issuer's token endpoint refused (RFC 6749 error body, not the gateway's).
-    OAuth(crate::issuer::OAuthError),
+    /// The verified caller holds none of the route's scopes. With a bearer token, the value is
+    /// the ready-made `www-authenticate` challenge naming them.
+    InsufficientScope(Option<HeaderValue>),
+    /// The route requires a verified client certificate and the connection has none.
+    ClientCertRequired,
+    /// The client IP is outside the route's resource policy.
+    PolicyDenied,
+    /// The route's SigV4 authorizer refused: unsigned (401) or a bad signature (403).
+    SigV4(SigV4Error),
+    /// The route's external authorizer refused (401 / 403) or gave no answer (500).
+    External(ExternalError),
     /// The route needs an API key and the request's is missing, unknown or disabled.
-    ApiKey(crate::apikeys::KeyError),
+    ApiKey(KeyError),
     /// A throttle's bucket is empty.
     Throttled {
         /// Seconds until a token is available.
@@ -54,150 +64,242 @@ pub enum Refusal {
     },
     /// The shared limit store cannot be reached and `state.on_error` is `deny`.
     LimitsUnavailable,
-    /// The client IP is outside the route's resource policy.
-    PolicyDenied,
-    /// The route's (non-bearer) authorizer found no credentials: an unsigned request for a
-    /// SigV4 route, a missing identity source for an external authorizer.
-    Unauthorized(&'static str),
-    /// The route's authorizer refused: a bad signature, an external deny, a missing scope.
-    Forbidden(&'static str),
-    /// The external authorizer could not give an answer (timeout, error, garbage).
-    AuthorizerFailed,
+    /// The upstream could not be reached, answered badly (502) or not in time (504).
+    Upstream(UpstreamError),
     /// The client asked to switch protocols (WebSocket) on a route whose upstream speaks
     /// HTTP/2, where an HTTP/1.1 upgrade cannot be passed on.
     UpgradeUnsupported,
+    /// The embedded issuer's token endpoint refused (RFC 6749 error body, not the gateway's).
+    OAuth(OAuthError),
+}
+
+/// Why a request was refused before any route looked at it, or by its route's path rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRequest {
+    /// No `Host` and no absolute-form target (HTTP/1.1 requires one).
+    NoHost,
+    /// A standard method in another case (`get`, `Delete`).
+    MethodCase,
+    /// A credential header sent twice.
+    DuplicateCredential,
+    /// A path that cannot be made canonical.
+    Path(PathError),
+    /// A path spelling its route does not allow (`%2F`, `//`, `;`).
+    Spelling(Spelling),
+    /// The canonical path does not make a URI again.
+    Uri,
+}
+
+/// What a refusal was, without its data: the access log's `reason` and the `reason` label of
+/// `tollgate_requests_denied_total`. [`Reason::as_str`] gives the label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `no_route`.
+    NoRoute,
+    /// See [`BadRequest`].
+    BadRequest(BadRequest),
+    /// `body_too_large`, `body_timeout`, `client_aborted`.
+    Body(BodyFailure),
+    /// `no_credentials`.
+    NoCredentials,
+    /// `token_*`.
+    Token(TokenError),
+    /// `insufficient_scope`.
+    InsufficientScope,
+    /// `client_cert_required`.
+    ClientCertRequired,
+    /// `policy_denied`.
+    PolicyDenied,
+    /// `sigv4_*`.
+    SigV4(SigV4Error),
+    /// `authorizer_no_identity`, `authorizer_denied`, `authorizer_failed`.
+    External(ExternalError),
+    /// `api_key_missing`, `api_key_unknown`, `api_key_disabled`.
+    ApiKey(KeyError),
+    /// `throttled`.
+    Throttled,
+    /// `quota_exceeded`.
+    QuotaExceeded,
+    /// `limits_unavailable`.
+    LimitsUnavailable,
+    /// `upstream_*`.
+    Upstream(UpstreamError),
+    /// `upgrade_unsupported`.
+    UpgradeUnsupported,
+    /// The RFC 6749 error code.
+    OAuth(OAuthError),
+}
+
+impl Reason {
+    /// The label: short, bounded, one per kind of refusal.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::NoRoute => "no_route",
+            Reason::BadRequest(b) => match b {
+                BadRequest::NoHost => "no_host",
+                BadRequest::MethodCase => "method_case",
+                BadRequest::DuplicateCredential => "duplicate_credential",
+                BadRequest::Path(e) => e.reason(),
+                BadRequest::Spelling(s) => s.reason(),
+                BadRequest::Uri => "bad_uri",
+            },
+            Reason::Body(f) => f.reason(),
+            Reason::NoCredentials => "no_credentials",
+            Reason::Token(e) => e.reason(),
+            Reason::InsufficientScope => "insufficient_scope",
+            Reason::ClientCertRequired => "client_cert_required",
+            Reason::PolicyDenied => "policy_denied",
+            Reason::SigV4(e) => e.reason(),
+            Reason::External(e) => e.reason(),
+            Reason::ApiKey(e) => e.reason(),
+            Reason::Throttled => "throttled",
+            Reason::QuotaExceeded => "quota_exceeded",
+            Reason::LimitsUnavailable => "limits_unavailable",
+            Reason::Upstream(e) => e.reason(),
+            Reason::UpgradeUnsupported => "upgrade_unsupported",
+            Reason::OAuth(e) => e.code(),
+        }
+    }
+}
+
+/// `{"message":"..."}`, the body of every refusal but the issuer's, made at compile time.
+macro_rules! msg {
+    ($m:literal) => {
+        concat!(r#"{"message":""#, $m, r#""}"#)
+    };
+}
+
+impl From<ForwardError> for Refusal {
+    fn from(e: ForwardError) -> Refusal {
+        match e {
+            ForwardError::Upstream(u) => Refusal::Upstream(u),
+            ForwardError::Body(f) => Refusal::Body(f),
+        }
+    }
 }
 
 impl Refusal {
-    /// The `reason` label: a short, bounded name of the check that refused.
-    pub fn reason(&self) -> &'static str {
+    /// What the refusal was, for the log and the `reason` label.
+    pub fn reason(&self) -> Reason {
         match self {
-            Refusal::NotFound => "no_route",
-            Refusal::BadRequest(r) => r,
-            Refusal::NoCredentials => "no_credentials",
-            Refusal::InvalidToken(e) => e.reason(),
-            Refusal::InsufficientScope(_) => "insufficient_scope",
-            Refusal::PayloadTooLarge => "body_too_large",
-            Refusal::RequestTimeout => "body_timeout",
-            Refusal::BadGateway(r) => r,
-            Refusal::GatewayTimeout => "upstream_timeout",
-            Refusal::OAuth(e) => e.code(),
-            Refusal::ApiKey(e) => e.reason(),
-            Refusal::Throttled { .. } => "throttled",
-            Refusal::QuotaExceeded { .. } => "quota_exceeded",
-            Refusal::LimitsUnavailable => "limits_unavailable",
-            Refusal::PolicyDenied => "policy_denied",
-            Refusal::Unauthorized(r) | Refusal::Forbidden(r) => r,
-            Refusal::AuthorizerFailed => "authorizer_failed",
-            Refusal::UpgradeUnsupported => "upgrade_unsupported",
+            Refusal::NotFound => Reason::NoRoute,
+            Refusal::BadRequest(b) => Reason::BadRequest(*b),
+            Refusal::Body(f) => Reason::Body(*f),
+            Refusal::NoCredentials => Reason::NoCredentials,
+            Refusal::InvalidToken(e) => Reason::Token(*e),
+            Refusal::InsufficientScope(_) => Reason::InsufficientScope,
+            Refusal::ClientCertRequired => Reason::ClientCertRequired,
+            Refusal::PolicyDenied => Reason::PolicyDenied,
+            Refusal::SigV4(e) => Reason::SigV4(*e),
+            Refusal::External(e) => Reason::External(*e),
+            Refusal::ApiKey(e) => Reason::ApiKey(*e),
+            Refusal::Throttled { .. } => Reason::Throttled,
+            Refusal::QuotaExceeded { .. } => Reason::QuotaExceeded,
+            Refusal::LimitsUnavailable => Reason::LimitsUnavailable,
+            Refusal::Upstream(e) => Reason::Upstream(*e),
+            Refusal::UpgradeUnsupported => Reason::UpgradeUnsupported,
+            Refusal::OAuth(e) => Reason::OAuth(*e),
         }
     }
 
     /// The status, headers and JSON body the client receives. `x-request-id` is added by the
     /// pipeline to every response, this one included.
     pub fn into_response(self) -> Response<ResponseBody> {
-        const fn fixed(s: &'static str) -> Bytes {
-            Bytes::from_static(s.as_bytes())
-        }
+        use StatusCode as S;
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
-        let (status, body) = match self {
-            Refusal::NotFound => (StatusCode::NOT_FOUND, fixed(r#"{"message":"Not Found"}"#)),
-            Refusal::BadRequest(_) => (
-                StatusCode::BAD_REQUEST,
-                fixed(r#"{"message":"Bad Request"}"#),
-            ),
+        let (status, message) = match self {
+            Refusal::NotFound => (S::NOT_FOUND, msg!("Not Found")),
+            Refusal::BadRequest(_) | Refusal::Body(BodyFailure::Aborted) => {
+                (S::BAD_REQUEST, msg!("Bad Request"))
+            }
+            Refusal::Body(BodyFailure::TooLarge) => {
+                // The rest of the body was not read: the connection cannot be reused.
+                headers.push(close());
+                (S::PAYLOAD_TOO_LARGE, msg!("Request Entity Too Large"))
+            }
+            Refusal::Body(BodyFailure::Stalled) => {
+                headers.push(close());
+                (S::REQUEST_TIMEOUT, msg!("Request Timeout"))
+            }
             Refusal::NoCredentials => {
                 headers.push((WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
-                (
-                    StatusCode::UNAUTHORIZED,
-                    fixed(r#"{"message":"Unauthorized"}"#),
-                )
+                (S::UNAUTHORIZED, msg!("Unauthorized"))
             }
             Refusal::InvalidToken(e) => {
                 headers.push((WWW_AUTHENTICATE, invalid_token_header(e)));
-                (
-                    StatusCode::UNAUTHORIZED,
-                    fixed(r#"{"message":"Unauthorized"}"#),
-                )
+                (S::UNAUTHORIZED, msg!("Unauthorized"))
             }
-            Refusal::InsufficientScope(h) => {
-                headers.push((WWW_AUTHENTICATE, h));
-                (StatusCode::FORBIDDEN, fixed(r#"{"message":"Forbidden"}"#))
+            Refusal::InsufficientScope(challenge) => {
+                headers.extend(challenge.map(|h| (WWW_AUTHENTICATE, h)));
+                (S::FORBIDDEN, msg!("Forbidden"))
             }
-            Refusal::PayloadTooLarge => {
-                // The rest of the body was not read: the connection cannot be reused.
-                headers.push((CONNECTION, HeaderValue::from_static("close")));
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    fixed(r#"{"message":"Request Entity Too Large"}"#),
-                )
+            Refusal::SigV4(SigV4Error::Unsigned)
+            | Refusal::External(ExternalError::MissingIdentity) => {
+                (S::UNAUTHORIZED, msg!("Unauthorized"))
             }
-            Refusal::RequestTimeout => {
-                headers.push((CONNECTION, HeaderValue::from_static("close")));
-                (
-                    StatusCode::REQUEST_TIMEOUT,
-                    fixed(r#"{"message":"Request Timeout"}"#),
-                )
+            Refusal::ClientCertRequired
+            | Refusal::PolicyDenied
+            | Refusal::ApiKey(_)
+            | Refusal::External(ExternalError::Denied)
+            | Refusal::SigV4(
+                SigV4Error::Malformed
+                | SigV4Error::UnknownKey
+                | SigV4Error::BadSignature
+                | SigV4Error::Stale
+                | SigV4Error::WrongScope
+                | SigV4Error::BodyMismatch,
+            ) => (S::FORBIDDEN, msg!("Forbidden")),
+            Refusal::External(ExternalError::Failed) => {
+                (S::INTERNAL_SERVER_ERROR, msg!("Internal server error"))
             }
-            Refusal::BadGateway(_) => (
-                StatusCode::BAD_GATEWAY,
-                fixed(r#"{"message":"Bad Gateway"}"#),
-            ),
-            Refusal::GatewayTimeout => (
-                StatusCode::GATEWAY_TIMEOUT,
-                fixed(r#"{"message":"Endpoint request timed out"}"#),
-            ),
-            Refusal::ApiKey(_) => (StatusCode::FORBIDDEN, fixed(r#"{"message":"Forbidden"}"#)),
             Refusal::Throttled { retry_after, limit } => {
                 headers.extend(limited(retry_after, limit));
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    fixed(r#"{"message":"Too Many Requests"}"#),
-                )
+                (S::TOO_MANY_REQUESTS, msg!("Too Many Requests"))
             }
             Refusal::QuotaExceeded { retry_after, limit } => {
                 headers.extend(limited(retry_after, limit));
-                (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    fixed(r#"{"message":"Limit Exceeded"}"#),
-                )
+                (S::TOO_MANY_REQUESTS, msg!("Limit Exceeded"))
             }
             Refusal::LimitsUnavailable => {
                 headers.push((RETRY_AFTER, HeaderValue::from_static("1")));
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    fixed(r#"{"message":"Service Unavailable"}"#),
-                )
+                (S::SERVICE_UNAVAILABLE, msg!("Service Unavailable"))
             }
-            Refusal::PolicyDenied | Refusal::Forbidden(_) => {
-                (StatusCode::FORBIDDEN, fixed(r#"{"message":"Forbidden"}"#))
+            Refusal::Upstream(UpstreamError::Timeout) => {
+                (S::GATEWAY_TIMEOUT, msg!("Endpoint request timed out"))
             }
-            Refusal::Unauthorized(_) => (
-                StatusCode::UNAUTHORIZED,
-                fixed(r#"{"message":"Unauthorized"}"#),
-            ),
-            Refusal::AuthorizerFailed => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                fixed(r#"{"message":"Internal server error"}"#),
-            ),
-            Refusal::UpgradeUnsupported => (
-                StatusCode::NOT_IMPLEMENTED,
-                fixed(r#"{"message":"Not Implemented"}"#),
-            ),
-            Refusal::OAuth(e) => {
-                let (status, extra, body) = e.parts();
-                headers.push((CACHE_CONTROL, HeaderValue::from_static("no-store")));
-                headers.push((PRAGMA, HeaderValue::from_static("no-cache")));
-                headers.extend(extra);
-                (status, Bytes::from(body))
-            }
+            Refusal::Upstream(
+                UpstreamError::Connect
+                | UpstreamError::Exchange
+                | UpstreamError::TargetUri
+                | UpstreamError::UnaskedSwitch
+                | UpstreamError::OtherProtocol,
+            ) => (S::BAD_GATEWAY, msg!("Bad Gateway")),
+            Refusal::UpgradeUnsupported => (S::NOT_IMPLEMENTED, msg!("Not Implemented")),
+            Refusal::OAuth(e) => return oauth_response(e),
         };
-        let mut resp = crate::answer::json_public(status, body);
+        let mut resp = crate::answer::json_public(status, Bytes::from_static(message.as_bytes()));
         for (k, v) in headers {
             resp.headers_mut().insert(k, v);
         }
         resp
     }
+}
+
+/// RFC 6749 section 5.2: the issuer's error body, never cached.
+fn oauth_response(e: OAuthError) -> Response<ResponseBody> {
+    let (status, extra, body) = e.parts();
+    let mut resp = crate::answer::json_public(status, body);
+    let h = resp.headers_mut();
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    if let Some((k, v)) = extra {
+        h.insert(k, v);
+    }
+    resp
+}
+
+fn close() -> (HeaderName, HeaderValue) {
+    (CONNECTION, HeaderValue::from_static("close"))
 }
 
 /// `retry-after` and the `ratelimit-*` headers of a 429.

@@ -11,7 +11,7 @@
 //!   `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL`, `X-HTTP-Method-Override`, `X-HTTP-Method`,
 //!   `X-Method-Override`.
 
-use http::header::{self, HeaderMap, HeaderName};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The prefix of the identity headers only the gateway sets.
 const IDENTITY_PREFIX: &[u8] = b"x-tollgate-";
@@ -66,7 +66,7 @@ pub fn sanitize_request(h: &mut HeaderMap, allow_underscores: bool) -> bool {
 /// Request trailers get the same treatment as the head, and hop-by-hop names go too: an HTTP/2
 /// upstream receives them as a header block its framework may merge with the head's.
 pub fn sanitize_trailers(h: &mut HeaderMap, allow_underscores: bool) {
-    crate::proxy::strip_hop_by_hop(h, false);
+    strip_hop_by_hop(h, false);
     sanitize_request(h, allow_underscores);
     // Fields that frame or route a message, carry credentials or say who the client is have no
     // place in trailers (RFC 9110 6.5.1): the gateway sets the head's, and a framework that
@@ -92,9 +92,107 @@ pub fn sanitize_trailers(h: &mut HeaderMap, allow_underscores: bool) {
     }
 }
 
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1), never forwarded.
+/// `HTTP2-Settings` belongs to an `h2c` upgrade (RFC 7540 3.2.1), which is never passed on.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Removes hop-by-hop headers, including every header the `Connection` header names. With
+/// `keep_upgrade` (an upgrade handshake: the request asking for one, the `101` granting it), an
+/// `Upgrade` header stays, with `Connection: upgrade` as its only companion.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let is_hop = |n: &HeaderName| *n == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(n);
+    // This runs on every request and every response. One pass over the names (compared, not
+    // hashed) finds the common case, none of them; otherwise only names present are removed,
+    // where removing each listed name would hash all of them.
+    if !headers.keys().any(is_hop) {
+        return;
+    }
+    let upgrade: Vec<HeaderValue> = if keep_upgrade {
+        headers.get_all(header::UPGRADE).iter().cloned().collect()
+    } else {
+        Vec::new()
+    };
+    let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| is_hop(n)).cloned().collect();
+    doomed.extend(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
+    );
+    for n in doomed {
+        headers.remove(n);
+    }
+    if !upgrade.is_empty() {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        for v in upgrade {
+            headers.append(header::UPGRADE, v);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_connection_named_ones_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        let mut upgrading = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+
+        strip_hop_by_hop(&mut upgrading, true);
+        assert_eq!(upgrading.len(), 3, "{upgrading:?}");
+        assert_eq!(upgrading[header::UPGRADE], "websocket");
+        assert_eq!(upgrading[header::CONNECTION], "upgrade");
+        assert!(upgrading.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("example.com"));
+        h.append("x-many", HeaderValue::from_static("1"));
+        h.append("x-many", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h, before);
+
+        // A lone hop-by-hop header (no `Connection`) still goes.
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
     use http::HeaderValue;
     use proptest::prelude::*;
 

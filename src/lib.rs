@@ -15,9 +15,11 @@ pub mod canonical;
 pub mod cli;
 pub mod clientip;
 pub mod config;
+pub(crate) mod cors;
 pub mod drain;
 pub mod error;
 pub mod fetch;
+pub(crate) mod forwarding;
 /// Entry points for the fuzz targets in `fuzz/` (docs/fuzzing.md); not part of the API.
 #[doc(hidden)]
 pub mod fuzzing;

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::{ClientConfig, RootCertStore};
 
 use crate::body::{BodyFailure, FailureCell, GuardedBody};
-use crate::error::Refusal;
+use crate::headers::strip_hop_by_hop;
 
 /// Default time until the upstream's response head arrives (the managed gateway's 29 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(29);
@@ -85,56 +85,6 @@ type Connector = HttpsConnector<HttpConnector>;
 /// What goes to the upstream: the client's body streaming through its guard, or a body the
 /// gateway already read whole.
 pub type UpstreamBody = http_body_util::Either<GuardedBody, http_body_util::Full<bytes::Bytes>>;
-
-/// Headers that describe one connection, not the message (RFC 9110 7.6.1), never forwarded.
-/// `HTTP2-Settings` belongs to an `h2c` upgrade (RFC 7540 3.2.1), which is never passed on.
-const HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::UPGRADE,
-    HeaderName::from_static("http2-settings"),
-];
-
-/// Removes hop-by-hop headers, including every header the `Connection` header names. With
-/// `keep_upgrade` (an upgrade handshake: the request asking for one, the `101` granting it), an
-/// `Upgrade` header stays, with `Connection: upgrade` as its only companion.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    let is_hop = |n: &HeaderName| *n == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(n);
-    // This runs on every request and every response. One pass over the names (compared, not
-    // hashed) finds the common case, none of them; otherwise only names present are removed,
-    // where removing each listed name would hash all of them.
-    if !headers.keys().any(is_hop) {
-        return;
-    }
-    let upgrade: Vec<HeaderValue> = if keep_upgrade {
-        headers.get_all(header::UPGRADE).iter().cloned().collect()
-    } else {
-        Vec::new()
-    };
-    let mut doomed: Vec<HeaderName> = headers.keys().filter(|n| is_hop(n)).cloned().collect();
-    doomed.extend(
-        headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()),
-    );
-    for n in doomed {
-        headers.remove(n);
-    }
-    if !upgrade.is_empty() {
-        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-        for v in upgrade {
-            headers.append(header::UPGRADE, v);
-        }
-    }
-}
 
 /// One target of a pool.
 struct Target {
@@ -333,14 +283,14 @@ impl Upstream {
     }
 
     /// Sends `req` (whose headers the pipeline has prepared) to a target and returns the
-    /// response head with its body still streaming. Refuses with 504 when no head arrives in
-    /// time, 502 when the target cannot be reached or breaks the exchange, and 413 / 408 when
-    /// the client's body was cut off.
+    /// response head with its body still streaming. Fails when no head arrives in time, when
+    /// the target cannot be reached or breaks the exchange, and when the client's body was
+    /// cut off (which the caller answers as the client's fault, not the upstream's).
     pub async fn forward(
         &self,
         mut req: Request<UpstreamBody>,
         body_failure: &FailureCell,
-    ) -> Result<(Response<Incoming>, Duration), Refusal> {
+    ) -> Result<(Response<Incoming>, Duration), ForwardError> {
         let i = self.pick();
         let t = &self.targets[i];
         let pq = req.uri().path_and_query();
@@ -353,13 +303,13 @@ impl Upstream {
             let pq = pq.map_or("/", PathAndQuery::as_str);
             PathAndQuery::from_maybe_shared(bytes::Bytes::from(format!("{}{pq}", t.prefix)))
         }
-        .map_err(|_| Refusal::BadRequest("bad_uri"))?;
+        .map_err(|_| UpstreamError::TargetUri)?;
         *req.uri_mut() = Uri::builder()
             .scheme(t.scheme.clone())
             .authority(t.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|_| Refusal::BadRequest("bad_uri"))?;
+            .map_err(|_| UpstreamError::TargetUri)?;
         req.headers_mut()
             .insert(header::HOST, t.host_header.clone());
         *req.version_mut() = match self.protocol {
@@ -373,23 +323,23 @@ impl Upstream {
         self.duration.observe(took.as_secs_f64());
         match result {
             Err(_) => Err(match body_failure.get() {
-                Some(f) => body_refusal(f),
-                None => Refusal::GatewayTimeout,
+                Some(f) => ForwardError::Body(f),
+                None => UpstreamError::Timeout.into(),
             }),
             Ok(Err(e)) => {
                 if let Some(f) = body_failure.get() {
-                    return Err(body_refusal(f));
+                    return Err(ForwardError::Body(f));
                 }
                 if e.is_connect() {
                     let until = self.now_ms() + TARGET_COOLDOWN.as_millis() as u64;
                     t.down_until.store(until, Ordering::Relaxed);
                     tracing::warn!(upstream = %self.name, upstream_target = %t.authority, error = %e,
                         "upstream target refused or failed to connect; set aside");
-                    Err(Refusal::BadGateway("upstream_connect"))
+                    Err(UpstreamError::Connect.into())
                 } else {
                     tracing::warn!(upstream = %self.name, upstream_target = %t.authority, error = %e,
                         "upstream exchange failed");
-                    Err(Refusal::BadGateway("upstream_error"))
+                    Err(UpstreamError::Exchange.into())
                 }
             }
             Ok(Ok(mut resp)) => {
@@ -401,65 +351,55 @@ impl Upstream {
     }
 }
 
-fn body_refusal(f: BodyFailure) -> Refusal {
-    match f {
-        BodyFailure::TooLarge => Refusal::PayloadTooLarge,
-        BodyFailure::Stalled => Refusal::RequestTimeout,
-        BodyFailure::Aborted => Refusal::BadRequest("client_aborted"),
+/// Why an upstream gave no usable answer (502, or 504 for [`UpstreamError::Timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    /// No response head within the upstream's timeout.
+    Timeout,
+    /// The target refused or failed the connection (it is set aside for a while).
+    Connect,
+    /// The exchange broke after connecting.
+    Exchange,
+    /// The target's prefix and the request path do not make a URI.
+    TargetUri,
+    /// `101 Switching Protocols` to a request that asked for no upgrade.
+    UnaskedSwitch,
+    /// `101` for another protocol than the one asked for (and allowed).
+    OtherProtocol,
+}
+
+impl UpstreamError {
+    /// The `reason` label for logs and metrics.
+    pub fn reason(self) -> &'static str {
+        match self {
+            UpstreamError::Timeout => "upstream_timeout",
+            UpstreamError::Connect => "upstream_connect",
+            UpstreamError::Exchange => "upstream_error",
+            UpstreamError::TargetUri => "upstream_uri",
+            UpstreamError::UnaskedSwitch => "upstream_unasked_101",
+            UpstreamError::OtherProtocol => "upstream_other_protocol",
+        }
+    }
+}
+
+/// Why [`Upstream::forward`] failed: the upstream's fault, or the client's body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardError {
+    /// The upstream gave no usable answer.
+    Upstream(UpstreamError),
+    /// The client's body was cut off (too large, stalled, broken) while it was sent on.
+    Body(BodyFailure),
+}
+
+impl From<UpstreamError> for ForwardError {
+    fn from(e: UpstreamError) -> ForwardError {
+        ForwardError::Upstream(e)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hop_by_hop_headers_and_connection_named_ones_go() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
-        );
-        h.insert("x-secret-hop", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert("x-kept", HeaderValue::from_static("1"));
-        let mut upgrading = h.clone();
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h.len(), 1);
-        assert!(h.contains_key("x-kept"));
-
-        strip_hop_by_hop(&mut upgrading, true);
-        assert_eq!(upgrading.len(), 3, "{upgrading:?}");
-        assert_eq!(upgrading[header::UPGRADE], "websocket");
-        assert_eq!(upgrading[header::CONNECTION], "upgrade");
-        assert!(upgrading.contains_key("x-kept"));
-    }
-
-    #[test]
-    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("example.com"));
-        h.append("x-many", HeaderValue::from_static("1"));
-        h.append("x-many", HeaderValue::from_static("2"));
-        let before = h.clone();
-        strip_hop_by_hop(&mut h, true);
-        assert_eq!(h, before);
-
-        // A lone hop-by-hop header (no `Connection`) still goes.
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        strip_hop_by_hop(&mut h, false);
-        assert_eq!(h, before);
-    }
 
     #[test]
     fn protocols_need_their_schemes() {

@@ -213,6 +213,87 @@ pub mod headers {
     pub const AUTHORIZER: HeaderName = HeaderName::from_static("x-tollgate-authorizer");
 }
 
+/// Who is calling, as the route's authorizer established it: what the scope check reads and
+/// what the upstream is told.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// The route is open.
+    Anonymous,
+    /// A verified JWT.
+    Jwt(Arc<Identity>),
+    /// Allowed by an external authorizer, with the context it returned.
+    External {
+        /// The authorizer's answer.
+        decision: Arc<external::Decision>,
+        /// The authorizer's name, for `x-tollgate-authorizer`.
+        authorizer: HeaderValue,
+    },
+    /// A request signed (SigV4) with a configured access key.
+    SigV4 {
+        /// The key that signed.
+        identity: Arc<sigv4::SigV4Identity>,
+        /// The authorizer's name, for `x-tollgate-authorizer`.
+        authorizer: HeaderValue,
+    },
+}
+
+impl Principal {
+    /// Sets the `x-tollgate-*` identity headers the upstream receives (the client's own copies
+    /// were removed before, [`crate::headers`]). A JWT's were made once, when it was verified.
+    pub fn insert_upstream_headers(&self, h: &mut HeaderMap) {
+        match self {
+            Principal::Anonymous => {}
+            Principal::Jwt(id) => {
+                for (k, v) in &id.upstream_headers {
+                    h.insert(k.clone(), v.clone());
+                }
+            }
+            Principal::SigV4 {
+                identity,
+                authorizer,
+            } => {
+                if let Ok(v) = HeaderValue::from_str(&identity.access_key_id) {
+                    h.insert(headers::PRINCIPAL, v);
+                }
+                if !identity.scopes.is_empty()
+                    && let Ok(v) = HeaderValue::from_str(&identity.scopes.join(" "))
+                {
+                    h.insert(headers::SCOPES, v);
+                }
+                h.insert(headers::AUTHORIZER, authorizer.clone());
+            }
+            Principal::External {
+                decision,
+                authorizer,
+            } => {
+                for (k, v) in &decision.context_headers {
+                    h.insert(k.clone(), v.clone());
+                }
+                h.insert(headers::AUTHORIZER, authorizer.clone());
+            }
+        }
+    }
+
+    /// Whether the caller holds at least one of `required` (empty: nothing is required). An
+    /// external authorizer grants no scopes, and an open route's caller has none.
+    pub fn has_any_scope(&self, required: &[Box<str>]) -> bool {
+        match self {
+            Principal::Jwt(id) => id.has_any_scope(required),
+            Principal::SigV4 { identity, .. } => identity.has_any_scope(required),
+            Principal::Anonymous | Principal::External { .. } => required.is_empty(),
+        }
+    }
+
+    /// The caller's name for the access log: a JWT's `sub`, a SigV4 access key id.
+    pub fn log_name(&self) -> Option<&str> {
+        match self {
+            Principal::Jwt(id) => id.subject.as_deref(),
+            Principal::SigV4 { identity, .. } => Some(identity.access_key_id.as_str()),
+            Principal::Anonymous | Principal::External { .. } => None,
+        }
+    }
+}
+
 /// Where an authorizer's keys come from.
 pub enum KeySource {
     /// Loaded once with the config: a `jwks_file` or a `secret`.

@@ -19,7 +19,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use self::keys::KeyRing;
 use crate::answer::ResponseBody;
-use crate::body::{CollectError, ReqBody};
+use crate::body::{BodyFailure, ReqBody};
 
 /// Shortest token lifetime accepted in config.
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(300);
@@ -384,10 +384,10 @@ impl Issuer {
             .collect(MAX_TOKEN_REQUEST_BYTES, TOKEN_REQUEST_BODY_TIMEOUT)
             .await
             .map_err(|e| match e {
-                CollectError::Timeout => {
+                BodyFailure::Stalled => {
                     OAuthError::InvalidRequest("the request body did not arrive in time")
                 }
-                CollectError::TooLarge | CollectError::Aborted => {
+                BodyFailure::TooLarge | BodyFailure::Aborted => {
                     OAuthError::InvalidRequest("the request body is too large or incomplete")
                 }
             })?;

@@ -38,6 +38,7 @@ use crate::auth::{JwtAuthorizer, JwtSettings, KeySource, TokenCache};
 use crate::clientip::{CidrSet, Policy};
 use crate::config::schema::{AuthorizerCfg, JwtCfg, SecretCfg, UpstreamProtocol};
 use crate::config::{ConfigError, Parsed};
+use crate::cors::Cors;
 use crate::fetch::Fetcher;
 use crate::issuer::keys::KeyRing;
 use crate::issuer::{Client, Endpoint, FailureCounter, Issuer};
@@ -96,28 +97,15 @@ pub struct Limits {
     pub max_connections: Option<usize>,
 }
 
-/// CORS settings in their response-ready form.
+/// The `tollgate_api_key_requests_total{plan, result}` series of one plan.
 #[derive(Debug, Clone)]
-pub struct Cors {
-    /// Allowed origins; `*` allows any.
-    pub allow_origins: Vec<String>,
-    /// `access-control-allow-headers` value, if any.
-    pub allow_headers: Option<HeaderValue>,
-    /// `access-control-allow-methods` value.
-    pub allow_methods: HeaderValue,
-    /// `access-control-expose-headers` value, if any.
-    pub expose_headers: Option<HeaderValue>,
-    /// `access-control-max-age` value, if any.
-    pub max_age: Option<HeaderValue>,
-    /// Whether credentials are allowed.
-    pub allow_credentials: bool,
-}
-
-impl Cors {
-    /// Whether `origin` may call.
-    pub fn allows(&self, origin: &str) -> bool {
-        self.allow_origins.iter().any(|o| o == "*" || o == origin)
-    }
+pub struct PlanOutcomes {
+    /// `result="admitted"`: passed the plan's throttle and quota.
+    pub admitted: prometheus::IntCounter,
+    /// `result="throttled"`: refused by the plan's throttle.
+    pub throttled: prometheus::IntCounter,
+    /// `result="quota_exceeded"`: refused by the plan's quota.
+    pub quota_exceeded: prometheus::IntCounter,
 }
 
 /// What a route does once a request is admitted.
@@ -213,8 +201,8 @@ pub struct Plan {
     pub route_throttles: HashMap<usize, Throttle>,
     /// Per-key quota.
     pub quota: Option<QuotaSpec>,
-    /// `tollgate_api_key_requests_total{plan, result}` handles: admitted, throttled, quota.
-    pub outcomes: [prometheus::IntCounter; 3],
+    /// `tollgate_api_key_requests_total{plan, result}`, one handle per result.
+    pub outcomes: PlanOutcomes,
 }
 
 /// A public listener.
@@ -418,19 +406,6 @@ fn bind_addr(s: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
     }
 }
 
-fn header_list(items: &[String], path: &str, errs: &mut Errors) -> Option<HeaderValue> {
-    if items.is_empty() {
-        return None;
-    }
-    match HeaderValue::from_str(&items.join(", ")) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            errs.at(path, "values cannot be sent in a header");
-            None
-        }
-    }
-}
-
 /// Compiles a parsed config into a snapshot with generation `generation`. Refuses (with every
 /// problem found, each located): bad addresses, references to undefined upstreams or
 /// authorizers, unparsable or duplicate route keys, routes with neither or both of `upstream` and
@@ -613,30 +588,14 @@ pub fn compile(
     credential_headers.dedup();
     let credential_headers = credential_headers.into_boxed_slice();
 
-    let cors = f.cors.as_ref().map(|c| {
-        let methods = if c.allow_methods.is_empty() {
-            vec!["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]
-                .into_iter()
-                .map(String::from)
-                .collect()
-        } else {
-            c.allow_methods.clone()
-        };
-        if c.allow_credentials && c.allow_origins.iter().any(|o| o == "*") {
-            errs.at(
-                "cors.allow_credentials",
-                "credentials cannot be allowed for origin `*`",
-            );
-        }
-        Cors {
-            allow_origins: c.allow_origins.clone(),
-            allow_headers: header_list(&c.allow_headers, "cors.allow_headers", &mut errs),
-            allow_methods: header_list(&methods, "cors.allow_methods", &mut errs)
-                .unwrap_or_else(|| HeaderValue::from_static("GET")),
-            expose_headers: header_list(&c.expose_headers, "cors.expose_headers", &mut errs),
-            max_age: c.max_age.map(|d| HeaderValue::from(d.0.as_secs())),
-            allow_credentials: c.allow_credentials,
-        }
+    let cors = f.cors.as_ref().and_then(|c| {
+        Cors::compile(c)
+            .map_err(|list| {
+                for (path, msg) in list {
+                    errs.at(path, msg);
+                }
+            })
+            .ok()
     });
 
     match (errs.list.is_empty(), table) {

@@ -67,11 +67,11 @@ pub(super) fn compile_plans(
             throttle,
             route_throttles,
             quota,
-            outcomes: [
-                m.with_label_values(&[name.as_str(), "admitted"]),
-                m.with_label_values(&[name.as_str(), "throttled"]),
-                m.with_label_values(&[name.as_str(), "quota_exceeded"]),
-            ],
+            outcomes: PlanOutcomes {
+                admitted: m.with_label_values(&[name.as_str(), "admitted"]),
+                throttled: m.with_label_values(&[name.as_str(), "throttled"]),
+                quota_exceeded: m.with_label_values(&[name.as_str(), "quota_exceeded"]),
+            },
         });
     }
     plans

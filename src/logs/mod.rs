@@ -17,6 +17,8 @@
 //! What it may lose: lines logged in the last [`FLUSH_INTERVAL`] before the process is killed
 //! with SIGKILL or aborts. A SIGTERM shutdown returns from `main`, which writes them.
 
+pub(crate) mod access;
+
 use std::io::Write;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
