@@ -18,8 +18,8 @@ use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::{Body, Incoming};
-use serde::de::{self, Deserialize, Deserializer};
 
+use crate::config::units::{AdminHost, normalise_name};
 use crate::gateway::Gateway;
 use crate::snapshot::AdminSettings;
 
@@ -44,63 +44,6 @@ const LOOPBACK_NAME: &str = "localhost";
 
 /// The port a `Host` without one means (the admin listener speaks plain HTTP).
 const DEFAULT_HTTP_PORT: u16 = 80;
-
-/// One `admin.hosts` entry: a DNS name (lower case, without a trailing dot) or an IP address.
-/// Parsed when the config is read, so a bad entry is a config error with its line and column.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AdminHost {
-    /// A DNS name the operator controls, e.g. the one Prometheus scrapes.
-    Name(String),
-    /// An address the listener is reached by that is not its bind address (e.g. through NAT).
-    Ip(IpAddr),
-}
-
-impl AdminHost {
-    /// Parses an entry: a host name (letters, digits, `-`, `_`, dot-separated labels of at most
-    /// 63 characters, at most 253 in all) or an IPv4/IPv6 address (brackets optional), never a
-    /// port, scheme or wildcard.
-    pub fn parse(s: &str) -> Result<AdminHost, String> {
-        let t = s.trim();
-        let bad = || {
-            format!(
-                "admin.hosts entry {s:?} must be a host name or IP address without a port, e.g. tollgate-admin.internal"
-            )
-        };
-        let bare = t
-            .strip_prefix('[')
-            .and_then(|r| r.strip_suffix(']'))
-            .unwrap_or(t);
-        if let Ok(ip) = bare.parse::<IpAddr>() {
-            return Ok(AdminHost::Ip(ip.to_canonical()));
-        }
-        let name = normalise_name(t);
-        let label_ok = |l: &str| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        };
-        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
-            return Err(bad());
-        }
-        Ok(AdminHost::Name(name))
-    }
-}
-
-impl<'de> Deserialize<'de> for AdminHost {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        AdminHost::parse(&s).map_err(de::Error::custom)
-    }
-}
-
-/// Lower case, one trailing dot (the DNS root) removed.
-fn normalise_name(s: &str) -> String {
-    let s = s.strip_suffix('.').unwrap_or(s);
-    s.to_ascii_lowercase()
-}
 
 /// Splits a `Host` value (or URI authority) into host and port. Refuses an empty host, a bare
 /// IPv6 address, userinfo and a port that is not a number.

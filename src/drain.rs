@@ -108,6 +108,11 @@ impl Slots {
     }
 }
 
+/// Resolves once shutdown has begun (or the signal's sender is gone).
+pub(crate) async fn shutdown_begun(closing: &mut watch::Receiver<bool>) {
+    let _ = closing.wait_for(|c| *c).await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -52,14 +52,6 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 /// ([`Spell`]): long enough that flapping at a limit is logged once, short enough that the
 /// "again" line follows the recovery closely.
 const SPELL_QUIET: Duration = Duration::from_secs(1);
-/// Default `limits.h2_idle_timeout`: an HTTP/2 client with nothing to ask for a minute gives
-/// its descriptor back; a minute covers the gaps of a client that polls (nginx waits 75 s,
-/// `keepalive_timeout`), and the GOAWAY lets the client reconnect without losing a request.
-pub const DEFAULT_H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Default `limits.max_connection_age`: nginx's `keepalive_time` (1 h). Long enough that
-/// reconnecting costs nothing measurable, short enough that clients move to new replicas and
-/// certificates within the hour.
-pub const DEFAULT_MAX_CONNECTION_AGE: Duration = Duration::from_secs(3600);
 /// Descriptors left out of the default `limits.max_connections` for everything else the
 /// process holds: listeners, the admin listener and its clients, epoll, the file watcher, log,
 /// state and key files, Redis, JWKS and authorizer fetches.

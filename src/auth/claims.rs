@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::TokenError;
+use super::token_error::TokenError;
 
 /// The claims tollgate reads. Everything is optional at parse time so that a missing claim is
 /// reported as the rule it breaks, not as a parse failure.

@@ -142,7 +142,7 @@ pub struct AdminCfg {
     /// Host names (or IP addresses), besides the bind address, that a token-less admin request
     /// may name in its `Host` header, e.g. the DNS name Prometheus scrapes (DNS-rebinding guard).
     #[serde(default)]
-    pub hosts: Vec<crate::admin::AdminHost>,
+    pub hosts: Vec<crate::config::units::AdminHost>,
 }
 
 /// Limits on what clients may send.

@@ -1,8 +1,9 @@
-//! The units `gateway.yaml` is written in: durations (`250ms`, `30s`, `5m`, `1h`, `1d`) and byte
-//! sizes (`512`, `64KiB`, `10MiB`). Both deserialise from strings and refuse anything else with a
-//! message serde places at the value's line and column.
+//! The units `gateway.yaml` is written in: durations (`250ms`, `30s`, `5m`, `1h`, `1d`), byte
+//! sizes (`512`, `64KiB`, `10MiB`) and host names (`admin.hosts`). Each deserialises from a
+//! string and refuses anything else with a message serde places at the value's line and column.
 
 use std::fmt;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -108,6 +109,63 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         d.deserialize_any(V)
     }
+}
+
+/// One `admin.hosts` entry: a DNS name (lower case, without a trailing dot) or an IP address.
+/// Parsed when the config is read, so a bad entry is a config error with its line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminHost {
+    /// A DNS name the operator controls, e.g. the one Prometheus scrapes.
+    Name(String),
+    /// An address the listener is reached by that is not its bind address (e.g. through NAT).
+    Ip(IpAddr),
+}
+
+impl AdminHost {
+    /// Parses an entry: a host name (letters, digits, `-`, `_`, dot-separated labels of at most
+    /// 63 characters, at most 253 in all) or an IPv4/IPv6 address (brackets optional), never a
+    /// port, scheme or wildcard.
+    pub fn parse(s: &str) -> Result<AdminHost, String> {
+        let t = s.trim();
+        let bad = || {
+            format!(
+                "admin.hosts entry {s:?} must be a host name or IP address without a port, e.g. tollgate-admin.internal"
+            )
+        };
+        let bare = t
+            .strip_prefix('[')
+            .and_then(|r| r.strip_suffix(']'))
+            .unwrap_or(t);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            return Ok(AdminHost::Ip(ip.to_canonical()));
+        }
+        let name = normalise_name(t);
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err(bad());
+        }
+        Ok(AdminHost::Name(name))
+    }
+}
+
+impl<'de> Deserialize<'de> for AdminHost {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AdminHost::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// Lower case, one trailing dot (the DNS root) removed.
+pub(crate) fn normalise_name(s: &str) -> String {
+    let s = s.strip_suffix('.').unwrap_or(s);
+    s.to_ascii_lowercase()
 }
 
 #[cfg(test)]

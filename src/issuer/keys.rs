@@ -23,6 +23,10 @@ use jsonwebtoken::EncodingKey;
 use crate::auth::jwks::Loaded;
 use crate::auth::keys::KeySet;
 
+/// Longest token lifetime accepted in config; keys stay published at least this long after
+/// they stop signing, so every token they signed can still be verified.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
+
 /// Extra time a retired key stays published beyond the token lifetime (clock skew, leeway).
 pub const RETIRE_MARGIN: Duration = Duration::from_secs(300);
 /// Smallest RSA key accepted from a configured file.
@@ -276,7 +280,7 @@ impl KeyRing {
         let _guard = self.rotating.lock().expect("not poisoned");
         // Tokens signed so far may have been minted under any lifetime the config allowed
         // (a reload may have shortened it since), so the old key stays for the longest one.
-        let until = now_unix() + crate::issuer::MAX_TOKEN_TTL.as_secs() + RETIRE_MARGIN.as_secs();
+        let until = now_unix() + MAX_TOKEN_TTL.as_secs() + RETIRE_MARGIN.as_secs();
         let retired_path = self
             .path
             .with_file_name(format!("{}{until}", Self::retired_prefix(&self.path)));

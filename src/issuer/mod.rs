@@ -18,13 +18,12 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 
 use self::keys::KeyRing;
+pub use self::keys::MAX_TOKEN_TTL;
 use crate::answer::ResponseBody;
 use crate::body::{BodyFailure, ReqBody};
 
 /// Shortest token lifetime accepted in config.
 pub const MIN_TOKEN_TTL: Duration = Duration::from_secs(300);
-/// Longest token lifetime accepted in config.
-pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(86_400);
 /// Default token lifetime (a managed user pool's default for access tokens).
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Largest token request body; real ones are a few hundred bytes.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use time::{Date, OffsetDateTime};
 
 use super::period::{Period, day_label, parse_day, seconds_until};
-use super::{DayUsage, LimitError, QuotaSpec, QuotaState};
+use super::spec::{DayUsage, LimitError, QuotaSpec, QuotaState};
 
 /// Days of per-day counts kept for `/usage` (older days are dropped).
 pub const USAGE_DAYS_KEPT: i64 = 400;

@@ -45,7 +45,7 @@ use tokio::task::JoinHandle;
 
 use super::memory::USAGE_DAYS_KEPT;
 use super::period::day_label;
-use super::{BucketSpec, BucketState, DayUsage, LimitError, QuotaSpec, QuotaState};
+use super::spec::{BucketSpec, BucketState, DayUsage, LimitError, QuotaSpec, QuotaState};
 use crate::config::schema::OnError;
 use crate::metrics::Metrics;
 

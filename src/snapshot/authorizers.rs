@@ -1,7 +1,24 @@
 //! Compiling `authorizers`: `type: jwt` (algorithms, claim rules and key sources), `http` and
 //! `sigv4`.
 
-use super::*;
+use super::errors::*;
+use super::model::*;
+use super::registry::Registry;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use http::HeaderName;
+
+use crate::auth::claims::ClaimRules;
+use crate::auth::external::ExternalAuthorizer;
+use crate::auth::jwks::{JwksSource, Loaded};
+use crate::auth::keys::KeySet;
+use crate::auth::sigv4::SigV4Verifier;
+use crate::auth::{JwtAuthorizer, JwtSettings, KeySource};
+use crate::config::Parsed;
+use crate::config::schema::{AuthorizerCfg, JwtCfg};
+use crate::issuer::Issuer;
 
 pub(super) fn jwt_authorizer(
     parsed: &Parsed,

@@ -1,6 +1,9 @@
 //! The files a config names, for the file watcher.
 
-use super::*;
+use std::path::PathBuf;
+
+use crate::config::Parsed;
+use crate::config::schema::{AuthorizerCfg, SecretCfg};
 
 /// The config file (first) and every file it names (key imports, key sets, secret files,
 /// upstream CA bundles), resolved.

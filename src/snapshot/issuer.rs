@@ -1,6 +1,13 @@
 //! Compiling the `issuer:` section and reserving its paths.
 
-use super::*;
+use super::errors::*;
+use super::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::Parsed;
+use crate::issuer::{Client, Issuer};
+use crate::routes::RouteKey;
 
 /// Whether a route key uses one of the embedded issuer's paths (whatever its method), which
 /// would let a user route take over the token endpoint.

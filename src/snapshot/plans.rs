@@ -1,7 +1,17 @@
 //! Compiling `usage_plans` and `api_keys`: throttles, per-route throttles and quotas by
 //! plan, and the key table with plans resolved (config keys and the CSV import).
 
-use super::*;
+use super::errors::*;
+use super::model::*;
+use super::registry::Registry;
+use std::collections::HashMap;
+use std::str::FromStr;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::apikeys::{ApiKey, KeyRecord, KeyTable};
+use crate::config::{ConfigError, Parsed};
+use crate::limits::{BucketSpec, QuotaSpec};
 
 /// A bucket spec from config, or an error at `at`.
 pub(super) fn spec_at(

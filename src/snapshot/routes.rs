@@ -1,7 +1,24 @@
 //! Compiling `routes`: route keys, integrations, each route's authorizer, scopes, throttle and
 //! policy (or the `defaults`), the embedded issuer's built-in routes, and the route table.
 
-use super::*;
+use super::authorizers::Authorizers;
+use super::errors::*;
+use super::issuer::reserved_for_issuer;
+use super::model::*;
+use super::plans::spec_at;
+use super::registry::Registry;
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use crate::clientip::Policy;
+use crate::config::Parsed;
+use crate::issuer::Issuer;
+use crate::proxy::Upstream;
+use crate::routes::{RouteKey, RouteTable};
 
 /// Compiles the routes (the issuer's built-in ones first) and their keys in the same order,
 /// each key with the index of the `routes:` entry it came from (`None` for built-in ones). A

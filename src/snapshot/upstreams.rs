@@ -1,7 +1,17 @@
 //! Compiling `upstreams`: target pools, timeouts, protocol, and the CA an https upstream
 //! trusts.
 
-use super::*;
+use super::errors::*;
+use super::registry::Registry;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::Parsed;
+use crate::config::schema::UpstreamProtocol;
+use crate::proxy::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_TIMEOUT, Protocol, Trust, Upstream, UpstreamSettings,
+};
 
 /// Compiles every upstream pool, by name. A pool with errors is left out (its errors are in
 /// `errs`), so routes naming it report nothing more.

@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::{Counters, shutdown_begun};
 use crate::body::ClientBody;
+use crate::drain::shutdown_begun;
 use crate::service::{ConnInfo, Handler};
 use crate::tls::TlsSettings;
 
@@ -45,6 +45,15 @@ const H2_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The HTTP/2 connection preface (RFC 9113 3.4): a plain connection that opens with it speaks
 /// HTTP/2 by prior knowledge.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Counters the transport keeps for every connection, whatever its listener.
+#[derive(Clone)]
+pub(crate) struct Counters {
+    /// `tollgate_connections_idle`: plain HTTP/1 connections waiting without hyper's buffers.
+    pub(crate) idle: prometheus::IntGauge,
+    /// `tollgate_tls_handshake_failures_total`.
+    pub(crate) tls_handshake_failures: prometheus::IntCounter,
+}
 
 /// The bounds of a connection, from the configuration's `limits:`.
 #[derive(Debug, Clone)]
@@ -213,7 +222,15 @@ pub(crate) async fn serve<H: Handler>(
         Opening::Http1(prefix) => {
             let counters = &endpoint.counters;
             super::http1::serve(
-                stream, prefix, info, settings, handler, counters, closing, retire,
+                stream,
+                prefix,
+                info,
+                &settings.http1,
+                settings.idle,
+                handler,
+                &counters.idle,
+                closing,
+                retire,
             )
             .await;
         }
@@ -314,18 +331,6 @@ async fn serve_tls_http1<IO, H: Handler>(
         idle: None,
     };
     finish(conn, |c| c.graceful_shutdown(), closing, peer, life).await;
-}
-
-impl Settings {
-    /// The HTTP/1.1 configuration ([`super::http1`] serves plain connections with it).
-    pub(super) fn http1(&self) -> &http1::Builder {
-        &self.http1
-    }
-
-    /// How long a connection may sit idle between requests.
-    pub(super) fn idle(&self) -> Duration {
-        self.idle
-    }
 }
 
 /// A connection whose first bytes were already read: they are read again first.
@@ -523,7 +528,7 @@ async fn finish<C, E>(
     let ended = loop {
         tokio::select! {
             r = conn.as_mut() => break r,
-            () = super::shutdown_begun(&mut closing) => {
+            () = shutdown_begun(&mut closing) => {
                 graceful(conn.as_mut());
                 break conn.await;
             }

@@ -43,9 +43,10 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use super::conn::Settings;
-use super::{Counters, shutdown_begun};
+use hyper::server::conn::http1;
+
 use crate::body::{BodyEnd, ClientBody, EndSignal};
+use crate::drain::shutdown_begun;
 use crate::service::{ConnInfo, Handler};
 
 /// How long a connection stays idle before hyper's buffers are released: longer than the gap
@@ -261,16 +262,14 @@ pub(super) async fn serve<H: Handler>(
     mut stream: TcpStream,
     mut prefix: Bytes,
     info: ConnInfo,
-    settings: &Settings,
+    builder: &http1::Builder,
+    idle: Duration,
     handler: H,
-    counters: &Counters,
+    idle_gauge: &prometheus::IntGauge,
     mut closing: watch::Receiver<bool>,
     retire_at: Instant,
 ) {
     let peer = info.peer;
-    let idle = settings.idle();
-    let builder = settings.http1();
-    let idle_gauge = &counters.idle;
     let info = Arc::new(info);
     let activity = Arc::new(Activity::default());
     let watch = activity.clone();

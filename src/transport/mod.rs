@@ -12,22 +12,6 @@
 mod conn;
 mod http1;
 
-use tokio::sync::watch;
-
-pub(crate) use conn::{ConnLimits, Endpoint, Settings, serve};
+pub(crate) use conn::{ConnLimits, Counters, Endpoint, Settings, serve};
 pub use http1::IDLE_RELEASE_AFTER;
 pub(crate) use http1::give_back_memory;
-
-/// Counters the transport keeps for every connection, whatever its listener.
-#[derive(Clone)]
-pub(crate) struct Counters {
-    /// `tollgate_connections_idle`: plain HTTP/1 connections waiting without hyper's buffers.
-    pub(crate) idle: prometheus::IntGauge,
-    /// `tollgate_tls_handshake_failures_total`.
-    pub(crate) tls_handshake_failures: prometheus::IntCounter,
-}
-
-/// Resolves once shutdown has begun (or the signal's sender is gone).
-pub(crate) async fn shutdown_begun(closing: &mut watch::Receiver<bool>) {
-    let _ = closing.wait_for(|c| *c).await;
-}
