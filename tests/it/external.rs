@@ -32,7 +32,7 @@ const WAIT: Duration = Duration::from_millis(200);
 /// json`, `500` answers status 500, `first-*` allows only the first call with such a token
 /// (every later one is denied, so a second call shows as a denial), anything else denies.
 #[derive(Clone)]
-struct Authz {
+pub(crate) struct Authz {
     addr: SocketAddr,
     calls: Arc<AtomicUsize>,
     firsts: Arc<AtomicUsize>,
@@ -40,7 +40,7 @@ struct Authz {
 }
 
 impl Authz {
-    async fn start() -> Authz {
+    pub(crate) async fn start() -> Authz {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let authz = Authz {
             addr: listener.local_addr().unwrap(),
@@ -69,7 +69,7 @@ impl Authz {
         authz
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/authorize", self.addr)
     }
 

@@ -12,6 +12,7 @@ mod hardening;
 mod issuer;
 mod jwt;
 mod keepalive;
+mod pipeline;
 mod plans;
 mod proxy;
 mod redis;
