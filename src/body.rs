@@ -113,7 +113,7 @@ impl std::fmt::Debug for EndSignal {
 
 /// A client's request body: as hyper delivers it from a connection, or fixed bytes (tests,
 /// benches, anything that drives the pipeline without a socket). A body with an
-/// [`EndSignal`] tells the connection when it has been read to its end.
+/// `EndSignal` tells the connection when it has been read to its end.
 #[derive(Debug)]
 pub struct ClientBody {
     source: Source,
@@ -216,7 +216,7 @@ pin_project_lite::pin_project! {
 
 impl GuardedBody {
     /// Wraps `inner`, allowing at most `limit` bytes and `idle` between frames. Trailers are
-    /// cleaned like the request head ([`crate::headers::sanitize_trailers`]).
+    /// cleaned like the request head (`crate::headers::sanitize_trailers`).
     pub fn new(inner: ClientBody, limit: u64, idle: Duration, failure: FailureCell) -> GuardedBody {
         GuardedBody {
             inner,

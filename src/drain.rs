@@ -103,7 +103,8 @@ impl Slots {
     }
 
     /// How many places are taken now.
-    pub fn open(&self) -> usize {
+    #[cfg(test)]
+    fn open(&self) -> usize {
         self.open.load(std::sync::atomic::Ordering::Acquire)
     }
 }

@@ -6,13 +6,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+
+use crate::outbound::{ClientSpec, Connector, Trust, Versions};
+
+/// Connecting to an issuer may take at most this: the contract's whole JWKS fetch budget.
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(1500);
+/// Idle connections to issuers are closed after this (key sets are refreshed every few minutes).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per issuer host.
+const POOL_MAX_IDLE_PER_HOST: usize = 2;
 
 /// A pooled HTTP/HTTPS client for small documents.
 #[derive(Clone)]
 pub struct Fetcher {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    client: Client<Connector, Empty<Bytes>>,
 }
 
 impl Default for Fetcher {
@@ -22,16 +29,17 @@ impl Default for Fetcher {
 }
 
 impl Fetcher {
-    /// Builds the client with the Mozilla root store (webpki-roots), HTTP/1.1 and HTTP/2.
+    /// Builds the client ([`crate::outbound`]: the system's roots, HTTP/1.1 or HTTP/2 by ALPN).
     pub fn new() -> Fetcher {
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
         Fetcher {
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: crate::outbound::client(&ClientSpec {
+                trust: Trust::System,
+                connect_timeout: CONNECT_TIMEOUT,
+                versions: Versions::Any,
+                tls: true,
+                pool_idle_timeout: POOL_IDLE_TIMEOUT,
+                pool_max_idle_per_host: POOL_MAX_IDLE_PER_HOST,
+            }),
         }
     }
 

@@ -58,7 +58,7 @@ fn percent_decode(b: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The path canonicaliser ([`crate::canonical::canonicalize`]), on the bytes as a path and on
+/// The path canonicaliser (`crate::canonical::canonicalize`), on the bytes as a path and on
 /// the path `http::Uri` makes of them (what hyper hands the pipeline). A canonical path is a
 /// fixed point (same path, match form and exceptions again), ASCII, free of control bytes,
 /// lower-case escapes and dot segments however an upstream splits it, and names the resource
@@ -189,7 +189,7 @@ fn base64_url(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// The PROXY protocol reader ([`crate::proxy_protocol::read_header`]) on the bytes as the
+/// The PROXY protocol reader (`crate::proxy_protocol::read_header`) on the bytes as the
 /// start of a connection. It never reads past its header: an accepted v1 header is at most 107
 /// bytes ending in CRLF, an accepted v2 header is its 16-byte preamble and the length it gives.
 pub fn proxy_protocol(data: &[u8]) {

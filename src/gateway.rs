@@ -1,4 +1,4 @@
-//! The running gateway: the current [`Snapshot`] in one `ArcSwap`, the [`Registry`] of state
+//! The running gateway: the current `Snapshot` in one `ArcSwap`, the `Registry` of state
 //! beside it, the metrics, and readiness. Loading a config builds the whole next snapshot
 //! before one atomic swap; a config that does not compile changes nothing.
 

@@ -16,7 +16,7 @@
 //! the trusted proxies.
 //!
 //! [`handle`] wraps the pipeline with what every answer gets: `x-request-id`, CORS headers for
-//! allowed origins, one access-log line and the request metrics ([`crate::logs::access`]).
+//! allowed origins, one access-log line and the request metrics (`crate::logs::access`).
 
 use std::net::IpAddr;
 use std::sync::Arc;

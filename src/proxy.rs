@@ -4,21 +4,18 @@
 //! upstream failures to 502 / 504 (or to 413 / 408 when the client's body was at fault).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::{ConfigBuilderExt as _, HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::{ClientConfig, RootCertStore};
 
 use crate::body::{BodyFailure, FailureCell, GuardedBody};
 use crate::headers::strip_hop_by_hop;
+pub use crate::outbound::Trust;
+use crate::outbound::{ClientSpec, Connector, Versions};
 
 /// Default time until the upstream's response head arrives (the managed gateway's 29 s).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(29);
@@ -30,8 +27,6 @@ pub const TARGET_COOLDOWN: Duration = Duration::from_secs(10);
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Most idle connections kept per upstream target.
 pub const POOL_MAX_IDLE_PER_HOST: usize = 512;
-/// TCP keep-alive probes on upstream connections, so dead peers are noticed on idle connections.
-const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// The HTTP version spoken to an upstream's targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,16 +51,6 @@ impl Protocol {
     }
 }
 
-/// The certificates an upstream's `https://` targets must chain to.
-#[derive(Debug, Clone)]
-pub enum Trust {
-    /// The system's root certificates (loaded once per process; the Mozilla roots built into
-    /// tollgate when the system has none).
-    System,
-    /// Only these: a configured CA bundle.
-    Roots(Arc<RootCertStore>),
-}
-
 /// How an upstream is spoken to.
 #[derive(Debug, Clone)]
 pub struct UpstreamSettings {
@@ -78,9 +63,6 @@ pub struct UpstreamSettings {
     /// Which certificates `https://` targets must present.
     pub trust: Trust,
 }
-
-/// The connector of every upstream client: TCP, and TLS for `https://` targets.
-type Connector = HttpsConnector<HttpConnector>;
 
 /// What goes to the upstream: the client's body streaming through its guard, or a body the
 /// gateway already read whole.
@@ -155,59 +137,6 @@ fn check_scheme(protocol: Protocol, target: &str, scheme: &Scheme) -> Result<(),
     }
 }
 
-/// A TLS client config builder on aws-lc-rs (named explicitly: another crypto provider may be
-/// compiled in through a dependency, and then rustls has no process default).
-fn tls_builder() -> rustls::ConfigBuilder<ClientConfig, rustls::WantsVerifier> {
-    ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("aws-lc-rs supports TLS 1.2 and 1.3")
-}
-
-/// A TLS client config trusting the system's root certificates, loaded once per process (a
-/// changed system store is seen after a restart). When the system has none, the Mozilla roots
-/// built into tollgate are trusted instead, with a warning.
-fn system_tls() -> ClientConfig {
-    static SYSTEM: OnceLock<ClientConfig> = OnceLock::new();
-    SYSTEM
-        .get_or_init(|| match tls_builder().with_native_roots() {
-            Ok(b) => b.with_no_client_auth(),
-            Err(e) => {
-                tracing::warn!(error = %e,
-                    "no system root certificates; https upstreams are verified against the Mozilla roots built into tollgate");
-                tls_builder().with_webpki_roots().with_no_client_auth()
-            }
-        })
-        .clone()
-}
-
-/// The connector for `protocol`: plain TCP for `http://` targets, TLS verified against `trust`
-/// (with the target's host as SNI and verified name) for `https://` ones.
-fn connector(settings: &UpstreamSettings, any_https: bool) -> Connector {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    http.set_keepalive(Some(TCP_KEEPALIVE));
-    let tls = match (&settings.trust, any_https) {
-        // No TLS is ever made: skip reading the system's store.
-        (_, false) => tls_builder()
-            .with_root_certificates(RootCertStore::empty())
-            .with_no_client_auth(),
-        (Trust::System, true) => system_tls(),
-        (Trust::Roots(roots), true) => tls_builder()
-            .with_root_certificates(roots.clone())
-            .with_no_client_auth(),
-    };
-    let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http();
-    match settings.protocol {
-        // Offers only `h2`: a target that cannot speak it fails the handshake (502).
-        Protocol::H2 => builder.enable_http2().wrap_connector(http),
-        Protocol::Http1 | Protocol::H2c => builder.enable_http1().wrap_connector(http),
-    }
-}
-
 impl Upstream {
     /// Builds a pool and its connection pool. Refuses an empty or unparsable target list, and
     /// targets whose scheme the protocol cannot be spoken over.
@@ -235,13 +164,18 @@ impl Upstream {
             });
         }
         let any_https = ts.iter().any(|t| t.scheme == Scheme::HTTPS);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .http2_only(settings.protocol != Protocol::Http1)
-            .build(connector(settings, any_https));
+        let client = crate::outbound::client(&ClientSpec {
+            trust: settings.trust.clone(),
+            connect_timeout: settings.connect_timeout,
+            versions: match settings.protocol {
+                Protocol::Http1 => Versions::Http1,
+                Protocol::H2 => Versions::Http2,
+                Protocol::H2c => Versions::H2c,
+            },
+            tls: any_https,
+            pool_idle_timeout: POOL_IDLE_TIMEOUT,
+            pool_max_idle_per_host: POOL_MAX_IDLE_PER_HOST,
+        });
         Ok(Upstream {
             duration: metrics.upstream_duration.with_label_values(&[name]),
             name: name.into(),

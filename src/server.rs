@@ -14,13 +14,13 @@
 //!   upstream connections, one per request in flight.
 //! - `limits.h2_idle_timeout`: an HTTP/2 connection with no request in flight for that long
 //!   gets a GOAWAY (PINGs do not count: hyper's keep-alive only finds dead peers). Requests
-//!   are counted per connection in the service ([`Streams`]); a timer reads the count only
+//!   are counted per connection in the service (`Streams`); a timer reads the count only
 //!   when it fires, so a request costs two atomic updates and no timer work.
 //! - `limits.max_connection_age`: after it (less up to a tenth, so clients that connected
 //!   together do not all reconnect together), HTTP/1 closes after the current response and
 //!   HTTP/2 gets a GOAWAY and finishes its streams.
 //! - A connection sent a GOAWAY for either reason that then stays without a request in flight
-//!   for [`GOAWAY_CLOSE_GRACE`] is dropped (a peer that never answers the GOAWAY's PING).
+//!   for `GOAWAY_CLOSE_GRACE` is dropped (a peer that never answers the GOAWAY's PING).
 //! - `accept` failing (out of descriptors: EMFILE, ENFILE) pauses the loop and retries; it is
 //!   logged once when the failures begin and once when accepting works again.
 
@@ -42,7 +42,7 @@ use crate::config::ConfigError;
 use crate::drain::{Slots, Tracker};
 use crate::gateway::{BindFailure, Gateway, ListenerCommit, ListenerControl};
 use crate::pipeline::Pipeline;
-use crate::snapshot::{Limits, ListenerSpec, Snapshot};
+use crate::snapshot::{Bounds, ListenerSpec, Snapshot};
 use crate::transport::{ConnLimits, Counters, Endpoint, Settings};
 
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin; short,
@@ -126,7 +126,7 @@ pub async fn start(config: &Path) -> Result<Running, StartError> {
     // in-flight requests drain.
     let (stop_admin, stop_admin_rx) = watch::channel(false);
     let admin_task = tokio::spawn(accept_admin(admin, gateway.clone(), stop_admin_rx.clone()));
-    crate::watch::spawn(gateway.clone(), stop_admin_rx.clone());
+    crate::config_watch::spawn(gateway.clone(), stop_admin_rx.clone());
     tokio::spawn(crate::transport::give_back_memory(stop_admin_rx.clone()));
     let maintenance = tokio::spawn(crate::limits::maintain(
         gateway.limits().clone(),
@@ -223,7 +223,7 @@ struct Listeners {
 }
 
 /// The transport's connection settings from the snapshot's limits.
-fn conn_settings(limits: &Limits) -> Settings {
+fn conn_settings(limits: &Bounds) -> Settings {
     Settings::new(&ConnLimits {
         header_timeout: limits.header_timeout,
         max_header_bytes: limits.max_header_bytes,

@@ -23,9 +23,9 @@ use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Map, Value};
+
+use crate::outbound::{ClientSpec, Trust, Versions};
 
 /// How long to wait for an answer when the config does not say: an authorizer sits on every
 /// request's path, so a slow one must not hold clients for long.
@@ -48,6 +48,10 @@ pub const MAX_CONTEXT_ENTRIES: usize = 32;
 /// Most bytes of request header names and values copied into the payload's `headers`; the rest
 /// are left out, so the call's size stays bounded whatever the client sends.
 pub const MAX_PAYLOAD_HEADER_BYTES: usize = 64 * 1024;
+/// Idle connections to the authorizer are closed after this.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept to the authorizer: enough for a busy gateway's concurrent calls.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
 /// Prefix of the upstream headers made from the authorizer's context.
 pub const CONTEXT_HEADER_PREFIX: &str = "x-tollgate-ctx-";
 
@@ -132,7 +136,7 @@ impl std::error::Error for ExternalError {}
 /// A cached answer: allowed, or [`ExternalError::Denied`] (failures are never cached).
 type Verdict = Result<Arc<Decision>, ExternalError>;
 
-type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+type HttpClient = Client<crate::outbound::Connector, Full<Bytes>>;
 
 /// A compiled external HTTP authorizer with its answer cache.
 pub struct ExternalAuthorizer {
@@ -207,12 +211,7 @@ impl ExternalAuthorizer {
                 .build()
         });
         let salt = crate::util::sha256(format!("{name}|{url}|{sources:?}").as_bytes());
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_webpki_roots()
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .build();
+        let tls = uri.scheme() == Some(&http::uri::Scheme::HTTPS);
         Ok(ExternalAuthorizer {
             hits: metrics.authorizer_cache.with_label_values(&[name, "hit"]),
             misses: metrics.authorizer_cache.with_label_values(&[name, "miss"]),
@@ -222,7 +221,15 @@ impl ExternalAuthorizer {
             timeout,
             cache,
             salt,
-            client: Client::builder(TokioExecutor::new()).build(https),
+            client: crate::outbound::client(&ClientSpec {
+                trust: Trust::System,
+                // The whole call has `timeout`; connecting cannot need longer.
+                connect_timeout: timeout,
+                versions: Versions::Any,
+                tls,
+                pool_idle_timeout: POOL_IDLE_TIMEOUT,
+                pool_max_idle_per_host: POOL_MAX_IDLE_PER_HOST,
+            }),
         })
     }
 

@@ -172,7 +172,7 @@ pub enum Principal {
 
 impl Principal {
     /// Sets the `x-tollgate-*` identity headers the upstream receives (the client's own copies
-    /// were removed before, [`crate::headers`]). A JWT's were made once, when it was verified.
+    /// were removed before, `crate::headers`). A JWT's were made once, when it was verified.
     pub fn insert_upstream_headers(&self, h: &mut HeaderMap) {
         match self {
             Principal::Anonymous => {}

@@ -118,7 +118,7 @@ pub fn read(path: &Path) -> Result<Parsed, ConfigError> {
 }
 
 /// Parses config text as if read from `path`. Refuses a line break other than LF or CRLF (see
-/// [`odd_line_break`]) before anything else.
+/// `odd_line_break`) before anything else.
 pub fn parse(path: &Path, text: &str) -> Result<Parsed, ConfigError> {
     if let Some((line, col, what)) = odd_line_break(text) {
         return Err(ConfigError {

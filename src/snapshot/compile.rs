@@ -93,7 +93,7 @@ pub fn compile(
         },
     };
     let l = &f.limits;
-    let limits = Limits {
+    let limits = Bounds {
         max_body: l.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
         header_timeout: l.header_timeout.map_or(DEFAULT_HEADER_TIMEOUT, |d| d.0),
         max_header_bytes: l.max_header_bytes.map_or(DEFAULT_MAX_HEADER_BYTES, |b| b.0) as usize,

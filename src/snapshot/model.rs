@@ -49,7 +49,7 @@ pub const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
 /// Request limits in force.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub struct Bounds {
     /// Largest body in bytes.
     pub max_body: u64,
     /// Time to send the request head.
@@ -220,8 +220,8 @@ pub struct Snapshot {
     pub trusted_proxies: CidrSet,
     /// Admin listener.
     pub admin: AdminSettings,
-    /// Limits.
-    pub limits: Limits,
+    /// `limits:`: sizes and timeouts of what clients may send (throttles and quotas are `crate::limits`).
+    pub limits: Bounds,
     /// CORS, if configured.
     pub cors: Option<Cors>,
     /// The route table; its indexes point into `routes`.
