@@ -137,7 +137,17 @@ pub(super) fn compile_keys(
                 }
                 records.extend(recs.into_iter().map(|r| (r, None)));
             }
-            Err(mut e) => errs.list.append(&mut e),
+            Err(list) => {
+                for e in list {
+                    if e.line == 0 {
+                        // The file as a whole (missing, unreadable): the key naming it is where
+                        // the operator looks.
+                        errs.at("api_keys.import", format!("{}: {}", p.display(), e.message));
+                    } else {
+                        errs.list.push(e);
+                    }
+                }
+            }
         }
     }
     let mut by_hash = HashMap::with_capacity(records.len());

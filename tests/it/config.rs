@@ -365,3 +365,28 @@ fn api_key_and_plan_errors_are_located() {
         "{text}"
     );
 }
+
+#[test]
+fn a_missing_referenced_file_is_reported_at_the_key_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = check_in(
+        dir.path(),
+        &format!(
+            "{BASE}api_keys:\n  import: partners.csv\nauthorizers:\n  a: {{ type: jwt, issuer: x, jwks_file: keys.json }}\nroutes:\n  - {{ route: \"GET /x\", authorizer: a, respond: {{ body: ok }} }}\n"
+        ),
+    );
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("F:4:11: ") && l.contains("partners.csv")),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("F:6:41: ") && l.contains("keys.json")),
+        "{out}"
+    );
+}
