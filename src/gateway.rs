@@ -21,27 +21,37 @@ pub const QUOTA_SNAPSHOT_FILE: &str = "quotas.json";
 /// Default prefix of Redis keys.
 pub const DEFAULT_REDIS_PREFIX: &str = "tollgate:";
 
-fn state_settings(p: &Parsed) -> String {
-    let s = &p.file.state;
-    format!(
-        "{:?}|{:?}|{:?}|{:?}|{:?}",
-        s.backend, s.url, s.path, s.key_prefix, s.on_error
-    )
+/// The `state:` settings, validated and with defaults filled in: what the store is opened
+/// with, and what a reload may not change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StateSpec {
+    /// `state.path`, resolved against the config file's directory.
+    path: PathBuf,
+    store: StoreSpec,
 }
 
-/// Opens the throttle and quota store the config names. Offline (`check`), a Redis URL is only
-/// validated and counters are not read from or written to disk.
-fn open_store(p: &Parsed, online: bool, metrics: &Arc<Metrics>) -> Result<Store, Vec<ConfigError>> {
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum StoreSpec {
+    Memory,
+    Redis {
+        url: String,
+        prefix: String,
+        on_error: OnError,
+    },
+}
+
+/// Validates `state:`. Refuses a `url` for the memory backend, and a Redis backend without a
+/// valid Redis URL; each error at its key.
+fn state_spec(p: &Parsed) -> Result<StateSpec, Vec<ConfigError>> {
     let s = &p.file.state;
-    match s.backend {
+    let store = match s.backend {
         StateBackend::Memory => {
             if s.url.is_some() {
                 return Err(vec![
                     p.error_at("state.url", "`url` is for `backend: redis`"),
                 ]);
             }
-            let file = online.then(|| p.resolve(&s.path).join(QUOTA_SNAPSHOT_FILE));
-            Ok(Store::Memory(MemoryStore::open(file)))
+            StoreSpec::Memory
         }
         StateBackend::Redis => {
             let Some(url) = &s.url else {
@@ -55,22 +65,36 @@ fn open_store(p: &Parsed, online: bool, metrics: &Arc<Metrics>) -> Result<Store,
                     p.error_at("state.url", format!("not a Redis URL: {e}")),
                 ]);
             }
-            if !online {
-                return Ok(Store::Memory(MemoryStore::open(None)));
+            StoreSpec::Redis {
+                url: url.clone(),
+                prefix: s
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string()),
+                on_error: s.on_error.unwrap_or(OnError::Deny),
             }
-            let prefix = s
-                .key_prefix
-                .clone()
-                .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string());
-            RedisStore::new(
-                url,
-                prefix,
-                s.on_error.unwrap_or(OnError::Deny),
-                metrics.clone(),
-            )
-            .map(Store::Redis)
-            .map_err(|e| vec![p.error_at("state.url", e)])
         }
+    };
+    Ok(StateSpec {
+        path: p.resolve(&s.path),
+        store,
+    })
+}
+
+/// Opens the throttle and quota store of `spec`: the one place a store is opened. Offline
+/// (`check`), nothing is connected to and counters are neither read from nor written to disk.
+fn open_store(spec: &StateSpec, online: bool, metrics: &Arc<Metrics>) -> Result<Store, String> {
+    match &spec.store {
+        StoreSpec::Memory => {
+            let file = online.then(|| spec.path.join(QUOTA_SNAPSHOT_FILE));
+            Ok(Store::Memory(MemoryStore::open(file)))
+        }
+        StoreSpec::Redis { .. } if !online => Ok(Store::Memory(MemoryStore::open(None))),
+        StoreSpec::Redis {
+            url,
+            prefix,
+            on_error,
+        } => RedisStore::new(url, prefix.clone(), *on_error, metrics.clone()).map(Store::Redis),
     }
 }
 
@@ -102,7 +126,7 @@ pub struct Gateway {
     /// State beside the snapshots, including the metrics and the limiter state.
     registry: Registry,
     /// The `state:` settings the store was opened with; changing them needs a restart.
-    state_settings: String,
+    state: StateSpec,
     config_path: PathBuf,
     /// Serialises reloads (SIGHUP, admin, file watch may coincide).
     reloading: Mutex<()>,
@@ -120,7 +144,9 @@ impl Gateway {
     pub fn load(path: &Path, online: bool) -> Result<Gateway, Vec<ConfigError>> {
         let metrics = Arc::new(Metrics::new());
         let parsed = config::read(path).map_err(|e| vec![e])?;
-        let store = open_store(&parsed, online, &metrics)?;
+        let state = state_spec(&parsed)?;
+        let store = open_store(&state, online, &metrics)
+            .map_err(|e| vec![parsed.error_at("state.url", e)])?;
         let limits = Arc::new(LimitState::new(store));
         let registry = Registry::new(metrics.clone(), limits.clone(), online);
         let compiled = snapshot::compile(&parsed, &registry, 1);
@@ -132,7 +158,7 @@ impl Gateway {
             upgrades: Arc::new(Upgrades::new(metrics.upgraded_connections_active.clone())),
             snapshot: ArcSwap::from_pointee(snap),
             registry,
-            state_settings: state_settings(&parsed),
+            state,
             config_path: path.to_path_buf(),
             reloading: Mutex::new(()),
             ready: AtomicBool::new(false),
@@ -163,7 +189,7 @@ impl Gateway {
             .map_err(|e| vec![e])
             .and_then(|p| {
                 note(&snapshot::referenced_files(&p));
-                if state_settings(&p) != self.state_settings {
+                if state_spec(&p)? != self.state {
                     return Err(vec![p.error_at(
                         "state",
                         "the state settings (backend, url, path, key_prefix, on_error) cannot change while running; restart to apply them",

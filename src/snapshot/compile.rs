@@ -1,6 +1,6 @@
 //! Compiling a parsed config into a snapshot, section by section.
 
-use super::authorizers::compile_authorizers;
+use super::authorizers::{Authorizers, compile_authorizers};
 use super::errors::*;
 use super::files::referenced_files;
 use super::issuer::compile_issuer;
@@ -32,6 +32,80 @@ pub fn compile(
         list: Vec::new(),
     };
 
+    let listeners = compile_listeners(parsed, &mut errs);
+    let admin = compile_admin(parsed, &mut errs);
+    let limits = compile_bounds(parsed, &mut errs);
+
+    let upstreams = compile_upstreams(parsed, registry, &mut errs);
+
+    // Client IP: trusted proxies, and resource policies by name.
+    let trusted_proxies = f
+        .client_ip
+        .as_ref()
+        .and_then(|c| cidrs(&c.trusted_proxies, "client_ip.trusted_proxies", &mut errs))
+        .unwrap_or_default();
+    let policies = compile_policies(parsed, &mut errs);
+
+    let issuer = f
+        .issuer
+        .as_ref()
+        .and_then(|cfg| compile_issuer(parsed, registry, cfg, &mut errs));
+
+    let authorizers = compile_authorizers(parsed, registry, issuer.as_ref(), &mut errs);
+
+    let (routes, keys) = compile_routes(
+        parsed,
+        registry,
+        &upstreams,
+        &policies,
+        &authorizers,
+        issuer.as_ref(),
+        &mut errs,
+    );
+    let plans = compile_plans(parsed, registry, &routes, &mut errs);
+    let key_table = f
+        .api_keys
+        .as_ref()
+        .and_then(|k| compile_keys(parsed, k, &plans, &mut errs));
+    let table = route_table(parsed, &keys, &mut errs);
+    let credential_headers = credential_headers(&authorizers, key_table.as_ref());
+
+    let cors = f.cors.as_ref().and_then(|c| {
+        Cors::compile(c)
+            .map_err(|list| {
+                for (path, msg) in list {
+                    errs.at(path, msg);
+                }
+            })
+            .ok()
+    });
+
+    match (errs.list.is_empty(), table) {
+        (true, Some(table)) => Ok(Snapshot {
+            generation,
+            hash: parsed.hash.clone(),
+            loaded_at: SystemTime::now(),
+            listeners,
+            trusted_proxies,
+            admin,
+            limits,
+            cors,
+            table,
+            routes,
+            issuer,
+            plans,
+            keys: key_table,
+            files: referenced_files(parsed),
+            allow_underscores: f.headers.allow_underscores,
+            credential_headers,
+        }),
+        _ => Err(errs.list),
+    }
+}
+
+/// `listeners:`: addresses (at least one, none twice) and their TLS settings.
+fn compile_listeners(parsed: &Parsed, errs: &mut Errors) -> Vec<ListenerSpec> {
+    let f = &parsed.file;
     if f.listeners.is_empty() {
         errs.at("listeners", "at least one listener is required");
     }
@@ -62,7 +136,7 @@ pub fn compile(
                 }
             }
         });
-        if let Some(addr) = bind_addr(&l.bind, &format!("listeners.{i}.bind"), &mut errs) {
+        if let Some(addr) = bind_addr(&l.bind, &format!("listeners.{i}.bind"), errs) {
             if addr.port() != 0 && listeners.iter().any(|o| o.addr == addr) {
                 errs.at(
                     &format!("listeners.{i}.bind"),
@@ -76,14 +150,20 @@ pub fn compile(
             });
         }
     }
-    let admin = match &f.admin {
+    listeners
+}
+
+/// `admin:`: the admin listener's address, token and allowed `Host` names.
+fn compile_admin(parsed: &Parsed, errs: &mut Errors) -> AdminSettings {
+    let f = &parsed.file;
+    match &f.admin {
         Some(a) => AdminSettings {
-            bind: bind_addr(&a.bind, "admin.bind", &mut errs)
+            bind: bind_addr(&a.bind, "admin.bind", errs)
                 .unwrap_or_else(|| DEFAULT_ADMIN_BIND.parse().expect("valid")),
             token: a
                 .token
                 .as_ref()
-                .and_then(|t| read_secret(parsed, t, "admin.token", &mut errs)),
+                .and_then(|t| read_secret(parsed, t, "admin.token", errs)),
             hosts: a.hosts.clone(),
         },
         None => AdminSettings {
@@ -91,7 +171,12 @@ pub fn compile(
             token: None,
             hosts: Vec::new(),
         },
-    };
+    }
+}
+
+/// `limits:`: sizes and timeouts, defaults filled in; zero timeouts are refused.
+fn compile_bounds(parsed: &Parsed, errs: &mut Errors) -> Bounds {
+    let f = &parsed.file;
     let l = &f.limits;
     let limits = Bounds {
         max_body: l.max_body.map_or(DEFAULT_MAX_BODY, |b| b.0),
@@ -129,15 +214,12 @@ pub fn compile(
     if limits.max_header_bytes < 8192 {
         errs.at("limits.max_header_bytes", "must be at least 8KiB");
     }
+    limits
+}
 
-    let upstreams = compile_upstreams(parsed, registry, &mut errs);
-
-    // Client IP: trusted proxies, and resource policies by name.
-    let trusted_proxies = f
-        .client_ip
-        .as_ref()
-        .and_then(|c| cidrs(&c.trusted_proxies, "client_ip.trusted_proxies", &mut errs))
-        .unwrap_or_default();
+/// `policies:` by name, and that `defaults.policy` names one.
+fn compile_policies<'p>(parsed: &'p Parsed, errs: &mut Errors) -> HashMap<&'p str, Arc<Policy>> {
+    let f = &parsed.file;
     let mut policies: HashMap<&str, Arc<Policy>> = HashMap::new();
     for (name, p) in &f.policies {
         let path = format!("policies.{name}");
@@ -151,12 +233,12 @@ pub fn compile(
         }
         let allow = match &p.allow {
             None => None,
-            Some(a) => match cidrs(a, &format!("{path}.allow"), &mut errs) {
+            Some(a) => match cidrs(a, &format!("{path}.allow"), errs) {
                 Some(set) => Some(set),
                 None => continue,
             },
         };
-        let Some(deny) = cidrs(&p.deny, &format!("{path}.deny"), &mut errs) else {
+        let Some(deny) = cidrs(&p.deny, &format!("{path}.deny"), errs) else {
             continue;
         };
         policies.insert(name.as_str(), Arc::new(Policy::new(allow, deny)));
@@ -167,65 +249,20 @@ pub fn compile(
     {
         errs.at("defaults.policy", format!("policy {p:?} is not defined"));
     }
+    policies
+}
 
-    let issuer = f
-        .issuer
-        .as_ref()
-        .and_then(|cfg| compile_issuer(parsed, registry, cfg, &mut errs));
-
-    let authorizers = compile_authorizers(parsed, registry, issuer.as_ref(), &mut errs);
-
-    let (routes, keys) = compile_routes(
-        parsed,
-        registry,
-        &upstreams,
-        &policies,
-        &authorizers,
-        issuer.as_ref(),
-        &mut errs,
-    );
-    let plans = compile_plans(parsed, registry, &routes, &mut errs);
-    let key_table = f
-        .api_keys
-        .as_ref()
-        .and_then(|k| compile_keys(parsed, k, &plans, &mut errs));
-    let table = route_table(parsed, &keys, &mut errs);
+/// Headers that carry a credential: `authorization`, every JWT authorizer's header and the
+/// API-key header, each once.
+fn credential_headers(
+    authorizers: &Authorizers<'_>,
+    keys: Option<&crate::apikeys::KeyTable>,
+) -> Box<[http::HeaderName]> {
     let mut credential_headers = vec![http::header::AUTHORIZATION];
     credential_headers.extend(authorizers.jwt.values().map(|a| a.header().clone()));
-    credential_headers.extend(key_table.as_ref().map(|k| k.header().clone()));
+    credential_headers.extend(keys.map(|k| k.header().clone()));
     credential_headers.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     credential_headers.dedup();
-    let credential_headers = credential_headers.into_boxed_slice();
 
-    let cors = f.cors.as_ref().and_then(|c| {
-        Cors::compile(c)
-            .map_err(|list| {
-                for (path, msg) in list {
-                    errs.at(path, msg);
-                }
-            })
-            .ok()
-    });
-
-    match (errs.list.is_empty(), table) {
-        (true, Some(table)) => Ok(Snapshot {
-            generation,
-            hash: parsed.hash.clone(),
-            loaded_at: SystemTime::now(),
-            listeners,
-            trusted_proxies,
-            admin,
-            limits,
-            cors,
-            table,
-            routes,
-            issuer,
-            plans,
-            keys: key_table,
-            files: referenced_files(parsed),
-            allow_underscores: f.headers.allow_underscores,
-            credential_headers,
-        }),
-        _ => Err(errs.list),
-    }
+    credential_headers.into_boxed_slice()
 }
