@@ -36,10 +36,13 @@ def modules():
 
 
 def strip(text):
-    text = re.sub(r"//[^\n]*", "", text)
-    text = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
-    text = re.sub(r'r#*"(?:[^"\\]|\\.)*"#*', '""', text)
-    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    # One left-to-right pass, so a quote inside a comment or a `"` char literal cannot start a
+    # string: comments go, string and char literals become empty.
+    lexeme = re.compile(
+        r'//[^\n]*|/\*.*?\*/|(?<![\w])b?r(#*)".*?"\1|b?"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)\'',
+        flags=re.S,
+    )
+    text = lexeme.sub(lambda m: " " if m.group(0).startswith("/") else '""', text)
     # Drop `#[cfg(test)] mod name { ... }` blocks: tests may reach anywhere.
     out, i = [], 0
     for m in re.finditer(r"#\[cfg\(test\)\]\s*mod\s+\w+\s*\{", text):

@@ -29,8 +29,10 @@ if [ "${#missing[@]}" -gt 0 ]; then
   fi
 fi
 
-# Formatting and lints first: they are quick and a failure there is a failure.
+# Formatting, lints and the module layering first: they are quick and a failure there is a
+# failure. modgraph.py fails when a module imports one that imports it back (README, "Layout").
 cargo fmt --all -- --check
+python3 scripts/modgraph.py >/dev/null
 cargo clippy --all-targets --locked -- -D warnings
 
 # Unit tests, integration tests (tests/it: real sockets, in-process gateways), doc tests, and

@@ -328,13 +328,3 @@ fn invalid_token_header(e: TokenError) -> HeaderValue {
     ))
     .unwrap_or_else(|_| HeaderValue::from_static("Bearer error=\"invalid_token\""))
 }
-
-/// `Bearer error="insufficient_scope", scope="a b"` for a route's scopes. Scope strings are
-/// validated at config load to be header-safe.
-pub fn insufficient_scope_header(scopes: &[Box<str>]) -> Result<HeaderValue, String> {
-    let joined = scopes.iter().map(|s| &**s).collect::<Vec<_>>().join(" ");
-    HeaderValue::from_str(&format!(
-        "Bearer error=\"insufficient_scope\", scope=\"{joined}\""
-    ))
-    .map_err(|_| format!("scopes {joined:?} cannot be sent in a header"))
-}

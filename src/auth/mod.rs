@@ -146,6 +146,16 @@ pub mod headers {
     pub const AUTHORIZER: HeaderName = HeaderName::from_static("x-tollgate-authorizer");
 }
 
+/// `Bearer error="insufficient_scope", scope="a b"` for a route's scopes. Scope strings are
+/// validated at config load to be header-safe.
+pub fn insufficient_scope_header(scopes: &[Box<str>]) -> Result<HeaderValue, String> {
+    let joined = scopes.iter().map(|s| &**s).collect::<Vec<_>>().join(" ");
+    HeaderValue::from_str(&format!(
+        "Bearer error=\"insufficient_scope\", scope=\"{joined}\""
+    ))
+    .map_err(|_| format!("scopes {joined:?} cannot be sent in a header"))
+}
+
 /// Who is calling, as the route's authorizer established it: what the scope check reads and
 /// what the upstream is told.
 #[derive(Debug, Clone)]

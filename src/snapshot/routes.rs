@@ -166,7 +166,7 @@ pub(super) fn compile_routes(
             }
         } else {
             match auth.jwt.get(auth_name) {
-                Some(a) => match crate::error::insufficient_scope_header(&scopes) {
+                Some(a) => match crate::auth::insufficient_scope_header(&scopes) {
                     Ok(h) => RouteAuth::Jwt {
                         authorizer: a.clone(),
                         scopes,
