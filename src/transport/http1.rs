@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use http::Request;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
@@ -45,6 +45,7 @@ use tokio::time::Instant;
 
 use hyper::server::conn::http1;
 
+use super::prefixed::Prefixed;
 use crate::body::{BodyEnd, ClientBody, EndSignal};
 use crate::drain::shutdown_begun;
 use crate::service::{ConnInfo, Handler};
@@ -168,8 +169,7 @@ impl<B: Body> Body for Tracked<B> {
 /// The socket as hyper sees it: bytes read earlier but not parsed come first, and writes and
 /// flushes are noted in the [`Activity`].
 struct Socket {
-    prefix: Bytes,
-    stream: TcpStream,
+    io: Prefixed<TcpStream>,
     activity: Arc<Activity>,
 }
 
@@ -179,13 +179,7 @@ impl AsyncRead for Socket {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            buf.put_slice(&self.prefix[..n]);
-            self.prefix.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
@@ -196,7 +190,7 @@ impl AsyncWrite for Socket {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         self.activity.flushed.store(false, Ordering::Release);
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -205,15 +199,15 @@ impl AsyncWrite for Socket {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         self.activity.flushed.store(false, Ordering::Release);
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.io.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        let r = Pin::new(&mut self.stream).poll_flush(cx);
+        let r = Pin::new(&mut self.io).poll_flush(cx);
         if let Poll::Ready(Ok(())) = r {
             self.activity.flushed.store(true, Ordering::Release);
         }
@@ -221,7 +215,7 @@ impl AsyncWrite for Socket {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -310,8 +304,7 @@ pub(super) async fn serve<H: Handler>(
         }
         activity.reset();
         let socket = Socket {
-            prefix,
-            stream,
+            io: Prefixed { prefix, io: stream },
             activity: activity.clone(),
         };
         // Boxed so an idle connection's task does not keep room for hyper's state.
@@ -353,14 +346,14 @@ pub(super) async fn serve<H: Handler>(
             return; // not reached: an upgrade ends the hyper connection (`Step::Ended`)
         };
         let socket = parts.io.into_inner();
-        stream = socket.stream;
+        stream = socket.io.io;
         svc = parts.service;
         // Bytes hyper read but did not parse come first, then any it never read.
-        prefix = if socket.prefix.is_empty() {
+        prefix = if socket.io.prefix.is_empty() {
             parts.read_buf
         } else {
             let mut both = BytesMut::from(&parts.read_buf[..]);
-            both.extend_from_slice(&socket.prefix);
+            both.extend_from_slice(&socket.io.prefix);
             both.freeze()
         };
     }

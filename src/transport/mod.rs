@@ -11,6 +11,7 @@
 
 mod conn;
 mod http1;
+mod prefixed;
 
 pub(crate) use conn::{ConnLimits, Counters, Endpoint, Settings, serve};
 pub use http1::IDLE_RELEASE_AFTER;
