@@ -31,7 +31,7 @@ pub struct Metrics {
     /// `tollgate_connections_active`
     pub connections_active: IntGauge,
     /// `tollgate_connections_idle`: plain HTTP/1 connections waiting for their next request
-    /// with hyper's buffers released (see `crate::http1`); also counted as active.
+    /// with hyper's buffers released (see `crate::transport`); also counted as active.
     pub connections_idle: IntGauge,
     /// `tollgate_upgraded_connections_active`: connections switched to another protocol
     /// (WebSocket) and spliced to an upstream.
