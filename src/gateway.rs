@@ -139,8 +139,11 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Loads the config at `path` and builds the first snapshot. `online: false` never fetches
-    /// remote key sets (for `tollgate check`). Refuses a config with any error, listing all.
+    /// Loads the config at `path` and builds the first snapshot. With `online`, the resources
+    /// it names are opened after it compiled, in one place: the state store (connected, quota
+    /// counters read from disk) and the registry's ([`Registry::activate`]: key sets fetched,
+    /// issuer keys written). Without (`tollgate check`), nothing is connected to or written.
+    /// Refuses a config with any error, listing all.
     pub fn load(path: &Path, online: bool) -> Result<Gateway, Vec<ConfigError>> {
         let metrics = Arc::new(Metrics::new());
         let parsed = config::read(path).map_err(|e| vec![e])?;
@@ -148,10 +151,15 @@ impl Gateway {
         let store = open_store(&state, online, &metrics)
             .map_err(|e| vec![parsed.error_at("state.url", e)])?;
         let limits = Arc::new(LimitState::new(store));
-        let registry = Registry::new(metrics.clone(), limits.clone(), online);
+        let registry = Registry::new(metrics.clone(), limits.clone());
         let compiled = snapshot::compile(&parsed, &registry, 1);
         registry.sweep(compiled.is_ok());
         let snap = compiled?;
+        if online {
+            registry
+                .activate()
+                .map_err(|e| vec![parsed.error_at("issuer", e)])?;
+        }
         metrics.config_reloads.with_label_values(&["ok"]).inc();
         metrics.config_generation.set(1);
         Ok(Gateway {
@@ -208,6 +216,16 @@ impl Gateway {
                 Ok((snap, commit))
             });
         self.registry.sweep(result.is_ok());
+        // What the new snapshot opens is opened before it serves; a failure refuses it.
+        let result = result.and_then(|ok| match self.registry.activate() {
+            Ok(()) => Ok(ok),
+            Err(e) => Err(vec![ConfigError {
+                file: self.config_path.clone(),
+                line: 0,
+                col: 0,
+                message: e,
+            }]),
+        });
         match result {
             Ok((snap, commit)) => {
                 let snap = Arc::new(snap);

@@ -72,6 +72,8 @@ pub struct RemoteJwks {
     /// Hash of the last document, to tell a real change from a refresh.
     last_hash: Mutex<Option<String>>,
     discovered_uri: Mutex<Option<String>>,
+    /// Whether the refresh task was started ([`RemoteJwks::activate`]).
+    active: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RemoteJwks {
@@ -83,16 +85,15 @@ impl std::fmt::Debug for RemoteJwks {
 }
 
 impl RemoteJwks {
-    /// Creates the key set (empty) and, when `background` is set, starts the task that fetches
-    /// it now and refreshes it; the task ends when the last owner drops it.
-    pub fn start(
+    /// Creates the key set, empty and idle: nothing is fetched until [`RemoteJwks::activate`]
+    /// (or a token naming an unknown `kid`).
+    pub fn new(
         source: JwksSource,
         label: &str,
         fetcher: Fetcher,
         metrics: Arc<Metrics>,
-        background: bool,
     ) -> Arc<RemoteJwks> {
-        let me = Arc::new(RemoteJwks {
+        Arc::new(RemoteJwks {
             source,
             label: label.to_string(),
             fetcher,
@@ -101,11 +102,18 @@ impl RemoteJwks {
             fetch_lock: tokio::sync::Mutex::new(None),
             last_hash: Mutex::new(None),
             discovered_uri: Mutex::new(None),
-        });
-        if background {
-            tokio::spawn(refresh_loop(Arc::downgrade(&me)));
+            active: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Starts the task that fetches the set now and refreshes it, once (later calls do
+    /// nothing); the task ends when the last owner drops the set. A running gateway activates
+    /// the sets of a snapshot before serving it; `tollgate check` never does.
+    pub fn activate(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if !self.active.swap(true, Ordering::AcqRel) {
+            tokio::spawn(refresh_loop(Arc::downgrade(self)));
         }
-        me
     }
 
     /// The keys as of now.

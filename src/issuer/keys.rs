@@ -51,7 +51,10 @@ struct Ring {
 /// The issuer's keys, shared by every snapshot that names the same key file.
 pub struct KeyRing {
     path: PathBuf,
-    writable: bool,
+    /// Set by [`KeyRing::persist`]: the ring may write its files (rotation, cleanup).
+    writable: std::sync::atomic::AtomicBool,
+    /// A key generated at open because the file did not exist, not written yet.
+    unsaved: Mutex<Option<String>>,
     ring: ArcSwap<Ring>,
     jwks: ArcSwap<Bytes>,
     verify: Arc<ArcSwap<Loaded>>,
@@ -132,11 +135,12 @@ fn write_private(path: &Path, text: &str) -> Result<(), String> {
 }
 
 impl KeyRing {
-    /// Opens the ring at `path`: loads the current key and every retired key still to be
-    /// published. A missing key is generated, and written (0600) only when `writable`; offline
-    /// (`check`) it lives in memory, so a key that will be created on first start is not an
-    /// error. Refuses an unreadable or unusable key file.
-    pub fn open(path: &Path, writable: bool) -> Result<KeyRing, String> {
+    /// Opens the ring at `path` without writing anything: loads the current key and every
+    /// retired key still to be published. A missing key is generated in memory, so a key that
+    /// will be created on first start is not an error for `tollgate check`; [`KeyRing::persist`]
+    /// writes it. Refuses an unreadable or unusable key file.
+    pub fn open(path: &Path) -> Result<KeyRing, String> {
+        let mut unsaved = None;
         let current = match std::fs::read(path) {
             Ok(text) => {
                 if let Ok(meta) = std::fs::metadata(path)
@@ -148,18 +152,17 @@ impl KeyRing {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let (pair, text) = generate()?;
-                if writable {
-                    write_private(path, &text)?;
-                    tracing::info!(path = %path.display(), "created the issuer signing key");
-                }
-                signing_key(&pair, text.as_bytes(), path)?
+                let key = signing_key(&pair, text.as_bytes(), path)?;
+                unsaved = Some(text);
+                key
             }
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         };
-        let retired = Self::load_retired(path, writable);
+        let retired = Self::load_retired(path);
         let ring = KeyRing {
             path: path.to_path_buf(),
-            writable,
+            writable: std::sync::atomic::AtomicBool::new(false),
+            unsaved: Mutex::new(unsaved),
             ring: ArcSwap::from_pointee(Ring {
                 current: Arc::new(current),
                 retired: Vec::new(),
@@ -173,6 +176,38 @@ impl KeyRing {
         Ok(ring)
     }
 
+    /// Makes the ring its files' owner, once a gateway is about to serve with it: writes a key
+    /// [`KeyRing::open`] generated (0600), deletes retired keys past their publication, and
+    /// allows rotation. Later calls do nothing. Refuses when the key cannot be written.
+    pub fn persist(&self) -> Result<(), String> {
+        let mut unsaved = self.unsaved.lock().expect("not poisoned");
+        if self.writable.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(());
+        }
+        if let Some(text) = unsaved.as_ref() {
+            write_private(&self.path, text)?;
+            tracing::info!(path = %self.path.display(), "created the issuer signing key");
+        }
+        *unsaved = None;
+        let prefix = Self::retired_prefix(&self.path);
+        let now = now_unix();
+        if let Ok(entries) = std::fs::read_dir(crate::util::parent_dir(&self.path)) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name
+                    .strip_prefix(&prefix)
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .is_some_and(|until| until <= now)
+                {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        self.writable
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
     fn retired_prefix(path: &Path) -> String {
         format!(
             "{}.retired-",
@@ -182,9 +217,9 @@ impl KeyRing {
         )
     }
 
-    /// Retired keys beside `path` that are still to be published; expired ones are deleted
-    /// when `writable`.
-    fn load_retired(path: &Path, writable: bool) -> Vec<(Arc<SigningKey>, u64)> {
+    /// Retired keys beside `path` that are still to be published (expired ones are deleted by
+    /// [`KeyRing::persist`]).
+    fn load_retired(path: &Path) -> Vec<(Arc<SigningKey>, u64)> {
         let dir = crate::util::parent_dir(path);
         let prefix = Self::retired_prefix(path);
         let now = now_unix();
@@ -201,9 +236,6 @@ impl KeyRing {
                 continue;
             };
             if until <= now {
-                if writable {
-                    let _ = std::fs::remove_file(entry.path());
-                }
                 continue;
             }
             match std::fs::read(entry.path())
@@ -274,7 +306,7 @@ impl KeyRing {
     /// Returns the new key id. Refuses when the ring is read-only or the files cannot be
     /// written; the current key is unchanged then.
     pub fn rotate(&self) -> Result<String, String> {
-        if !self.writable {
+        if !self.writable.load(std::sync::atomic::Ordering::Acquire) {
             return Err("the key ring is read-only".into());
         }
         let _guard = self.rotating.lock().expect("not poisoned");
@@ -315,14 +347,21 @@ impl KeyRing {
 mod tests {
     use super::*;
 
+    /// A ring as a running gateway has it: opened, then persisted.
+    fn opened(path: &Path) -> Result<KeyRing, String> {
+        let ring = KeyRing::open(path)?;
+        ring.persist()?;
+        Ok(ring)
+    }
+
     #[test]
     fn created_once_with_mode_0600_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state/issuer.pem");
-        let a = KeyRing::open(&path, true).unwrap();
+        let a = opened(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let b = KeyRing::open(&path, true).unwrap();
+        let b = opened(&path).unwrap();
         assert_eq!(
             a.current().kid,
             b.current().kid,
@@ -334,7 +373,7 @@ mod tests {
     fn rotation_publishes_both_until_the_old_one_retires() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("issuer.pem");
-        let ring = KeyRing::open(&path, true).unwrap();
+        let ring = opened(&path).unwrap();
         let old = ring.current().kid.clone();
         let gen_before = ring.verify_keys().load().generation;
         let new = ring.rotate().unwrap();
@@ -349,7 +388,7 @@ mod tests {
         assert_eq!(kids, vec![new.as_str(), old.as_str()]);
         assert!(ring.verify_keys().load().generation > gen_before);
         // A restart sees the same ring.
-        let again = KeyRing::open(&path, true).unwrap();
+        let again = opened(&path).unwrap();
         assert_eq!(again.current().kid, new);
         let jwks: serde_json::Value = serde_json::from_slice(&again.jwks()).unwrap();
         assert_eq!(jwks["keys"].as_array().unwrap().len(), 2);
@@ -359,7 +398,7 @@ mod tests {
     fn expired_retired_keys_are_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("issuer.pem");
-        let ring = KeyRing::open(&path, true).unwrap();
+        let ring = opened(&path).unwrap();
         let old = ring.current();
         // A retired file whose time has passed.
         let text = std::fs::read(&path).unwrap();
@@ -368,7 +407,7 @@ mod tests {
             .join(format!("issuer.pem.retired-{}", now_unix() - 1));
         std::fs::write(&stale, &text).unwrap();
         ring.rotate().unwrap();
-        let again = KeyRing::open(&path, true).unwrap();
+        let again = opened(&path).unwrap();
         assert!(!stale.exists(), "expired retired key files are removed");
         let jwks: serde_json::Value = serde_json::from_slice(&again.jwks()).unwrap();
         let kids: Vec<&str> = jwks["keys"]
@@ -388,18 +427,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("issuer.pem");
         std::fs::write(&path, "not a pem").unwrap();
-        assert!(
-            KeyRing::open(&path, true)
-                .unwrap_err()
-                .contains("not a PEM file")
-        );
+        assert!(opened(&path).unwrap_err().contains("not a PEM file"));
         std::fs::write(
             &path,
             pem::encode(&pem::Pem::new("CERTIFICATE", vec![1, 2, 3])),
         )
         .unwrap();
         assert!(
-            KeyRing::open(&path, true)
+            opened(&path)
                 .unwrap_err()
                 .contains("expected an RSA private key")
         );

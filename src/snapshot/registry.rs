@@ -18,8 +18,6 @@ pub struct Registry {
     metrics: Arc<Metrics>,
     limits: Arc<LimitState>,
     fetcher: Fetcher,
-    /// Whether remote key sets are fetched (off for `tollgate check`).
-    online: bool,
     jwks: CarriedMap<JwksSource, Arc<RemoteJwks>>,
     caches: CarriedMap<String, TokenCache>,
     rings: CarriedMap<PathBuf, Arc<KeyRing>>,
@@ -27,13 +25,12 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// A registry; `online: false` never starts network fetches.
-    pub fn new(metrics: Arc<Metrics>, limits: Arc<LimitState>, online: bool) -> Registry {
+    /// An empty registry. It opens nothing by itself: see [`Registry::activate`].
+    pub fn new(metrics: Arc<Metrics>, limits: Arc<LimitState>) -> Registry {
         Registry {
             metrics,
             limits,
             fetcher: Fetcher::new(),
-            online,
             jwks: CarriedMap::default(),
             caches: CarriedMap::default(),
             rings: CarriedMap::default(),
@@ -51,15 +48,25 @@ impl Registry {
         self.rings.sweep(kept);
     }
 
-    /// The issuer key ring for `path`, opened once and shared by later snapshots. When not
-    /// online (`tollgate check`), an absent key is generated in memory and not written.
+    /// The issuer key ring for `path`, opened once (nothing written: see [`Registry::activate`])
+    /// and shared by later snapshots.
     pub(super) fn key_ring(&self, path: &Path) -> Result<Arc<KeyRing>, String> {
-        if !self.online {
-            return KeyRing::open(path, false).map(Arc::new);
+        self.rings
+            .get_or_try_insert_with(path.to_path_buf(), || KeyRing::open(path).map(Arc::new))
+    }
+
+    /// Opens the live resources of what the last compile used, once it is to be served (never
+    /// for `tollgate check`): remote key sets start fetching and refreshing, and issuer key rings
+    /// write a key they generated. Compiling itself opens nothing. Refuses when a key cannot
+    /// be written.
+    pub fn activate(&self) -> Result<(), String> {
+        for jwks in self.jwks.values() {
+            jwks.activate();
         }
-        self.rings.get_or_try_insert_with(path.to_path_buf(), || {
-            KeyRing::open(path, true).map(Arc::new)
-        })
+        for ring in self.rings.values() {
+            ring.persist()?;
+        }
+        Ok(())
     }
 
     /// Throttle and quota state.
@@ -74,13 +81,7 @@ impl Registry {
 
     pub(super) fn remote_jwks(&self, source: JwksSource, label: &str) -> Arc<RemoteJwks> {
         self.jwks.get_or_insert_with(source.clone(), || {
-            RemoteJwks::start(
-                source,
-                label,
-                self.fetcher.clone(),
-                self.metrics.clone(),
-                self.online,
-            )
+            RemoteJwks::new(source, label, self.fetcher.clone(), self.metrics.clone())
         })
     }
 

@@ -592,3 +592,24 @@ async fn the_key_survives_a_restart_and_rotation_keeps_old_tokens_valid() {
     );
     gw.stop().await;
 }
+
+/// `tollgate check` opens nothing: the issuer key a first start would create is made in memory
+/// only, so checking a config does not leave a key file behind (a running gateway writes it
+/// when it activates the snapshot, see the restart test above).
+#[test]
+fn check_writes_no_issuer_key() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("inventory.secret"), "inventory-secret\n").unwrap();
+    let (code, out) = crate::config::check_in(
+        dir.path(),
+        &format!(
+            "listeners: [{{ bind: 127.0.0.1:0 }}]\n{}",
+            CONFIG.replace("UPSTREAM", "http://127.0.0.1:9")
+        ),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !dir.path().join("state/issuer.pem").exists(),
+        "check wrote the issuer key"
+    );
+}

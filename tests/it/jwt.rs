@@ -79,15 +79,18 @@ fn static_auth(algorithms: &[Algorithm], keys: &[&TestKey]) -> JwtAuthorizer {
 }
 
 fn remote_jwks(server: &JwksServer, metrics: &Arc<Metrics>, background: bool) -> Arc<RemoteJwks> {
-    RemoteJwks::start(
+    let remote = RemoteJwks::new(
         JwksSource::Discovery {
             issuer: server.base(),
         },
         NAME,
         Fetcher::new(),
         metrics.clone(),
-        background,
-    )
+    );
+    if background {
+        remote.activate();
+    }
+    remote
 }
 
 fn remote_auth(issuer: &str, remote: &Arc<RemoteJwks>, metrics: &Metrics) -> JwtAuthorizer {
@@ -926,12 +929,11 @@ async fn remote_keys_kept_while_issuer_fails() {
 async fn remote_hanging_issuer_is_cut_off_by_fetch_timeout() {
     let server = JwksServer::start(Mode::Hang).await;
     let metrics = Arc::new(Metrics::new());
-    let remote = RemoteJwks::start(
+    let remote = RemoteJwks::new(
         JwksSource::Uri(server.jwks_uri()),
         NAME,
         Fetcher::new(),
         metrics.clone(),
-        false,
     );
     let auth = remote_auth(ISSUER, &remote, &metrics);
     let started = Instant::now();
@@ -953,14 +955,13 @@ async fn remote_hanging_issuer_is_cut_off_by_fetch_timeout() {
 async fn remote_refused_connection_fails_fast() {
     let metrics = Arc::new(Metrics::new());
     let base = refused_base();
-    let remote = RemoteJwks::start(
+    let remote = RemoteJwks::new(
         JwksSource::Discovery {
             issuer: base.clone(),
         },
         NAME,
         Fetcher::new(),
         metrics.clone(),
-        false,
     );
     let auth = remote_auth(&base, &remote, &metrics);
     let started = Instant::now();
