@@ -149,9 +149,13 @@ enum Opening {
     Gone,
 }
 
-/// Reads a new connection's first bytes until they differ from the HTTP/2 preface (HTTP/1.1)
-/// or are the whole preface (HTTP/2), waiting at most `idle` in all. A client that sends only
-/// part of the preface and then stops is closed with the header timeout, like any slow head.
+/// Tells HTTP/1.1 from the HTTP/2 preface by a new connection's first bytes, waiting at most
+/// `idle` in all. Almost always one `peek` decides and nothing is consumed: hyper then reads the
+/// request whole into its own buffer (handing it a few bytes first would make it grow that
+/// buffer, 8 KiB more per connection). Only when the bytes so far are a strict prefix of the
+/// preface (a client that sent `P` alone) are they read, and reading goes on until they differ
+/// (HTTP/1.1) or are the whole preface (HTTP/2); those bytes are handed on. A client that
+/// sends part of the preface and stops is closed with the header timeout, like any slow head.
 async fn opening(
     stream: &mut TcpStream,
     idle: Duration,
@@ -159,7 +163,24 @@ async fn opening(
 ) -> Opening {
     let deadline = Instant::now() + idle;
     let mut head = [0u8; H2_PREFACE.len()];
-    let mut n = 0;
+    let peeked = tokio::select! {
+        r = tokio::time::timeout_at(deadline, stream.peek(&mut head)) => r,
+        () = shutdown_begun(closing) => return Opening::Gone,
+    };
+    let mut n = match peeked {
+        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Opening::Gone,
+        Ok(Ok(n)) => n,
+    };
+    if head[..n] != H2_PREFACE[..n] {
+        return Opening::Http1(Bytes::new());
+    }
+    if n == H2_PREFACE.len() {
+        return Opening::Http2(Bytes::new());
+    }
+    // A strict prefix of the preface: take what was peeked, then read until it is decided.
+    if stream.read_exact(&mut head[..n]).await.is_err() {
+        return Opening::Gone;
+    }
     loop {
         let read = tokio::select! {
             r = tokio::time::timeout_at(deadline, stream.read(&mut head[n..])) => r,
