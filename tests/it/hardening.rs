@@ -543,6 +543,15 @@ async fn trailers_towards_an_http2_upstream_lose_identity_hop_by_hop_and_undersc
     gw.stop().await;
 }
 
+/// A gateway whose `$default` route, open, forwards everything to `up`.
+async fn open_default(up: &Upstream) -> TestGateway {
+    gateway::start(&format!(
+        "upstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ route: \"$default\", upstream: app, authorizer: none }}\n",
+        up.url()
+    ))
+    .await
+}
+
 /// A client whose first bytes are a prefix of the HTTP/2 preface (`P`, then the rest of an
 /// HTTP/1.1 request) is served by the one HTTP/1 configuration, so `limits.max_header_bytes`
 /// still bounds its head: before, such a connection went to hyper-util's auto builder, which
@@ -550,11 +559,7 @@ async fn trailers_towards_an_http2_upstream_lose_identity_hop_by_hop_and_undersc
 #[tokio::test]
 async fn a_head_that_starts_like_the_http2_preface_is_still_bounded() {
     let up = upstream::start("app").await;
-    let gw = gateway::start(&format!(
-        "upstreams:\n  app: {{ targets: [\"{}\"] }}\nroutes:\n  - {{ route: \"$default\", upstream: app, authorizer: none }}\n",
-        up.url()
-    ))
-    .await;
+    let gw = open_default(&up).await;
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.set_nodelay(true).unwrap();
     s.write_all(b"P").await.unwrap();
@@ -586,4 +591,26 @@ async fn a_head_that_starts_like_the_http2_preface_is_still_bounded() {
         out.starts_with("HTTP/1.1 "),
         "not answered as HTTP/1.1: {out:?}"
     );
+}
+
+/// The HTTP/2 preface split over two segments (a strict prefix first) is still HTTP/2 by prior
+/// knowledge: the gateway answers the client's SETTINGS with its own.
+#[tokio::test]
+async fn a_preface_sent_in_two_parts_is_http2() {
+    let up = upstream::start("app").await;
+    let gw = open_default(&up).await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.set_nodelay(true).unwrap();
+    s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    // A slow client: the gateway sees a strict prefix of the preface first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(b"\r\nSM\r\n\r\n").await.unwrap();
+    // An empty SETTINGS frame: length 0, type 4, no flags, stream 0.
+    s.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    let mut frame = [0u8; 9];
+    tokio::time::timeout(WAIT, s.read_exact(&mut frame))
+        .await
+        .expect("an answer in time")
+        .expect("a frame header");
+    assert_eq!(frame[3], 4, "the first frame is not SETTINGS: {frame:?}");
 }
