@@ -98,6 +98,15 @@ fn open_store(spec: &StateSpec, online: bool, metrics: &Arc<Metrics>) -> Result<
     }
 }
 
+/// Opens what the compile of `parsed` uses ([`Registry::activate`]), before the registry is
+/// swept: a refusal then leaves the registry as the serving snapshot needs it. A key that cannot
+/// be written is an error at `issuer`.
+fn activate(registry: &Registry, parsed: &Parsed) -> Result<(), Vec<ConfigError>> {
+    registry
+        .activate()
+        .map_err(|e| vec![parsed.error_at("issuer", e)])
+}
+
 /// Applies a new snapshot's `listeners:` to the running process (implemented by the server).
 pub trait ListenerControl: Send + Sync {
     /// Runs before `next` is swapped in: binds every address `next` adds. Refuses (and so
@@ -152,14 +161,14 @@ impl Gateway {
             .map_err(|e| vec![parsed.error_at("state.url", e)])?;
         let limits = Arc::new(LimitState::new(store));
         let registry = Registry::new(metrics.clone(), limits.clone());
-        let compiled = snapshot::compile(&parsed, &registry, 1);
+        let compiled = snapshot::compile(&parsed, &registry, 1).and_then(|snap| {
+            if online {
+                activate(&registry, &parsed)?;
+            }
+            Ok(snap)
+        });
         registry.sweep(compiled.is_ok());
         let snap = compiled?;
-        if online {
-            registry
-                .activate()
-                .map_err(|e| vec![parsed.error_at("issuer", e)])?;
-        }
         metrics.config_reloads.with_label_values(&["ok"]).inc();
         metrics.config_generation.set(1);
         Ok(Gateway {
@@ -213,19 +222,11 @@ impl Gateway {
                     })?),
                     None => None,
                 };
+                // What the new snapshot opens is opened before it serves; a failure refuses it.
+                activate(&self.registry, &p)?;
                 Ok((snap, commit))
             });
         self.registry.sweep(result.is_ok());
-        // What the new snapshot opens is opened before it serves; a failure refuses it.
-        let result = result.and_then(|ok| match self.registry.activate() {
-            Ok(()) => Ok(ok),
-            Err(e) => Err(vec![ConfigError {
-                file: self.config_path.clone(),
-                line: 0,
-                col: 0,
-                message: e,
-            }]),
-        });
         match result {
             Ok((snap, commit)) => {
                 let snap = Arc::new(snap);
