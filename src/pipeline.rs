@@ -256,10 +256,10 @@ fn route<'s>(snap: &'s Snapshot, Checked(mut parts): Checked) -> Result<Routed<'
             Some(q) => format!("{}?{q}", canonical.path),
             None => canonical.path.into_owned(),
         };
-        let bad_uri = |_| Refusal::BadRequest(BadRequest::Uri);
         let mut uri = http::uri::Parts::from(sent.clone());
         uri.path_and_query = Some(
-            http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq)).map_err(bad_uri)?,
+            http::uri::PathAndQuery::from_maybe_shared(bytes::Bytes::from(pq))
+                .map_err(|_| Refusal::BadRequest(BadRequest::Uri))?,
         );
         parts.uri = Uri::from_parts(uri).map_err(|_| Refusal::BadRequest(BadRequest::Uri))?;
     }
