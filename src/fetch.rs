@@ -29,7 +29,7 @@ impl Default for Fetcher {
 }
 
 impl Fetcher {
-    /// Builds the client ([`crate::outbound`]: the system's roots, HTTP/1.1 or HTTP/2 by ALPN).
+    /// Builds the client (`crate::outbound`: the system's roots, HTTP/1.1 or HTTP/2 by ALPN).
     pub fn new() -> Fetcher {
         Fetcher {
             client: crate::outbound::client(&ClientSpec {

@@ -150,7 +150,7 @@ pub struct Gateway {
 impl Gateway {
     /// Loads the config at `path` and builds the first snapshot. With `online`, the resources
     /// it names are opened after it compiled, in one place: the state store (connected, quota
-    /// counters read from disk) and the registry's ([`Registry::activate`]: key sets fetched,
+    /// counters read from disk) and the registry's (`Registry::activate`: key sets fetched,
     /// issuer keys written). Without (`tollgate check`), nothing is connected to or written.
     /// Refuses a config with any error, listing all.
     pub fn load(path: &Path, online: bool) -> Result<Gateway, Vec<ConfigError>> {
