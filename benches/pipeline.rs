@@ -424,7 +424,7 @@ fn key_table(n: usize) -> (KeyTable, Vec<http::HeaderMap>) {
             ApiKey {
                 id_header: http::HeaderValue::from_str(&id).unwrap(),
                 id: id.into(),
-                plan: Some(0),
+                plans: Box::new([0]),
                 enabled: true,
             },
         );

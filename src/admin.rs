@@ -261,6 +261,7 @@ pub async fn handle(
                     "loaded_at_unix": loaded,
                     "path": gw.config_path().display().to_string(),
                     "routes": snap.routes.len(),
+                    "apis": apis_json(&snap),
                     "last_error": gw.last_error(),
                 }),
             )
@@ -308,10 +309,29 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// `/config`'s `apis`: each API's name, stage, hosts, base path and route count.
+fn apis_json(snap: &crate::snapshot::Snapshot) -> serde_json::Value {
+    snap.apis
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": &*a.name,
+                "stage": a.stage.as_deref(),
+                "hosts": a.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "base_path": if a.base_path.is_empty() { "/" } else { &a.base_path },
+                "strip_base_path": a.strip_base_path,
+                "routes": a.route_count,
+            })
+        })
+        .collect()
+}
+
 /// Longest range `/usage` reports at once.
 const MAX_USAGE_DAYS: i64 = 400;
 
-/// `GET /usage?key=ID[&start=YYYY-MM-DD&end=YYYY-MM-DD]`: per-day used and remaining for one key.
+/// `GET /usage?key=ID[&api=NAME|&plan=NAME][&start=YYYY-MM-DD&end=YYYY-MM-DD]`: per-day used
+/// and remaining for one key in one of its plans: the one covering `api`, the one named
+/// `plan`, or its only plan (a key in several plans needs one of the two).
 /// The range defaults to the current quota period (or the last 7 days without a quota).
 /// `remaining` is what was left of the period's quota at the end of that day.
 async fn usage(
@@ -334,7 +354,52 @@ async fn usage(
             serde_json::json!({"message": "no such API key"}),
         );
     };
-    let Some(plan) = key.plan.map(|i| &snap.plans[i]) else {
+    let key_plans: Vec<&crate::snapshot::Plan> =
+        key.plans.iter().map(|&i| &snap.plans[i]).collect();
+    let chosen = match (params.get("api"), params.get("plan")) {
+        (Some(api), _) => {
+            let Some(index) = snap.apis.iter().position(|a| &*a.name == api.as_str()) else {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"message": "no such API"}),
+                );
+            };
+            match key_plans.iter().find(|p| p.covers(index)) {
+                Some(p) => Some(*p),
+                None if key_plans.is_empty() => None,
+                None => {
+                    return json(
+                        StatusCode::NOT_FOUND,
+                        serde_json::json!({"message": "none of this key's usage plans covers this API"}),
+                    );
+                }
+            }
+        }
+        (None, Some(plan)) => match key_plans.iter().find(|p| &*p.name == plan.as_str()) {
+            Some(p) => Some(*p),
+            None => {
+                return json(
+                    StatusCode::NOT_FOUND,
+                    serde_json::json!({"message": "this key is not in that usage plan"}),
+                );
+            }
+        },
+        (None, None) => match key_plans.as_slice() {
+            [] => None,
+            [one] => Some(*one),
+            several => {
+                let names: Vec<&str> = several.iter().map(|p| &*p.name).collect();
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({
+                        "message": "this key is in several usage plans: add api=NAME or plan=NAME",
+                        "plans": names,
+                    }),
+                );
+            }
+        },
+    };
+    let Some(plan) = chosen else {
         return json(
             StatusCode::OK,
             serde_json::json!({"key": id, "plan": null, "items": []}),

@@ -21,8 +21,9 @@ pub struct ApiKey {
     pub id: Arc<str>,
     /// The id, ready for `x-tollgate-api-key-id`.
     pub id_header: HeaderValue,
-    /// Index of its usage plan in the snapshot's plans, if it has one.
-    pub plan: Option<usize>,
+    /// Indexes of its usage plans in the snapshot's plans (none, one, or several that cover
+    /// different APIs).
+    pub plans: Box<[usize]>,
     /// Disabled keys are refused.
     pub enabled: bool,
 }
@@ -36,6 +37,8 @@ pub enum KeyError {
     Unknown,
     /// Known but disabled.
     Disabled,
+    /// Known, but none of its usage plans covers the API called.
+    NotForApi,
 }
 
 impl KeyError {
@@ -45,6 +48,7 @@ impl KeyError {
             KeyError::Missing => "api_key_missing",
             KeyError::Unknown => "api_key_unknown",
             KeyError::Disabled => "api_key_disabled",
+            KeyError::NotForApi => "key_not_for_api",
         }
     }
 }
@@ -56,8 +60,8 @@ pub struct KeyRecord {
     pub id: String,
     /// SHA-256 of the key.
     pub hash: [u8; 32],
-    /// Plan name.
-    pub plan: Option<String>,
+    /// Plan names.
+    pub plans: Vec<String>,
     /// Enabled.
     pub enabled: bool,
     /// Line in the CSV it came from (`None` for keys written in the config).
@@ -142,8 +146,8 @@ pub fn parse_key(s: &str) -> Result<([u8; 32], bool), String> {
 
 /// Reads a CSV of keys in the managed gateway's export format: columns `Name`, `Key`,
 /// `Description`, `Enabled`, `UsagePlanIds` in any order and case; other columns ignored.
-/// `Name` and `Key` are required; `Enabled` false (any case) disables; `UsagePlanIds` names at
-/// most one plan. Each bad row is an error naming its line. Returns the records and how many
+/// `Name` and `Key` are required; `Enabled` false (any case) disables; `UsagePlanIds` names
+/// plans, separated by `,` or `;`. Each bad row is an error naming its line. Returns the records and how many
 /// keys were literal (to warn once).
 pub fn read_csv(path: &Path) -> Result<(Vec<KeyRecord>, usize), Vec<ConfigError>> {
     let err = |line: usize, message: String| ConfigError {
@@ -218,20 +222,10 @@ pub fn read_csv(path: &Path) -> Result<(Vec<KeyRecord>, usize), Vec<ConfigError>
             .map(str::trim)
             .filter(|p| !p.is_empty())
             .collect();
-        if plans.len() > 1 {
-            errors.push(err(
-                line,
-                format!(
-                    "key {id:?}: a key belongs to one usage plan, not {}",
-                    plans.len()
-                ),
-            ));
-            continue;
-        }
         out.push(KeyRecord {
             id: id.to_string(),
             hash,
-            plan: plans.first().map(|p| p.to_string()),
+            plans: plans.iter().map(|p| p.to_string()).collect(),
             enabled,
             line: Some(line),
         });
@@ -277,14 +271,10 @@ mod tests {
         assert_eq!(literal, 2);
         assert_eq!(recs.len(), 3);
         assert_eq!(
-            (
-                recs[0].id.as_str(),
-                recs[0].plan.as_deref(),
-                recs[0].enabled
-            ),
-            ("partner-a", Some("gold"), true)
+            (recs[0].id.as_str(), recs[0].plans.clone(), recs[0].enabled),
+            ("partner-a", vec!["gold".to_string()], true)
         );
-        assert_eq!((recs[1].plan.as_deref(), recs[1].enabled), (None, false));
+        assert_eq!((recs[1].plans.is_empty(), recs[1].enabled), (true, false));
         assert_eq!(recs[2].hash, crate::util::sha256(b"test"));
     }
 
@@ -292,12 +282,16 @@ mod tests {
     fn csv_errors_name_their_line() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("keys.csv");
-        std::fs::write(&p, "Name,Key,Enabled,UsagePlanIds\na,k1,true,gold\n,k2,true,\nc,k3,maybe,\nd,k4,true,\"gold,silver\"\n").unwrap();
+        std::fs::write(&p, "Name,Key,Enabled,UsagePlanIds\na,k1,true,gold\n,k2,true,\nc,k3,maybe,\nd,k4,true,\"gold, silver;bronze\"\ne,k5,true,x\n,k6,true,\n").unwrap();
         let errs = read_csv(&p).unwrap_err();
         let lines: Vec<usize> = errs.iter().map(|e| e.line).collect();
-        assert_eq!(lines, vec![3, 4, 5]);
+        assert_eq!(lines, vec![3, 4, 7]);
         assert!(errs[1].message.contains("Enabled must be true or false"));
-        assert!(errs[2].message.contains("one usage plan"));
+        std::fs::write(&p, "Name,Key,UsagePlanIds\nd,k4,\"gold, silver;bronze\"\n").unwrap();
+        assert_eq!(
+            read_csv(&p).unwrap().0[0].plans,
+            ["gold", "silver", "bronze"]
+        );
         std::fs::write(&p, "Id,Secret\na,b\n").unwrap();
         assert!(
             read_csv(&p).unwrap_err()[0]

@@ -27,6 +27,10 @@ use crate::proxy::{ForwardError, UpstreamError};
 pub enum Refusal {
     /// No route matches (and there is no `$default`).
     NotFound,
+    /// The request's host and base path select no API.
+    NoApi,
+    /// The host selects other APIs than the TLS connection's SNI name (421).
+    Misdirected,
     /// The request cannot be decided safely (400).
     BadRequest(BadRequest),
     /// The client's body was too large (413), too slow (408) or broken (400).
@@ -88,6 +92,8 @@ pub enum BadRequest {
     Spelling(Spelling),
     /// The canonical path does not make a URI again.
     Uri,
+    /// Two `Host` headers, or a `Host` naming another host than the target's authority.
+    Host,
 }
 
 /// What a refusal was, without its data: the access log's `reason` and the `reason` label of
@@ -96,6 +102,10 @@ pub enum BadRequest {
 pub enum Reason {
     /// `no_route`.
     NoRoute,
+    /// `no_api`.
+    NoApi,
+    /// `misdirected`.
+    Misdirected,
     /// See [`BadRequest`].
     BadRequest(BadRequest),
     /// `body_too_large`, `body_timeout`, `client_aborted`.
@@ -135,6 +145,8 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::NoRoute => "no_route",
+            Reason::NoApi => "no_api",
+            Reason::Misdirected => "misdirected",
             Reason::BadRequest(b) => match b {
                 BadRequest::NoHost => "no_host",
                 BadRequest::MethodCase => "method_case",
@@ -142,6 +154,7 @@ impl Reason {
                 BadRequest::Path(e) => e.reason(),
                 BadRequest::Spelling(s) => s.reason(),
                 BadRequest::Uri => "bad_uri",
+                BadRequest::Host => "bad_host",
             },
             Reason::Body(f) => f.reason(),
             Reason::NoCredentials => "no_credentials",
@@ -183,6 +196,8 @@ impl Refusal {
     pub fn reason(&self) -> Reason {
         match self {
             Refusal::NotFound => Reason::NoRoute,
+            Refusal::NoApi => Reason::NoApi,
+            Refusal::Misdirected => Reason::Misdirected,
             Refusal::BadRequest(b) => Reason::BadRequest(*b),
             Refusal::Body(f) => Reason::Body(*f),
             Refusal::NoCredentials => Reason::NoCredentials,
@@ -208,7 +223,8 @@ impl Refusal {
         use StatusCode as S;
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
         let (status, message) = match self {
-            Refusal::NotFound => (S::NOT_FOUND, msg!("Not Found")),
+            Refusal::NotFound | Refusal::NoApi => (S::NOT_FOUND, msg!("Not Found")),
+            Refusal::Misdirected => (S::MISDIRECTED_REQUEST, msg!("Misdirected Request")),
             Refusal::BadRequest(_) | Refusal::Body(BodyFailure::Aborted) => {
                 (S::BAD_REQUEST, msg!("Bad Request"))
             }

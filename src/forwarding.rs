@@ -12,6 +12,7 @@ use http::request::Parts;
 use crate::apikeys::ApiKey;
 use crate::auth::Principal;
 use crate::clientip::CidrSet;
+use crate::snapshot::Api;
 use crate::tls::ClientCert;
 
 /// `x-request-id`.
@@ -20,6 +21,11 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_TOLLGATE_API_KEY_ID: HeaderName = HeaderName::from_static("x-tollgate-api-key-id");
+/// The stage of the API that admitted the request.
+const X_TOLLGATE_STAGE: HeaderName = HeaderName::from_static("x-tollgate-stage");
+/// The base path the gateway removed from the path (RFC-less, but what Spring, ASP.NET Core and
+/// Traefik read to build absolute links).
+const X_FORWARDED_PREFIX: HeaderName = HeaderName::from_static("x-forwarded-prefix");
 
 /// Where a request came from, as the gateway determined it.
 pub(crate) struct Origin<'a> {
@@ -43,6 +49,8 @@ pub(crate) struct Admitted<'a> {
     pub(crate) principal: &'a Principal,
     /// The API key, on routes that require one.
     pub(crate) key: Option<&'a ApiKey>,
+    /// The API it was admitted to (its stage and stripped base path).
+    pub(crate) api: &'a Api,
 }
 
 /// Prepares `parts` for the upstream: hop-by-hop headers out (the `Upgrade` of an allowed
@@ -80,6 +88,14 @@ pub(crate) fn prepare(
     admitted.principal.insert_upstream_headers(h);
     if let Some(key) = admitted.key {
         h.insert(X_TOLLGATE_API_KEY_ID, key.id_header.clone());
+    }
+    // The client's copy is never believed; the gateway's names the base path it removed.
+    h.remove(X_FORWARDED_PREFIX);
+    if let Some(prefix) = &admitted.api.prefix_header {
+        h.insert(X_FORWARDED_PREFIX, prefix.clone());
+    }
+    if let Some(stage) = &admitted.api.stage_header {
+        h.insert(X_TOLLGATE_STAGE, stage.clone());
     }
     if let Some(cert) = origin.client_cert {
         h.insert(crate::tls::CLIENT_CERT_SUBJECT, cert.subject.clone());

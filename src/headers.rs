@@ -85,6 +85,7 @@ pub fn sanitize_trailers(h: &mut HeaderMap, allow_underscores: bool) {
         "x-forwarded-proto",
         "x-forwarded-host",
         "x-forwarded-port",
+        "x-forwarded-prefix",
         "x-request-id",
         "x-api-key",
     ] {

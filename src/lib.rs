@@ -9,6 +9,7 @@
 pub(crate) mod admin;
 pub(crate) mod answer;
 pub mod apikeys;
+pub mod apis;
 pub mod auth;
 pub mod body;
 pub(crate) mod canonical;

@@ -1,5 +1,5 @@
-//! Prometheus metrics: one registry, the contract's metric names, bounded labels. Route labels
-//! are route keys (never raw paths) and method labels fold unknown methods into `OTHER`.
+//! Prometheus metrics: one registry, the contract's metric names, bounded labels. API labels
+//! are API names from the config and route labels route keys (never raw paths) and method labels fold unknown methods into `OTHER`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
@@ -14,13 +14,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Every metric tollgate exports.
 pub struct Metrics {
     registry: Registry,
-    /// `tollgate_requests_total{route,method,status}`
+    /// `tollgate_requests_total{api,route,method,status}`
     pub requests: IntCounterVec,
-    /// `tollgate_request_duration_seconds{route}`
+    /// `tollgate_request_duration_seconds{api,route}`
     pub request_duration: HistogramVec,
     /// `tollgate_upstream_duration_seconds{upstream}`
     pub upstream_duration: HistogramVec,
-    /// `tollgate_denied_total{route,reason}`
+    /// `tollgate_denied_total{api,route,reason}`
     pub denied: IntCounterVec,
     /// `tollgate_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
@@ -121,13 +121,13 @@ impl Metrics {
             tls_handshake_failures,
             requests: counter(
                 "tollgate_requests_total",
-                "Requests answered, by route key, method and status.",
-                &["route", "method", "status"],
+                "Requests answered, by API, route key, method and status.",
+                &["api", "route", "method", "status"],
             ),
             request_duration: histogram(
                 "tollgate_request_duration_seconds",
-                "Time from request head to response head, by route key.",
-                &["route"],
+                "Time from request head to response head, by API and route key.",
+                &["api", "route"],
             ),
             upstream_duration: histogram(
                 "tollgate_upstream_duration_seconds",
@@ -136,8 +136,8 @@ impl Metrics {
             ),
             denied: counter(
                 "tollgate_denied_total",
-                "Requests the gateway refused, by route key and reason.",
-                &["route", "reason"],
+                "Requests the gateway refused, by API, route key and reason.",
+                &["api", "route", "reason"],
             ),
             config_reloads: counter(
                 "tollgate_config_reloads_total",

@@ -38,7 +38,7 @@ use crate::limits::{LimitError, LimitState, Period, QuotaSpec};
 use crate::logs::access::{Access, Outcome};
 use crate::proxy::{Protocol, UpstreamError};
 use crate::service::{ConnInfo, Handler};
-use crate::snapshot::{Integration, Route, RouteAuth, Snapshot};
+use crate::snapshot::{Api, Integration, Plan, Route, RouteAuth, Snapshot};
 use crate::upgrade::Upgrades;
 
 /// Longest client-supplied request id kept; longer ones are replaced.
@@ -116,7 +116,9 @@ pub async fn handle(
         h.insert(RATELIMIT_REMAINING, HeaderValue::from(remaining));
         h.insert(RATELIMIT_RESET, HeaderValue::from(reset));
     }
-    if let (Some(cors), Some(origin)) = (&snap.cors, &origin) {
+    // A request refused before its API was chosen gets the default API's CORS headers.
+    let api = out.api.unwrap_or(&snap.apis[0]);
+    if let (Some(cors), Some(origin)) = (&api.cors, &origin) {
         cors.add_headers(origin, resp.headers_mut());
     }
     let access = Access {
@@ -140,10 +142,14 @@ async fn pipeline<'s>(
     let snap = ctx.snap;
     let (parts, body) = req.into_parts();
     let mut body = ReqBody::Streaming(body);
+    if snap.selector.is_trivial() {
+        // One API serves every request: even a request refused before routing is its.
+        out.api = Some(&snap.apis[0]);
+    }
     let request = check_request(snap, parts)?;
-    let routed = route(snap, request)?;
+    let routed = route(ctx, request, out)?;
     out.route = Some(routed.route);
-    if let Some(cors) = &snap.cors
+    if let Some(cors) = &routed.api.cors
         && let Some(preflight) = cors.preflight(&routed.parts)
     {
         return Ok(preflight);
@@ -162,8 +168,10 @@ async fn pipeline<'s>(
 /// standard one, and each credential header at most once.
 struct Checked(Parts);
 
-/// A request matched to its route, its path in canonical form.
+/// A request matched to its API and route, its path in canonical form (without the API's base
+/// path when the API strips it).
 struct Routed<'s> {
+    api: &'s Api,
     route: &'s Route,
     /// The request, its URI's path canonical.
     parts: Parts,
@@ -176,19 +184,23 @@ struct InPolicy<'s>(Routed<'s>);
 
 /// A request whose caller the route's authorizer verified and whose scopes it requires.
 struct Authorized<'s> {
+    api: &'s Api,
     route: &'s Route,
     parts: Parts,
     principal: Principal,
 }
 
-/// An authorized request with its API key (on routes that require one).
+/// An authorized request with its API key (on routes that require one) and the key's plan
+/// for the route's API (when the key has plans).
 struct Keyed<'s> {
     authorized: Authorized<'s>,
     key: Option<&'s ApiKey>,
+    plan: Option<&'s Plan>,
 }
 
 /// Permission to forward: a request that passed every check, throttles and quota included.
 struct Permit<'s> {
+    api: &'s Api,
     route: &'s Route,
     parts: Parts,
     principal: Principal,
@@ -210,12 +222,22 @@ const STANDARD_METHODS: [Method; 9] = [
 ];
 
 /// Phase 1: refuses (400) requests that cannot be decided safely, before anything looks at
-/// them: no host (HTTP/1.1 requires one), a standard method in another case (`get`, `Delete`),
-/// and a credential header sent twice (one copy would be checked and another one could be read
-/// by the upstream).
+/// them: no host (HTTP/1.1 requires one), two `Host` headers, a `Host` that names another host
+/// than the target's authority (the API is chosen by one name only), a standard method in
+/// another case (`get`, `Delete`), and a credential header sent twice (one copy would be
+/// checked and another one could be read by the upstream).
 fn check_request(snap: &Snapshot, req: Parts) -> Result<Checked, Refusal> {
-    if req.uri.authority().is_none() && !req.headers.contains_key(header::HOST) {
-        return Err(Refusal::BadRequest(BadRequest::NoHost));
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadRequest(BadRequest::Host));
+    }
+    match (req.uri.authority(), host) {
+        (None, None) => return Err(Refusal::BadRequest(BadRequest::NoHost)),
+        (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
+            return Err(Refusal::BadRequest(BadRequest::Host));
+        }
+        _ => {}
     }
     let m = req.method.as_str();
     if !STANDARD_METHODS.contains(&req.method)
@@ -234,27 +256,60 @@ fn check_request(snap: &Snapshot, req: Parts) -> Result<Checked, Refusal> {
     Ok(Checked(req))
 }
 
-/// Phase 2: the route, decided on the canonical path ([`crate::canonical`]): refuses (400) a
-/// path that cannot be made canonical, and one holding a spelling (`%2F`, `//`, `;`) its route
-/// does not allow; 404 without a route. A CORS preflight is routed by the method it asks about.
-fn route<'s>(snap: &'s Snapshot, Checked(mut parts): Checked) -> Result<Routed<'s>, Refusal> {
-    let preflight = snap.cors.as_ref().and_then(|c| c.preflight_method(&parts));
-    let method = preflight.as_ref().unwrap_or(&parts.method);
+/// Phase 2: the API, then the route, decided on the canonical path ([`crate::canonical`]).
+/// The API is the one the request's host and the longest matching base path select
+/// ([`crate::apis`]); the route is looked up in its table with the base path removed. Refuses
+/// (400) a path that cannot be made canonical, and one holding a spelling (`%2F`, `//`, `;`)
+/// its route does not allow; 421 when the host selects other APIs than the TLS connection's
+/// SNI name; 404 without an API or a route. A CORS preflight is routed by the method it asks
+/// about. Records the API in `out` as soon as it is known.
+fn route<'s>(
+    ctx: &Ctx<'s>,
+    Checked(mut parts): Checked,
+    out: &mut Outcome<'s>,
+) -> Result<Routed<'s>, Refusal> {
+    let snap = ctx.snap;
     let sent = parts.uri.clone();
     let canonical = crate::canonical::canonicalize(sent.path())
         .map_err(|e| Refusal::BadRequest(BadRequest::Path(e)))?;
-    let route = snap
+    let (api, base_len) = if snap.selector.is_trivial() {
+        (&snap.apis[0], 0)
+    } else {
+        let mut buf = [0u8; crate::apis::MAX_HOST_LEN];
+        let raw = match parts.uri.authority() {
+            Some(a) => a.as_str().as_bytes(),
+            None => parts
+                .headers
+                .get(header::HOST)
+                .map_or(&b""[..], |h| h.as_bytes()),
+        };
+        let host = crate::apis::request_host(raw, &mut buf);
+        let selection = snap.selector.select(host, &canonical.match_form);
+        if let Some(sni) = &ctx.conn.sni
+            && snap.selector.group(Some(sni)) != selection.group
+        {
+            return Err(Refusal::Misdirected);
+        }
+        let (index, base_len) = selection.api.ok_or(Refusal::NoApi)?;
+        (&snap.apis[index], base_len)
+    };
+    out.api = Some(api);
+    let preflight = api.cors.as_ref().and_then(|c| c.preflight_method(&parts));
+    let method = preflight.as_ref().unwrap_or(&parts.method);
+    let route = api
         .table
-        .find(method, &canonical.match_form)
+        .find(method, or_root(&canonical.match_form[base_len..]))
         .map(|i| &snap.routes[i])
         .ok_or(Refusal::NotFound)?;
     if let Some(spelling) = canonical.exceptions.not_in(route.allow_in_path) {
         return Err(Refusal::BadRequest(BadRequest::Spelling(spelling)));
     }
-    if canonical.changed() {
+    let strip = if api.strip_base_path { base_len } else { 0 };
+    if canonical.changed() || strip > 0 {
+        let path = or_root(&canonical.path[strip..]);
         let pq = match sent.query() {
-            Some(q) => format!("{}?{q}", canonical.path),
-            None => canonical.path.into_owned(),
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
         };
         let mut uri = http::uri::Parts::from(sent.clone());
         uri.path_and_query = Some(
@@ -263,7 +318,17 @@ fn route<'s>(snap: &'s Snapshot, Checked(mut parts): Checked) -> Result<Routed<'
         );
         parts.uri = Uri::from_parts(uri).map_err(|_| Refusal::BadRequest(BadRequest::Uri))?;
     }
-    Ok(Routed { route, parts, sent })
+    Ok(Routed {
+        api,
+        route,
+        parts,
+        sent,
+    })
+}
+
+/// The path the rest of a base path leaves: itself, or `/` when nothing is left.
+fn or_root(rest: &str) -> &str {
+    if rest.is_empty() { "/" } else { rest }
 }
 
 /// Phase 3 (after a CORS preflight was answered): the route's resource policy: a verified
@@ -362,6 +427,7 @@ fn authorize<'s>(
         | RouteAuth::External { .. }
         | RouteAuth::Jwt { .. }
         | RouteAuth::SigV4 { .. } => Ok(Authorized {
+            api: routed.api,
             route,
             parts: routed.parts,
             principal,
@@ -369,13 +435,15 @@ fn authorize<'s>(
     }
 }
 
-/// Phase 6: the API key, on routes that require one. Refuses (403) a missing, unknown or
-/// disabled key. Routes that do not require a key ignore one.
+/// Phase 6: the API key, on routes that require one, and the key's usage plan for the route's
+/// API. Refuses (403) a missing, unknown or disabled key, and a key whose plans all cover
+/// other APIs. Routes that do not require a key ignore one.
 fn api_key<'s>(snap: &'s Snapshot, authorized: Authorized<'s>) -> Result<Keyed<'s>, Refusal> {
     if !authorized.route.api_key_required {
         return Ok(Keyed {
             authorized,
             key: None,
+            plan: None,
         });
     }
     let table = snap
@@ -385,9 +453,21 @@ fn api_key<'s>(snap: &'s Snapshot, authorized: Authorized<'s>) -> Result<Keyed<'
     let key = table
         .lookup(&authorized.parts.headers)
         .map_err(Refusal::ApiKey)?;
+    // A key without a plan may call every API, as before plans were bound to APIs.
+    let plan = match &*key.plans {
+        [] => None,
+        plans => Some(
+            plans
+                .iter()
+                .map(|&i| &snap.plans[i])
+                .find(|p| p.covers(authorized.route.api))
+                .ok_or(Refusal::ApiKey(KeyError::NotForApi))?,
+        ),
+    };
     Ok(Keyed {
         authorized,
         key: Some(key),
+        plan,
     })
 }
 
@@ -397,16 +477,21 @@ fn api_key<'s>(snap: &'s Snapshot, authorized: Authorized<'s>) -> Result<Keyed<'
 /// Bodies without a declared length are measured while they stream.
 async fn admit<'s>(
     ctx: &Ctx<'s>,
-    Keyed { authorized, key }: Keyed<'s>,
+    Keyed {
+        authorized,
+        key,
+        plan,
+    }: Keyed<'s>,
     out: &mut Outcome<'s>,
 ) -> Result<Permit<'s>, Refusal> {
     let Authorized {
+        api,
         route,
         parts,
         principal,
     } = authorized;
     let store = &ctx.limits.store;
-    let keyed = key.and_then(|k| Some((k, &ctx.snap.plans[k.plan?])));
+    let keyed = key.zip(plan);
     if let Some((k, plan)) = keyed
         && let Some(t) = plan
             .route_throttles
@@ -464,6 +549,7 @@ async fn admit<'s>(
         plan.outcomes.admitted.inc();
     }
     Ok(Permit {
+        api,
         route,
         parts,
         principal,
@@ -490,6 +576,7 @@ async fn forward<'s>(
     out: &mut Outcome<'s>,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let Permit {
+        api,
         route,
         mut parts,
         principal,
@@ -527,6 +614,7 @@ async fn forward<'s>(
     let admitted = Admitted {
         principal: &principal,
         key,
+        api,
     };
     let allow_underscores = ctx.snap.allow_underscores;
     crate::forwarding::prepare(

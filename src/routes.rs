@@ -210,27 +210,33 @@ impl RouteTable {
     /// routes with the same method and the same path shape (`/a/{x}` and `/a/{y}` are the same
     /// shape) and a second `$default`.
     pub fn build(keys: &[RouteKey]) -> Result<RouteTable, RouteConflict> {
+        RouteTable::build_from(keys, 0)
+    }
+
+    /// [`RouteTable::build`], with lookups reporting route `i` as `first + i` (one API's routes
+    /// inside the snapshot's list of all routes). Conflicts name positions in `keys`.
+    pub fn build_from(keys: &[RouteKey], first: usize) -> Result<RouteTable, RouteConflict> {
         let mut table = RouteTable::default();
         let mut seen: HashMap<(MethodSel, String), usize> = HashMap::new();
         let mut parsed = Vec::new();
         for (i, key) in keys.iter().enumerate() {
             match key {
                 RouteKey::Default => {
-                    if let Some(first) = table.default {
+                    if let Some(earlier) = table.default {
                         return Err(RouteConflict {
                             index: i,
-                            first: Some(first),
+                            first: Some(earlier - first),
                             message: "$default is defined twice".to_string(),
                         });
                     }
-                    table.default = Some(i);
+                    table.default = Some(first + i);
                 }
                 RouteKey::Path { method, segments } => {
                     let (greedy, tpls) = templates(segments);
-                    if let Some(first) = seen.insert((method.clone(), tpls[0].clone()), i) {
+                    if let Some(earlier) = seen.insert((method.clone(), tpls[0].clone()), i) {
                         return Err(RouteConflict {
                             index: i,
-                            first: Some(first),
+                            first: Some(earlier),
                             message:
                                 "duplicate route: same method and path shape as an earlier route"
                                     .to_string(),
@@ -255,19 +261,19 @@ impl RouteTable {
             // The method's own routes first, so they win over ANY routes of the same shape.
             for (i, sel, greedy, tpls) in &parsed {
                 if *sel == MethodSel::One(m.clone()) {
-                    insert(&mut trees, *i, *greedy, tpls)?;
+                    insert(&mut trees, first, *i, *greedy, tpls)?;
                 }
             }
             for (i, sel, greedy, tpls) in &parsed {
                 if *sel == MethodSel::Any {
-                    insert(&mut trees, *i, *greedy, tpls)?;
+                    insert(&mut trees, first, *i, *greedy, tpls)?;
                 }
             }
             table.by_method.insert(m, trees);
         }
         for (i, sel, greedy, tpls) in &parsed {
             if *sel == MethodSel::Any {
-                insert(&mut table.any, *i, *greedy, tpls)?;
+                insert(&mut table.any, first, *i, *greedy, tpls)?;
             }
         }
         Ok(table)
@@ -282,14 +288,20 @@ impl RouteTable {
 
 /// Inserts a route's templates; a template already present (from a more specific route of the
 /// same method, or a literal route for a greedy route's empty tail) keeps its first owner.
-fn insert(trees: &mut Trees, i: usize, greedy: bool, tpls: &[String]) -> Result<(), RouteConflict> {
+fn insert(
+    trees: &mut Trees,
+    first: usize,
+    i: usize,
+    greedy: bool,
+    tpls: &[String],
+) -> Result<(), RouteConflict> {
     let tree = if greedy {
         &mut trees.greedy
     } else {
         &mut trees.exact
     };
     for t in tpls {
-        match tree.insert(t.clone(), i) {
+        match tree.insert(t.clone(), first + i) {
             Ok(()) => {}
             Err(matchit::InsertError::Conflict { .. }) => {}
             Err(e) => {

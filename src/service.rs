@@ -20,6 +20,8 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client certificate the TLS handshake verified (mTLS), if any.
     pub client_cert: Option<crate::tls::ClientCert>,
+    /// The TLS server name (SNI) the client asked for, lower-case, if any.
+    pub sni: Option<Box<str>>,
 }
 
 /// Errors a response body may end with, as hyper wants them.

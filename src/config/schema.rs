@@ -51,12 +51,42 @@ pub struct FileConfig {
     /// CORS for browser clients; preflights are answered by the gateway.
     #[serde(default)]
     pub cors: Option<CorsCfg>,
-    /// The route table.
+    /// The route table of the default API: the one serving every host no entry of `apis` claims.
     #[serde(default)]
     pub routes: Vec<RouteCfg>,
+    /// More APIs by name, each selected by host and base path (docs/configuration.md, "APIs").
+    #[serde(default)]
+    pub apis: BTreeMap<String, ApiCfg>,
     /// What happens to client request headers before they are forwarded.
     #[serde(default)]
     pub headers: HeadersCfg,
+}
+
+/// One API of an edge gateway: the hosts and base path that select it, its stage, and its own
+/// defaults, CORS and routes (route keys relative to the base path).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiCfg {
+    /// Host names (`api.example.com`, `*.example.com`) matched against `Host` / `:authority`,
+    /// case-insensitive, port ignored; empty: every host no other API claims.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// The prefix (`/orders`) under which the API's routes live; default `/`.
+    pub base_path: Option<String>,
+    /// Whether the upstream receives the path without the base path (default true, as the
+    /// managed gateway's base path mappings do) or the whole path (false).
+    pub strip_base_path: Option<bool>,
+    /// The stage name (`prod`): logged, a metric label, and sent as `x-tollgate-stage`.
+    pub stage: Option<String>,
+    /// Settings the API's routes inherit; unset fields fall back to the top-level `defaults`.
+    #[serde(default)]
+    pub defaults: DefaultsCfg,
+    /// The API's CORS (the top-level `cors` is not inherited).
+    #[serde(default)]
+    pub cors: Option<CorsCfg>,
+    /// The API's routes.
+    #[serde(default)]
+    pub routes: Vec<RouteCfg>,
 }
 
 /// Client request header hygiene (docs/security.md).
@@ -256,6 +286,9 @@ pub struct UsagePlanCfg {
     /// Per-key throttles for particular routes (by route key), replacing `throttle` there.
     #[serde(default)]
     pub route_throttle: BTreeMap<String, ThrottleCfg>,
+    /// The API stages whose routes the plan's keys may call: `NAME/STAGE` or `NAME` (the API
+    /// whatever its stage), `default` for the top-level routes. Absent: every API.
+    pub apis: Option<Vec<String>>,
 }
 
 /// A quota: `limit` requests per calendar `period` (UTC).
@@ -303,6 +336,9 @@ pub struct ApiKeyCfg {
     pub key: String,
     /// The usage plan it belongs to.
     pub plan: Option<String>,
+    /// Usage plans it belongs to, when several (they must cover different API stages).
+    #[serde(default)]
+    pub plans: Vec<String>,
     /// Disabled keys are refused (default true).
     #[serde(default = "default_true")]
     pub enabled: bool,

@@ -11,11 +11,13 @@ use crate::apikeys::ApiKey;
 use crate::auth::Principal;
 use crate::error::Reason;
 use crate::metrics::Metrics;
-use crate::snapshot::{Route, RouteAuth};
+use crate::snapshot::{Api, Route, RouteAuth};
 
 /// What the phases found out about a request, filled in as they run.
 #[derive(Default)]
 pub(crate) struct Outcome<'s> {
+    /// The API, once chosen.
+    pub(crate) api: Option<&'s Api>,
     /// The route, once matched.
     pub(crate) route: Option<&'s Route>,
     /// The caller, once authenticated (also when the scope check then refused).
@@ -30,6 +32,9 @@ pub(crate) struct Outcome<'s> {
     pub(crate) reason: Option<Reason>,
 }
 
+/// The `api` and `route` label of a request refused before either was chosen.
+const UNMATCHED: &str = "$unmatched";
+
 /// The request and its answer, as the access line shows them.
 pub(crate) struct Access<'a> {
     pub(crate) request_id: &'a HeaderValue,
@@ -42,17 +47,20 @@ pub(crate) struct Access<'a> {
 }
 
 /// Writes the access line and updates `tollgate_requests_total`, the duration histogram and,
-/// for a refusal, `tollgate_requests_denied_total{reason}`.
+/// for a refusal, `tollgate_denied_total{reason}`. Requests refused before an API or a route
+/// was chosen have the label `$unmatched` there.
 pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
-    let route = out.route.map_or("$unmatched", |r| &*r.key);
+    let route = out.route.map_or(UNMATCHED, |r| &*r.key);
+    let api = out.api.map_or(UNMATCHED, |a| &*a.name);
     m.requests
         .with_label_values(&[
+            api,
             route,
             crate::metrics::method_label(a.method),
             a.status.as_str(),
         ])
         .inc();
-    let series = || m.request_duration.with_label_values(&[route]);
+    let series = || m.request_duration.with_label_values(&[api, route]);
     let latency = a.latency.as_secs_f64();
     match out.route {
         Some(r) => r.duration.get_or_init(series).observe(latency),
@@ -60,7 +68,7 @@ pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
     }
     let reason = out.reason.map(Reason::as_str);
     if let Some(reason) = reason {
-        m.denied.with_label_values(&[route, reason]).inc();
+        m.denied.with_label_values(&[api, route, reason]).inc();
     }
     let authorizer = out.route.and_then(|r| match &r.auth {
         RouteAuth::Jwt { authorizer, .. } => Some(&**authorizer.name()),
@@ -74,6 +82,8 @@ pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
         client_ip = %a.client_ip,
         method = %a.method,
         path = a.path,
+        api,
+        stage = out.api.and_then(|a| a.stage.as_deref()),
         route,
         status = a.status.as_u16(),
         latency_ms = latency * 1000.0,

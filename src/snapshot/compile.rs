@@ -7,7 +7,7 @@ use super::issuer::compile_issuer;
 use super::model::*;
 use super::plans::{compile_keys, compile_plans};
 use super::registry::Registry;
-use super::routes::{compile_routes, route_table};
+use super::routes::{CompiledApis, RouteCx, compile_apis};
 use super::upstreams::compile_upstreams;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,7 +15,6 @@ use std::time::{Duration, SystemTime};
 
 use crate::clientip::Policy;
 use crate::config::{ConfigError, Parsed};
-use crate::cors::Cors;
 
 /// Compiles a parsed config into a snapshot with generation `generation`. Refuses (with every
 /// problem found, each located): bad addresses, references to undefined upstreams or
@@ -53,35 +52,28 @@ pub fn compile(
 
     let authorizers = compile_authorizers(parsed, registry, issuer.as_ref(), &mut errs);
 
-    let (routes, keys) = compile_routes(
+    let cx = RouteCx {
         parsed,
         registry,
-        &upstreams,
-        &policies,
-        &authorizers,
-        issuer.as_ref(),
-        &mut errs,
-    );
-    let plans = compile_plans(parsed, registry, &routes, &mut errs);
+        upstreams: &upstreams,
+        policies: &policies,
+        auth: &authorizers,
+        issuer: issuer.as_ref(),
+    };
+    let CompiledApis {
+        apis,
+        routes,
+        selector,
+    } = compile_apis(&cx, &mut errs);
+    let plans = compile_plans(parsed, registry, &apis, &routes, &mut errs);
     let key_table = f
         .api_keys
         .as_ref()
-        .and_then(|k| compile_keys(parsed, k, &plans, &mut errs));
-    let table = route_table(parsed, &keys, &mut errs);
+        .and_then(|k| compile_keys(parsed, k, &plans, &apis, &mut errs));
     let credential_headers = credential_headers(&authorizers, key_table.as_ref());
 
-    let cors = f.cors.as_ref().and_then(|c| {
-        Cors::compile(c)
-            .map_err(|list| {
-                for (path, msg) in list {
-                    errs.at(path, msg);
-                }
-            })
-            .ok()
-    });
-
-    match (errs.list.is_empty(), table) {
-        (true, Some(table)) => Ok(Snapshot {
+    match (errs.list.is_empty(), selector) {
+        (true, Some(selector)) => Ok(Snapshot {
             generation,
             hash: parsed.hash.clone(),
             loaded_at: SystemTime::now(),
@@ -89,8 +81,8 @@ pub fn compile(
             trusted_proxies,
             admin,
             limits,
-            cors,
-            table,
+            apis,
+            selector,
             routes,
             issuer,
             plans,

@@ -140,11 +140,41 @@ pub enum RouteAuth {
     },
 }
 
+/// A compiled API: what selects it, what it tells the upstream, and its route table.
+#[derive(Debug)]
+pub struct Api {
+    /// Its name in `apis` (`default` for the top-level routes); the `api` label.
+    pub name: Arc<str>,
+    /// Its stage, if named.
+    pub stage: Option<Arc<str>>,
+    /// `x-tollgate-stage` for the upstream, when the API has a stage.
+    pub stage_header: Option<HeaderValue>,
+    /// Host names that select it (empty: every host no API claims).
+    pub hosts: Vec<crate::apis::HostPattern>,
+    /// Its base path without a trailing `/` (empty: the root).
+    pub base_path: Box<str>,
+    /// Whether the upstream receives the path without the base path.
+    pub strip_base_path: bool,
+    /// `x-forwarded-prefix` for the upstream: the base path, when it is stripped.
+    pub prefix_header: Option<HeaderValue>,
+    /// CORS, if the API configures it.
+    pub cors: Option<Cors>,
+    /// Its route table; the indexes point into [`Snapshot::routes`].
+    pub table: RouteTable,
+    /// How many routes it has.
+    pub route_count: usize,
+}
+
+/// The name of the API made of the top-level `routes`, `defaults` and `cors`.
+pub const DEFAULT_API: &str = "default";
+
 /// A compiled route.
 #[derive(Debug)]
 pub struct Route {
     /// The route key as written; the `route` label.
     pub key: Arc<str>,
+    /// Index of its API in [`Snapshot::apis`].
+    pub api: usize,
     /// Authentication.
     pub auth: RouteAuth,
     /// What it does.
@@ -181,6 +211,15 @@ pub struct Plan {
     pub quota: Option<QuotaSpec>,
     /// `tollgate_api_key_requests_total{plan, result}`, one handle per result.
     pub outcomes: PlanOutcomes,
+    /// Indexes of the APIs its keys may call (`usage_plans.*.apis`); `None`: every API.
+    pub apis: Option<Box<[usize]>>,
+}
+
+impl Plan {
+    /// Whether the plan's keys may call the API at index `api`.
+    pub fn covers(&self, api: usize) -> bool {
+        self.apis.as_ref().is_none_or(|a| a.contains(&api))
+    }
 }
 
 /// A public listener.
@@ -222,11 +261,11 @@ pub struct Snapshot {
     pub admin: AdminSettings,
     /// `limits:`: sizes and timeouts of what clients may send (throttles and quotas are `crate::limits`).
     pub limits: Bounds,
-    /// CORS, if configured.
-    pub cors: Option<Cors>,
-    /// The route table; its indexes point into `routes`.
-    pub table: RouteTable,
-    /// Routes by index.
+    /// The APIs; index 0 is the default API (the top-level routes).
+    pub apis: Vec<Api>,
+    /// Which API a request's host and path select.
+    pub selector: crate::apis::Selector,
+    /// Routes of every API, by index.
     pub routes: Vec<Route>,
     /// The embedded issuer, if configured.
     pub issuer: Option<Arc<Issuer>>,

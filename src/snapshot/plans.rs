@@ -24,16 +24,54 @@ pub(super) fn spec_at(
         .ok()
 }
 
-/// Compiles `usage_plans`: throttles (per key), per-route throttles (by route index), quotas.
+/// The APIs a plan's `apis` list names: `NAME/STAGE` (the stage must be the API's) or `NAME`.
+fn plan_apis(list: &[String], path: &str, apis: &[Api], errs: &mut Errors) -> Box<[usize]> {
+    let mut out = Vec::new();
+    for (i, item) in list.iter().enumerate() {
+        let at = format!("{path}.apis.{i}");
+        let (name, stage) = match item.split_once('/') {
+            Some((n, s)) => (n, Some(s)),
+            None => (item.as_str(), None),
+        };
+        let Some(index) = apis.iter().position(|a| &*a.name == name) else {
+            errs.at(&at, format!("API {name:?} is not defined (see `apis`)"));
+            continue;
+        };
+        if let Some(stage) = stage
+            && apis[index].stage.as_deref() != Some(stage)
+        {
+            let has = match &apis[index].stage {
+                Some(s) => format!("stage {s:?}"),
+                None => "no stage".to_string(),
+            };
+            errs.at(
+                &at,
+                format!("API {name:?} has {has}, not {stage:?}; write {name:?} for the API whatever its stage"),
+            );
+            continue;
+        }
+        if out.contains(&index) {
+            errs.at(&at, format!("API {name:?} is listed twice"));
+            continue;
+        }
+        out.push(index);
+    }
+    out.into_boxed_slice()
+}
+
+/// Compiles `usage_plans`: the APIs each plan covers, throttles (per key), per-route throttles
+/// (by route index, for the route of that key in each API the plan covers), quotas.
 pub(super) fn compile_plans(
     parsed: &Parsed,
     registry: &Registry,
+    apis: &[Api],
     routes: &[Route],
     errs: &mut Errors,
 ) -> Vec<Plan> {
     let mut plans = Vec::new();
     for (name, p) in &parsed.file.usage_plans {
         let path = format!("usage_plans.{name}");
+        let covered = p.apis.as_ref().map(|l| plan_apis(l, &path, apis, errs));
         let throttle = p
             .throttle
             .as_ref()
@@ -45,20 +83,24 @@ pub(super) fn compile_plans(
             let Some(spec) = spec_at(t, &at, errs) else {
                 continue;
             };
-            match routes.iter().find(|r| &*r.key == key.as_str()) {
-                Some(r) => {
-                    route_throttles.insert(
-                        r.index,
-                        registry
-                            .limits()
-                            .throttle(&format!("plan:{name}:route:{key}"), spec),
-                    );
-                }
-                None => errs.at_key(
+            let mut found = false;
+            for r in routes.iter().filter(|r| {
+                &*r.key == key.as_str() && covered.as_ref().is_none_or(|c| c.contains(&r.api))
+            }) {
+                found = true;
+                // The default API's buckets keep the names they had before `apis` existed.
+                let bucket = match r.api {
+                    0 => format!("plan:{name}:route:{key}"),
+                    api => format!("plan:{name}:api:{}:route:{key}", apis[api].name),
+                };
+                route_throttles.insert(r.index, registry.limits().throttle(&bucket, spec));
+            }
+            if !found {
+                errs.at_key(
                     &format!("{path}.route_throttle"),
                     key,
-                    format!("no route {key:?} is defined"),
-                ),
+                    format!("no route {key:?} is defined in the APIs this plan covers"),
+                );
             }
         }
         let quota = p.quota.map(|q| QuotaSpec {
@@ -82,6 +124,7 @@ pub(super) fn compile_plans(
                 throttled: m.with_label_values(&[name.as_str(), "throttled"]),
                 quota_exceeded: m.with_label_values(&[name.as_str(), "quota_exceeded"]),
             },
+            apis: covered,
         });
     }
     plans
@@ -93,6 +136,7 @@ pub(super) fn compile_keys(
     parsed: &Parsed,
     cfg: &crate::config::schema::ApiKeysCfg,
     plans: &[Plan],
+    apis: &[Api],
     errs: &mut Errors,
 ) -> Option<KeyTable> {
     let header = match HeaderName::from_str(cfg.header.as_deref().unwrap_or("x-api-key")) {
@@ -111,11 +155,18 @@ pub(super) fn compile_keys(
                 if was_literal {
                     literal += 1;
                 }
+                if k.plan.is_some() && !k.plans.is_empty() {
+                    errs.at(
+                        &format!("{path}.plans"),
+                        "write either `plan` or `plans`, not both",
+                    );
+                    continue;
+                }
                 records.push((
                     KeyRecord {
                         id: k.id.clone(),
                         hash,
-                        plan: k.plan.clone(),
+                        plans: k.plan.iter().chain(&k.plans).cloned().collect(),
                         enabled: k.enabled,
                         line: None,
                     },
@@ -163,20 +214,49 @@ pub(super) fn compile_keys(
             }),
             _ => errs.at("api_keys", msg),
         };
-        let plan = match &rec.plan {
-            Some(name) => match plans.iter().position(|p| &*p.name == name.as_str()) {
-                Some(i) => Some(i),
+        let field = if rec.plans.len() > 1 { "plans" } else { "plan" };
+        let mut key_plans: Vec<usize> = Vec::with_capacity(rec.plans.len());
+        let mut bad = false;
+        for name in &rec.plans {
+            match plans.iter().position(|p| &*p.name == name.as_str()) {
+                Some(i) if key_plans.contains(&i) => {
+                    at(
+                        errs,
+                        field,
+                        format!("key {:?}: usage plan {name:?} is listed twice", rec.id),
+                    );
+                    bad = true;
+                }
+                Some(i) => {
+                    if let Some((j, clash)) = key_plans
+                        .iter()
+                        .find_map(|&j| overlap(&plans[j], &plans[i], apis).map(|c| (j, c)))
+                    {
+                        at(
+                            errs,
+                            field,
+                            format!(
+                                "key {:?}: usage plans {:?} and {name:?} both cover {clash}; a key's plans must cover different APIs",
+                                rec.id, plans[j].name
+                            ),
+                        );
+                        bad = true;
+                    }
+                    key_plans.push(i);
+                }
                 None => {
                     at(
                         errs,
-                        "plan",
+                        field,
                         format!("key {:?}: usage plan {name:?} is not defined", rec.id),
                     );
-                    continue;
+                    bad = true;
                 }
-            },
-            None => None,
-        };
+            }
+        }
+        if bad {
+            continue;
+        }
         if rec.id.is_empty() {
             at(errs, "id", "a key id cannot be empty".to_string());
             continue;
@@ -196,7 +276,7 @@ pub(super) fn compile_keys(
         let key = ApiKey {
             id: rec.id.as_str().into(),
             id_header,
-            plan,
+            plans: key_plans.into_boxed_slice(),
             enabled: rec.enabled,
         };
         if by_hash.insert(rec.hash, key).is_some() {
@@ -208,4 +288,14 @@ pub(super) fn compile_keys(
         }
     }
     Some(KeyTable::new(header, by_hash))
+}
+
+/// An API both plans cover, named for an error (`every API` when neither lists any).
+fn overlap(a: &Plan, b: &Plan, apis: &[Api]) -> Option<String> {
+    let name = |i: usize| format!("API {:?}", apis[i].name);
+    match (&a.apis, &b.apis) {
+        (None, None) => Some("every API".to_string()),
+        (None, Some(l)) | (Some(l), None) => l.first().map(|&i| name(i)),
+        (Some(x), Some(y)) => x.iter().find(|i| y.contains(i)).map(|&i| name(i)),
+    }
 }

@@ -239,6 +239,7 @@ pub(crate) async fn serve<H: Handler>(
         peer,
         tls: false,
         client_cert: None,
+        sni: None,
     };
     match opening(&mut stream, settings.idle, &mut closing).await {
         Opening::Http1(prefix) => {
@@ -294,6 +295,11 @@ async fn tls_connection<H: Handler>(
         peer,
         tls: true,
         client_cert: crate::tls::client_cert(tls_stream.get_ref().1),
+        sni: tls_stream
+            .get_ref()
+            .1
+            .server_name()
+            .map(|n| n.to_ascii_lowercase().into_boxed_str()),
     };
     let settings = &endpoint.settings;
     if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {

@@ -33,12 +33,14 @@ async fn health_ready_config_and_metrics() {
     let text = m.text();
     assert!(
         text.contains(
-            r#"tollgate_requests_total{method="GET",route="GET /status",status="200"} 2"#
+            r#"tollgate_requests_total{api="default",method="GET",route="GET /status",status="200"} 2"#
         ),
         "{text}"
     );
     assert!(
-        text.contains(r#"tollgate_denied_total{reason="no_route",route="$unmatched"} 1"#),
+        text.contains(
+            r#"tollgate_denied_total{api="default",reason="no_route",route="$unmatched"} 1"#
+        ),
         "{text}"
     );
     assert!(!text.contains("/nope/123"), "raw paths never become labels");

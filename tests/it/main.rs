@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod apis;
 mod auth_e2e;
 mod clientip;
 mod config;

@@ -109,6 +109,7 @@ impl Offline {
             peer: from.parse::<SocketAddr>().unwrap(),
             tls: false,
             client_cert: None,
+            sni: None,
         });
         let resp: Response<_> = tollgate::pipeline::handle(self.gw.clone(), conn, req).await;
         let (parts, body) = resp.into_parts();
@@ -129,10 +130,12 @@ impl Offline {
             .await
     }
 
-    /// `tollgate_denied_total{route, reason}`.
+    /// `tollgate_denied_total{api, route, reason}` (the default API).
     fn denied(&self, route: &str, reason: &str) -> u64 {
         let text = self.gw.metrics().render();
-        let line = format!("tollgate_denied_total{{reason=\"{reason}\",route=\"{route}\"}} ");
+        let line = format!(
+            "tollgate_denied_total{{api=\"default\",reason=\"{reason}\",route=\"{route}\"}} "
+        );
         text.lines()
             .find_map(|l| l.strip_prefix(&line))
             .map_or(0, |n| n.trim().parse().unwrap())

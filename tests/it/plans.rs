@@ -80,7 +80,9 @@ async fn missing_unknown_and_disabled_keys_are_forbidden() {
         ("api_key_missing", 2),
         ("api_key_disabled", 2),
     ] {
-        let line = format!(r#"tollgate_denied_total{{reason="{reason}",route="ANY /{{p+}}"}} {n}"#);
+        let line = format!(
+            r#"tollgate_denied_total{{api="default",reason="{reason}",route="ANY /{{p+}}"}} {n}"#
+        );
         assert!(m.contains(&line), "{line}\n{m}");
     }
     assert!(

@@ -199,12 +199,21 @@ impl TlsClient<'_> {
 impl TlsConn {
     /// A GET on this connection.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<TlsAnswer, String> {
+        // A `host` in `headers` replaces the SNI name as the request's host (`:authority` over
+        // HTTP/2), so a test can name another host than the connection's.
+        let host = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("host"))
+            .map_or(self.host.as_str(), |(_, v)| *v);
         let mut b = Request::builder().method("GET");
         b = match &self.sender {
-            Sender::H2(_) => b.uri(format!("https://{}{path}", self.host)),
-            Sender::H1(_) => b.uri(path).header("host", &self.host),
+            Sender::H2(_) => b.uri(format!("https://{host}{path}")),
+            Sender::H1(_) => b.uri(path).header("host", host),
         };
-        for (k, v) in headers {
+        for (k, v) in headers
+            .iter()
+            .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
+        {
             b = b.header(*k, *v);
         }
         let req = b.body(Empty::<Bytes>::new()).unwrap();

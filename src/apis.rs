@@ -1,0 +1,413 @@
+//! Which API serves a request: host names (exact, `*.` wildcards, or the default API for every
+//! host no API claims), then the longest matching base path under that host. Owns the spelling
+//! rules of host names and base paths; knows APIs only by index.
+//!
+//! Selection never falls through: once a host picks its group (exact name over the longest
+//! matching wildcard over the default group), only that group's base paths are tried, so a
+//! request for a claimed host can never reach the default API's routes by missing a base path.
+
+use std::collections::HashMap;
+
+/// Longest host name compared (DNS allows 253 octets); a longer `Host` selects no claimed API.
+pub const MAX_HOST_LEN: usize = 253;
+
+/// A host name as configured: exact, or a `*.suffix` wildcard. Both lower-case ASCII (IDNA
+/// A-labels), without a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum HostPattern {
+    /// `api.example.com`
+    Exact(Box<str>),
+    /// `*.example.com`, kept as `.example.com`: any name ending in it, one label or more.
+    Wildcard(Box<str>),
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostPattern::Exact(h) => f.write_str(h),
+            HostPattern::Wildcard(s) => write!(f, "*{s}"),
+        }
+    }
+}
+
+impl HostPattern {
+    /// Parses a configured host. Refuses a port, a wildcard that is not one leading `*.`, and
+    /// names IDNA cannot turn into ASCII; Unicode names become their A-label form.
+    pub fn parse(s: &str) -> Result<HostPattern, String> {
+        let (wild, name) = match s.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, s),
+        };
+        if name.contains('*') {
+            return Err(format!(
+                "host {s:?}: a wildcard is one leading `*.` (as in `*.example.com`)"
+            ));
+        }
+        if name.contains(':') || name.contains('/') {
+            return Err(format!(
+                "host {s:?}: write the name only, without scheme, port or path"
+            ));
+        }
+        let name = name.strip_suffix('.').unwrap_or(name);
+        if name.is_empty() {
+            return Err(format!("host {s:?} is empty"));
+        }
+        let ascii = idna::domain_to_ascii(name)
+            .map_err(|_| format!("host {s:?} is not a valid domain name"))?;
+        if ascii.is_empty()
+            || ascii.len() > MAX_HOST_LEN
+            || ascii.split('.').any(str::is_empty)
+            || !ascii
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+        {
+            return Err(format!("host {s:?} is not a valid domain name"));
+        }
+        Ok(if wild {
+            HostPattern::Wildcard(format!(".{ascii}").into())
+        } else {
+            HostPattern::Exact(ascii.into())
+        })
+    }
+}
+
+/// Parses a configured base path: `/orders`, `/v1/orders`; `/` or empty for the root. Segments
+/// are made of unreserved characters only (`A-Z a-z 0-9 - . _ ~`, no dot segments): those are
+/// spelled the same in a request's canonical path and its match form, so the base path takes
+/// the same bytes of both. Returns it without a trailing `/` (the root is the empty string).
+pub fn parse_base_path(s: &str) -> Result<Box<str>, String> {
+    if s.is_empty() || s == "/" {
+        return Ok("".into());
+    }
+    if !s.starts_with('/') {
+        return Err(format!("base path {s:?} must start with /"));
+    }
+    let trimmed = s.strip_suffix('/').unwrap_or(s);
+    for seg in trimmed[1..].split('/') {
+        if seg.is_empty() || seg == "." || seg == ".." {
+            return Err(format!("base path {s:?} has an empty or dot segment"));
+        }
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+        {
+            return Err(format!(
+                "base path {s:?}: segments are letters, digits, `-`, `.`, `_` and `~` only"
+            ));
+        }
+    }
+    Ok(trimmed.into())
+}
+
+/// The host a request names, from its authority (absolute-form target or HTTP/2 `:authority`)
+/// or else its `Host` header, without the port, lower-cased into `buf`, one trailing dot
+/// removed. `None` when there is none, or it is too long or not ASCII: such a request selects
+/// the default group.
+pub fn request_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
+    let name = if raw.first() == Some(&b'[') {
+        // An IPv6 literal: `[::1]:8080` names `[::1]`.
+        let end = raw.iter().position(|&b| b == b']')?;
+        &raw[..=end]
+    } else {
+        match raw.iter().rposition(|&b| b == b':') {
+            Some(i) => &raw[..i],
+            None => raw,
+        }
+    };
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.is_empty() || name.len() > MAX_HOST_LEN || !name.is_ascii() {
+        return None;
+    }
+    let out = &mut buf[..name.len()];
+    out.copy_from_slice(name);
+    out.make_ascii_lowercase();
+    std::str::from_utf8(out).ok()
+}
+
+/// One API under a host: its base path and its index.
+#[derive(Debug, Clone)]
+struct Mount {
+    base: Box<str>,
+    api: usize,
+}
+
+/// The APIs a host selects, longest base path first.
+#[derive(Debug, Clone, Default)]
+struct Group {
+    mounts: Vec<Mount>,
+}
+
+/// A selection: the host's group (compared with the TLS SNI name's, see [`Selector::group`]),
+/// and the API with how many leading bytes of the path its base path takes, if one matched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selection {
+    /// The group the host selected.
+    pub group: usize,
+    /// The API and the length of its base path, or `None`: no base path of the group matches.
+    pub api: Option<(usize, usize)>,
+}
+
+/// Two APIs under one host with the same base path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clash {
+    /// The host (`*` for the default group).
+    pub host: String,
+    /// The base path (`/` for the root).
+    pub base: String,
+    /// The API added first.
+    pub first: usize,
+    /// The API added second.
+    pub second: usize,
+}
+
+/// Maps (host, path) to an API. Built once per snapshot; immutable.
+#[derive(Debug, Clone)]
+pub struct Selector {
+    exact: HashMap<Box<str>, usize>,
+    /// Wildcard suffixes (`.example.com`), longest first.
+    wildcards: Vec<(Box<str>, usize)>,
+    /// Group 0: every host no pattern claims.
+    groups: Vec<Group>,
+}
+
+/// The group of every host no API claims.
+pub const DEFAULT_GROUP: usize = 0;
+
+impl Selector {
+    /// Builds the selector. `apis` gives, per API index, its host patterns (empty: the default
+    /// group) and base path. Refuses two APIs with the same base path under the same host.
+    pub fn build(apis: &[(&[HostPattern], &str)]) -> Result<Selector, Vec<Clash>> {
+        let mut sel = Selector {
+            exact: HashMap::new(),
+            wildcards: Vec::new(),
+            groups: vec![Group::default()],
+        };
+        let mut clashes = Vec::new();
+        for (api, (hosts, base)) in apis.iter().enumerate() {
+            let mut targets: Vec<(String, usize)> = Vec::new();
+            if hosts.is_empty() {
+                targets.push(("*".into(), DEFAULT_GROUP));
+            }
+            for h in hosts.iter() {
+                let group = match h {
+                    HostPattern::Exact(name) => match sel.exact.get(name) {
+                        Some(&g) => g,
+                        None => {
+                            sel.groups.push(Group::default());
+                            let g = sel.groups.len() - 1;
+                            sel.exact.insert(name.clone(), g);
+                            g
+                        }
+                    },
+                    HostPattern::Wildcard(suffix) => {
+                        match sel.wildcards.iter().find(|(s, _)| s == suffix) {
+                            Some(&(_, g)) => g,
+                            None => {
+                                sel.groups.push(Group::default());
+                                let g = sel.groups.len() - 1;
+                                sel.wildcards.push((suffix.clone(), g));
+                                g
+                            }
+                        }
+                    }
+                };
+                if !targets.iter().any(|(_, g)| *g == group) {
+                    targets.push((h.to_string(), group));
+                }
+            }
+            for (host, g) in targets {
+                let mounts = &mut sel.groups[g].mounts;
+                if let Some(m) = mounts.iter().find(|m| &*m.base == *base) {
+                    clashes.push(Clash {
+                        host,
+                        base: if base.is_empty() {
+                            "/".into()
+                        } else {
+                            base.to_string()
+                        },
+                        first: m.api,
+                        second: api,
+                    });
+                    continue;
+                }
+                mounts.push(Mount {
+                    base: (*base).into(),
+                    api,
+                });
+            }
+        }
+        if !clashes.is_empty() {
+            return Err(clashes);
+        }
+        for g in &mut sel.groups {
+            g.mounts.sort_by_key(|m| std::cmp::Reverse(m.base.len()));
+        }
+        sel.wildcards.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        Ok(sel)
+    }
+
+    /// The group of a (lower-case, port-less) host: its exact name, else the longest wildcard
+    /// it ends in, else the default group.
+    pub fn group(&self, host: Option<&str>) -> usize {
+        let Some(host) = host else {
+            return DEFAULT_GROUP;
+        };
+        if let Some(&g) = self.exact.get(host) {
+            return g;
+        }
+        self.wildcards
+            .iter()
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
+            .map_or(DEFAULT_GROUP, |&(_, g)| g)
+    }
+
+    /// Selects the API for `host` and the canonical `path`: the host's group, then the longest
+    /// base path that is `path` itself or a prefix of it ending at a `/`.
+    pub fn select(&self, host: Option<&str>, path: &str) -> Selection {
+        let group = self.group(host);
+        let api = self.groups[group]
+            .mounts
+            .iter()
+            .find(|m| {
+                m.base.is_empty()
+                    || (path.starts_with(&*m.base)
+                        && matches!(path.as_bytes().get(m.base.len()), None | Some(b'/')))
+            })
+            .map(|m| (m.api, m.base.len()));
+        Selection { group, api }
+    }
+
+    /// Whether only the default group exists with one API at the root: selection is then a
+    /// constant and the pipeline may skip it.
+    pub fn is_trivial(&self) -> bool {
+        self.groups.len() == 1
+            && self.groups[0].mounts.len() == 1
+            && self.groups[0].mounts[0].base.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hosts(list: &[&str]) -> Vec<HostPattern> {
+        list.iter()
+            .map(|h| HostPattern::parse(h).unwrap())
+            .collect()
+    }
+
+    fn host(raw: &str) -> Option<String> {
+        let mut buf = [0u8; MAX_HOST_LEN];
+        request_host(raw.as_bytes(), &mut buf).map(str::to_string)
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(
+            HostPattern::parse("API.Example.com.").unwrap(),
+            HostPattern::Exact("api.example.com".into())
+        );
+        assert_eq!(
+            HostPattern::parse("*.example.com").unwrap(),
+            HostPattern::Wildcard(".example.com".into())
+        );
+        assert_eq!(
+            HostPattern::parse("bücher.example").unwrap(),
+            HostPattern::Exact("xn--bcher-kva.example".into())
+        );
+        for bad in [
+            "a.*.example.com",
+            "*example.com",
+            "api*.example.com",
+            "*",
+            "*.",
+            "api.example.com:443",
+            "https://api.example.com",
+            "",
+            "a..b",
+            "a b.com",
+        ] {
+            assert!(
+                HostPattern::parse(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+    }
+
+    #[test]
+    fn base_paths() {
+        assert_eq!(&*parse_base_path("/").unwrap(), "");
+        assert_eq!(&*parse_base_path("").unwrap(), "");
+        assert_eq!(&*parse_base_path("/orders/").unwrap(), "/orders");
+        assert_eq!(&*parse_base_path("/v1/orders").unwrap(), "/v1/orders");
+        for bad in [
+            "orders", "/a//b", "/a/../b", "/%2F", "/a;b", "/{x}", "/a b", "/*",
+        ] {
+            assert!(parse_base_path(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn request_hosts_lose_port_case_and_trailing_dot() {
+        assert_eq!(
+            host("API.example.com:8443").as_deref(),
+            Some("api.example.com")
+        );
+        assert_eq!(host("api.example.com.").as_deref(), Some("api.example.com"));
+        assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]"));
+        assert_eq!(host("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
+        assert_eq!(host(""), None);
+        assert_eq!(host(&"a".repeat(300)), None);
+        assert_eq!(host("bücher.example"), None);
+    }
+
+    #[test]
+    fn exact_over_wildcard_over_default_then_longest_base_path() {
+        let a = hosts(&["api.example.com"]);
+        let w = hosts(&["*.example.com"]);
+        let ww = hosts(&["*.eu.example.com"]);
+        let sel = Selector::build(&[
+            (&[], ""), // 0: the default API
+            (&a, "/orders"),
+            (&a, "/orders/v2"),
+            (&w, ""),
+            (&ww, ""),
+            (&[], "/status"),
+        ])
+        .unwrap();
+        let api = |h: &str, p: &str| sel.select(Some(h), p).api.map(|(i, _)| i);
+        assert_eq!(api("api.example.com", "/orders/7"), Some(1));
+        assert_eq!(api("api.example.com", "/orders"), Some(1));
+        assert_eq!(api("api.example.com", "/orders/v2/7"), Some(2));
+        assert_eq!(api("api.example.com", "/ordersx"), None, "segment boundary");
+        assert_eq!(api("api.example.com", "/other"), None, "no fall-through");
+        assert_eq!(api("www.example.com", "/anything"), Some(3));
+        assert_eq!(api("a.b.example.com", "/x"), Some(3), "several labels");
+        assert_eq!(api("x.eu.example.com", "/x"), Some(4), "longest wildcard");
+        assert_eq!(
+            api("example.com", "/x"),
+            Some(0),
+            "a wildcard needs a label"
+        );
+        assert_eq!(api("other.test", "/status/x"), Some(5));
+        assert_eq!(api("other.test", "/x"), Some(0));
+        assert_eq!(sel.select(None, "/x").api, Some((0, 0)));
+        assert_eq!(
+            sel.select(Some("api.example.com"), "/orders/v2").api,
+            Some((2, 10))
+        );
+        assert!(!sel.is_trivial());
+    }
+
+    #[test]
+    fn two_apis_on_one_host_and_base_path_clash() {
+        let a = hosts(&["api.example.com", "*.example.com"]);
+        let b = hosts(&["API.example.com"]);
+        let clashes = Selector::build(&[(&[], ""), (&a, "/orders"), (&b, "/orders")]).unwrap_err();
+        assert_eq!(clashes.len(), 1);
+        assert_eq!((clashes[0].first, clashes[0].second), (1, 2));
+        assert_eq!(clashes[0].host, "api.example.com");
+        assert!(Selector::build(&[(&[], ""), (&[], "")]).is_err());
+        assert!(Selector::build(&[(&[], "")]).unwrap().is_trivial());
+    }
+}
