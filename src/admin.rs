@@ -315,7 +315,8 @@ fn apis_json(snap: &crate::snapshot::Snapshot) -> serde_json::Value {
         .iter()
         .map(|a| {
             serde_json::json!({
-                "name": &*a.name,
+                "name": &*a.entry,
+                "api": &*a.name,
                 "stage": a.stage.as_deref(),
                 "hosts": a.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "base_path": if a.base_path.is_empty() { "/" } else { &a.base_path },
@@ -358,13 +359,27 @@ async fn usage(
         key.plans.iter().map(|&i| &snap.plans[i]).collect();
     let chosen = match (params.get("api"), params.get("plan")) {
         (Some(api), _) => {
-            let Some(index) = snap.apis.iter().position(|a| &*a.name == api.as_str()) else {
+            // `NAME` or `NAME/STAGE`, as in `usage_plans.*.apis`.
+            let (name, stage) = match api.split_once('/') {
+                Some((n, s)) => (n, Some(s)),
+                None => (api.as_str(), None),
+            };
+            let entries: Vec<usize> = (0..snap.apis.len())
+                .filter(|&i| {
+                    &*snap.apis[i].name == name
+                        && stage.is_none_or(|s| snap.apis[i].stage.as_deref() == Some(s))
+                })
+                .collect();
+            if entries.is_empty() {
                 return json(
                     StatusCode::NOT_FOUND,
                     serde_json::json!({"message": "no such API"}),
                 );
-            };
-            match key_plans.iter().find(|p| p.covers(index)) {
+            }
+            match key_plans
+                .iter()
+                .find(|p| entries.iter().any(|&i| p.covers(i)))
+            {
                 Some(p) => Some(*p),
                 None if key_plans.is_empty() => None,
                 None => {

@@ -110,10 +110,14 @@ fn check(path: &std::path::Path) -> ExitCode {
     match crate::gateway::Gateway::load(path, false) {
         Ok(gw) => {
             let s = gw.snapshot();
+            let mut apis: Vec<&str> = s.apis.iter().map(|a| &*a.name).collect();
+            apis.sort_unstable();
+            apis.dedup();
             println!(
-                "{}: OK: {} routes, {} listeners, admin on {}",
+                "{}: OK: {} routes, {} APIs, {} listeners, admin on {}",
                 path.display(),
                 s.routes.len(),
+                apis.len(),
                 s.listeners.len(),
                 s.admin.bind
             );

@@ -14,13 +14,13 @@ const LATENCY_BUCKETS: &[f64] = &[
 /// Every metric tollgate exports.
 pub struct Metrics {
     registry: Registry,
-    /// `tollgate_requests_total{api,route,method,status}`
+    /// `tollgate_requests_total{api,stage,route,method,status}`
     pub requests: IntCounterVec,
-    /// `tollgate_request_duration_seconds{api,route}`
+    /// `tollgate_request_duration_seconds{api,stage,route}`
     pub request_duration: HistogramVec,
     /// `tollgate_upstream_duration_seconds{upstream}`
     pub upstream_duration: HistogramVec,
-    /// `tollgate_denied_total{api,route,reason}`
+    /// `tollgate_denied_total{api,stage,route,reason}`
     pub denied: IntCounterVec,
     /// `tollgate_config_reloads_total{result}`
     pub config_reloads: IntCounterVec,
@@ -121,13 +121,13 @@ impl Metrics {
             tls_handshake_failures,
             requests: counter(
                 "tollgate_requests_total",
-                "Requests answered, by API, route key, method and status.",
-                &["api", "route", "method", "status"],
+                "Requests answered, by API, stage, route key, method and status.",
+                &["api", "stage", "route", "method", "status"],
             ),
             request_duration: histogram(
                 "tollgate_request_duration_seconds",
-                "Time from request head to response head, by API and route key.",
-                &["api", "route"],
+                "Time from request head to response head, by API, stage and route key.",
+                &["api", "stage", "route"],
             ),
             upstream_duration: histogram(
                 "tollgate_upstream_duration_seconds",
@@ -136,8 +136,8 @@ impl Metrics {
             ),
             denied: counter(
                 "tollgate_denied_total",
-                "Requests the gateway refused, by API, route key and reason.",
-                &["api", "route", "reason"],
+                "Requests the gateway refused, by API, stage, route key and reason.",
+                &["api", "stage", "route", "reason"],
             ),
             config_reloads: counter(
                 "tollgate_config_reloads_total",

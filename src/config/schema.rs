@@ -67,6 +67,9 @@ pub struct FileConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiCfg {
+    /// The API this entry is a stage of (default: the entry's name), so that two entries can
+    /// be two stages of one API (`orders` at `prod` and at `partner`).
+    pub api: Option<String>,
     /// Host names (`api.example.com`, `*.example.com`) matched against `Host` / `:authority`,
     /// case-insensitive, port ignored; empty: every host no other API claims.
     #[serde(default)]

@@ -52,15 +52,17 @@ pub(crate) struct Access<'a> {
 pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
     let route = out.route.map_or(UNMATCHED, |r| &*r.key);
     let api = out.api.map_or(UNMATCHED, |a| &*a.name);
+    let stage = out.api.map_or("", |a| &*a.stage_label);
     m.requests
         .with_label_values(&[
             api,
+            stage,
             route,
             crate::metrics::method_label(a.method),
             a.status.as_str(),
         ])
         .inc();
-    let series = || m.request_duration.with_label_values(&[api, route]);
+    let series = || m.request_duration.with_label_values(&[api, stage, route]);
     let latency = a.latency.as_secs_f64();
     match out.route {
         Some(r) => r.duration.get_or_init(series).observe(latency),
@@ -68,7 +70,9 @@ pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
     }
     let reason = out.reason.map(Reason::as_str);
     if let Some(reason) = reason {
-        m.denied.with_label_values(&[api, route, reason]).inc();
+        m.denied
+            .with_label_values(&[api, stage, route, reason])
+            .inc();
     }
     let authorizer = out.route.and_then(|r| match &r.auth {
         RouteAuth::Jwt { authorizer, .. } => Some(&**authorizer.name()),

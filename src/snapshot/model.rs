@@ -143,10 +143,15 @@ pub enum RouteAuth {
 /// A compiled API: what selects it, what it tells the upstream, and its route table.
 #[derive(Debug)]
 pub struct Api {
-    /// Its name in `apis` (`default` for the top-level routes); the `api` label.
+    /// The API it is a stage of (`api`, else its entry's name; `default` for the top-level
+    /// routes): the `api` label.
     pub name: Arc<str>,
+    /// Its entry's name in `apis`.
+    pub entry: Arc<str>,
     /// Its stage, if named.
     pub stage: Option<Arc<str>>,
+    /// The `stage` label: the stage, or empty.
+    pub stage_label: Arc<str>,
     /// `x-tollgate-stage` for the upstream, when the API has a stage.
     pub stage_header: Option<HeaderValue>,
     /// Host names that select it (empty: every host no API claims).

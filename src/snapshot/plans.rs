@@ -24,7 +24,8 @@ pub(super) fn spec_at(
         .ok()
 }
 
-/// The APIs a plan's `apis` list names: `NAME/STAGE` (the stage must be the API's) or `NAME`.
+/// The APIs a plan's `apis` list names: `NAME/STAGE` (the entry of API `NAME` at that stage)
+/// or `NAME` (every entry of API `NAME`, whatever its stage).
 fn plan_apis(list: &[String], path: &str, apis: &[Api], errs: &mut Errors) -> Box<[usize]> {
     let mut out = Vec::new();
     for (i, item) in list.iter().enumerate() {
@@ -33,28 +34,52 @@ fn plan_apis(list: &[String], path: &str, apis: &[Api], errs: &mut Errors) -> Bo
             Some((n, s)) => (n, Some(s)),
             None => (item.as_str(), None),
         };
-        let Some(index) = apis.iter().position(|a| &*a.name == name) else {
+        let of_api: Vec<usize> = (0..apis.len())
+            .filter(|&i| &*apis[i].name == name)
+            .collect();
+        if of_api.is_empty() {
             errs.at(&at, format!("API {name:?} is not defined (see `apis`)"));
             continue;
+        }
+        let chosen: Vec<usize> = match stage {
+            None => of_api,
+            Some(stage) => {
+                let found: Vec<usize> = of_api
+                    .iter()
+                    .copied()
+                    .filter(|&i| apis[i].stage.as_deref() == Some(stage))
+                    .collect();
+                if found.is_empty() {
+                    let stages: Vec<&str> = of_api
+                        .iter()
+                        .filter_map(|&i| apis[i].stage.as_deref())
+                        .collect();
+                    let has = if stages.is_empty() {
+                        "no stage".to_string()
+                    } else {
+                        format!(
+                            "stage {}",
+                            stages
+                                .iter()
+                                .map(|s| format!("{s:?}"))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    };
+                    errs.at(
+                        &at,
+                        format!("API {name:?} has {has}, not {stage:?}; write {name:?} for the API whatever its stage"),
+                    );
+                    continue;
+                }
+                found
+            }
         };
-        if let Some(stage) = stage
-            && apis[index].stage.as_deref() != Some(stage)
-        {
-            let has = match &apis[index].stage {
-                Some(s) => format!("stage {s:?}"),
-                None => "no stage".to_string(),
-            };
-            errs.at(
-                &at,
-                format!("API {name:?} has {has}, not {stage:?}; write {name:?} for the API whatever its stage"),
-            );
+        if chosen.iter().any(|i| out.contains(i)) {
+            errs.at(&at, format!("{item:?} is listed twice"));
             continue;
         }
-        if out.contains(&index) {
-            errs.at(&at, format!("API {name:?} is listed twice"));
-            continue;
-        }
-        out.push(index);
+        out.extend(chosen);
     }
     out.into_boxed_slice()
 }
@@ -91,7 +116,7 @@ pub(super) fn compile_plans(
                 // The default API's buckets keep the names they had before `apis` existed.
                 let bucket = match r.api {
                     0 => format!("plan:{name}:route:{key}"),
-                    api => format!("plan:{name}:api:{}:route:{key}", apis[api].name),
+                    api => format!("plan:{name}:api:{}:route:{key}", apis[api].entry),
                 };
                 route_throttles.insert(r.index, registry.limits().throttle(&bucket, spec));
             }
@@ -292,7 +317,10 @@ pub(super) fn compile_keys(
 
 /// An API both plans cover, named for an error (`every API` when neither lists any).
 fn overlap(a: &Plan, b: &Plan, apis: &[Api]) -> Option<String> {
-    let name = |i: usize| format!("API {:?}", apis[i].name);
+    let name = |i: usize| match &apis[i].stage {
+        Some(s) => format!("API {:?} at stage {s:?}", apis[i].name),
+        None => format!("API {:?}", apis[i].name),
+    };
     match (&a.apis, &b.apis) {
         (None, None) => Some("every API".to_string()),
         (None, Some(l)) | (Some(l), None) => l.first().map(|&i| name(i)),

@@ -95,7 +95,9 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
     let table = compile_api_routes(cx, &default, &mut routes, errs);
     apis.push(Api {
         name: DEFAULT_API.into(),
+        entry: DEFAULT_API.into(),
         stage: None,
+        stage_label: "".into(),
         stage_header: None,
         hosts: Vec::new(),
         base_path: "".into(),
@@ -128,6 +130,14 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
             continue;
         }
         let mut ok = true;
+        let api_name = a.api.as_deref().unwrap_or(name);
+        if a.api.is_some() && (!is_name(api_name) || api_name == DEFAULT_API) {
+            errs.at(
+                &format!("{at}.api"),
+                "an API name is 1-64 letters, digits, `_` or `-`, and not `default`",
+            );
+            ok = false;
+        }
         let mut hosts = Vec::new();
         for (i, h) in a.hosts.iter().enumerate() {
             match HostPattern::parse(h) {
@@ -181,6 +191,23 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
             }
             None => None,
         };
+        if let Some(other) = apis
+            .iter()
+            .find(|o| &*o.name == api_name && o.stage == stage)
+        {
+            let which = match &stage {
+                Some(s) => format!("stage {s:?}"),
+                None => "no stage".to_string(),
+            };
+            errs.at(
+                &at,
+                format!(
+                    "entry {:?} is already API {api_name:?} with {which}: give each stage of an API its own `stage`",
+                    other.entry
+                ),
+            );
+            ok = false;
+        }
         let src = ApiSource {
             index: apis.len(),
             at: format!("{at}."),
@@ -199,7 +226,9 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
         let prefix_header = (a.strip_base_path.unwrap_or(true) && !base_path.is_empty())
             .then(|| HeaderValue::from_str(&base_path).expect("base paths are header-safe"));
         apis.push(Api {
-            name: name.as_str().into(),
+            name: api_name.into(),
+            entry: name.as_str().into(),
+            stage_label: stage.clone().unwrap_or_else(|| "".into()),
             stage_header: stage
                 .as_deref()
                 .map(|s| HeaderValue::from_str(s).expect("stage names are header-safe")),
@@ -221,7 +250,7 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
         Ok(s) => Some(s),
         Err(clashes) => {
             for c in clashes {
-                let (first, second) = (&apis[c.first].name, &apis[c.second].name);
+                let (first, second) = (&apis[c.first].entry, &apis[c.second].entry);
                 let msg = if c.host == "*" {
                     format!(
                         "APIs {first:?} and {second:?} both serve every unclaimed host under base path {:?}",

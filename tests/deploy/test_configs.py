@@ -32,11 +32,18 @@ EXAMPLES = {
     "docker": lambda: (DEPLOY / "docker" / "gateway.yaml").read_text(),
     "systemd": lambda: (DEPLOY / "systemd" / "gateway.yaml").read_text(),
     "ecs": lambda: (DEPLOY / "ecs" / "gateway.yaml").read_text(),
+    "edge": lambda: (DEPLOY / "edge" / "gateway.yaml").read_text(),
     "kubernetes": kubernetes_config_text,
 }
 # Where the admin listener must be reachable from: a container's probes and health checks come
 # from outside its loopback; on a VM, Prometheus runs beside it.
-ADMIN_HOSTS = {"docker": "0.0.0.0", "systemd": "127.0.0.1", "ecs": "0.0.0.0", "kubernetes": "0.0.0.0"}
+ADMIN_HOSTS = {
+    "docker": "0.0.0.0",
+    "systemd": "127.0.0.1",
+    "ecs": "0.0.0.0",
+    "edge": "127.0.0.1",
+    "kubernetes": "0.0.0.0",
+}
 
 
 def prepare(name: str, root: Path) -> tuple[Path, dict]:

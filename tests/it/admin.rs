@@ -33,13 +33,13 @@ async fn health_ready_config_and_metrics() {
     let text = m.text();
     assert!(
         text.contains(
-            r#"tollgate_requests_total{api="default",method="GET",route="GET /status",status="200"} 2"#
+            r#"tollgate_requests_total{api="default",method="GET",route="GET /status",stage="",status="200"} 2"#
         ),
         "{text}"
     );
     assert!(
         text.contains(
-            r#"tollgate_denied_total{api="default",reason="no_route",route="$unmatched"} 1"#
+            r#"tollgate_denied_total{api="default",reason="no_route",route="$unmatched",stage=""} 1"#
         ),
         "{text}"
     );

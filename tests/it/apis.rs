@@ -39,11 +39,15 @@ upstreams:
 usage_plans:
   orders-gold: {{ apis: [orders/prod], quota: {{ limit: 3, period: day }} }}
   users-silver: {{ apis: [users], quota: {{ limit: 100, period: day }} }}
+  beta-testers: {{ apis: [orders/beta] }}
+  every-orders-stage: {{ apis: [orders] }}
 api_keys:
   keys:
     - {{ id: orders-only, key: key-orders, plan: orders-gold }}
     - {{ id: both, key: key-both, plans: [orders-gold, users-silver] }}
     - {{ id: planless, key: key-planless }}
+    - {{ id: beta, key: key-beta, plan: beta-testers }}
+    - {{ id: all-orders, key: key-all-orders, plan: every-orders-stage }}
 apis:
   orders:
     hosts: [api.example.test]
@@ -53,6 +57,14 @@ apis:
     cors: {{ allow_origins: ["https://shop.example.test"] }}
     routes:
       - {{ route: "GET /items", upstream: orders }}
+      - {{ route: "GET /items/{{id}}", upstream: orders, api_key_required: true }}
+  orders-beta:
+    api: orders
+    hosts: [beta.example.test]
+    base_path: /orders
+    stage: beta
+    defaults: {{ authorizer: orders-jwt, scopes: [orders/read] }}
+    routes:
       - {{ route: "GET /items/{{id}}", upstream: orders, api_key_required: true }}
   users:
     hosts: [api.example.test]
@@ -193,7 +205,7 @@ async fn same_route_keys_under_two_base_paths_reach_their_own_upstreams_and_auth
     assert_eq!(
         metric(
             &e.gw,
-            r#"tollgate_denied_total{api="$unmatched",reason="no_api",route="$unmatched"}"#
+            r#"tollgate_denied_total{api="$unmatched",reason="no_api",route="$unmatched",stage=""}"#
         )
         .await,
         3
@@ -201,7 +213,7 @@ async fn same_route_keys_under_two_base_paths_reach_their_own_upstreams_and_auth
     assert_eq!(
         metric(
             &e.gw,
-            r#"tollgate_requests_total{api="orders",method="GET",route="GET /items",status="200"}"#
+            r#"tollgate_requests_total{api="orders",method="GET",route="GET /items",stage="prod",status="200"}"#
         )
         .await,
         1
@@ -210,7 +222,7 @@ async fn same_route_keys_under_two_base_paths_reach_their_own_upstreams_and_auth
     assert_eq!(
         metric(
             &e.gw,
-            r#"tollgate_denied_total{api="users",reason="token_unknown_kid",route="GET /items"}"#
+            r#"tollgate_denied_total{api="users",reason="token_unknown_kid",route="GET /items",stage="beta"}"#
         )
         .await,
         1
@@ -339,7 +351,7 @@ async fn keys_are_accepted_only_on_the_apis_of_their_plans_and_count_per_plan() 
     assert_eq!(
         metric(
             &e.gw,
-            r#"tollgate_denied_total{api="users",reason="key_not_for_api",route="GET /items/{id}"}"#
+            r#"tollgate_denied_total{api="users",reason="key_not_for_api",route="GET /items/{id}",stage="beta"}"#
         )
         .await,
         1
@@ -359,6 +371,30 @@ async fn keys_are_accepted_only_on_the_apis_of_their_plans_and_count_per_plan() 
         assert_eq!(a.header("ratelimit-limit"), Some("100"));
     }
     assert_eq!(e.users.last().headers["x-tollgate-api-key-id"], "both");
+    // Two stages of one API: a plan for `orders/beta` opens that stage only, a plan for
+    // `orders` every stage of it.
+    let beta = |key: &'static str| {
+        let t = orders_read.clone();
+        let gw = &e.gw;
+        async move {
+            gw.get(
+                "/orders/items/1",
+                &[
+                    ("host", "beta.example.test"),
+                    ("authorization", &t),
+                    ("x-api-key", key),
+                ],
+            )
+            .await
+        }
+    };
+    assert_eq!(beta("key-beta").await.status, 200);
+    assert_eq!(e.orders.last().headers["x-tollgate-stage"], "beta");
+    assert_eq!(orders("key-beta").await.status, 403);
+    assert_eq!(beta("key-orders").await.status, 403);
+    assert_eq!(beta("key-all-orders").await.status, 200);
+    assert_eq!(orders("key-all-orders").await.status, 200);
+    assert_eq!(users("key-all-orders").await.status, 403);
     // A key without a plan may call every API, as before plans were bound to APIs.
     assert_eq!(orders("key-planless").await.status, 200);
     assert_eq!(users("key-planless").await.status, 200);
@@ -389,6 +425,8 @@ async fn keys_are_accepted_only_on_the_apis_of_their_plans_and_count_per_plan() 
     );
     let (code, v) = usage("both&plan=users-silver").await;
     assert_eq!((code, v["plan"].clone()), (200, "users-silver".into()));
+    let (code, v) = usage("both&api=orders/prod").await;
+    assert_eq!((code, v["plan"].clone()), (200, "orders-gold".into()));
     let (code, v) = usage("both").await;
     assert_eq!(code, 400, "{v}");
     assert_eq!(usage("orders-only&api=users").await.0, 404);
@@ -433,7 +471,12 @@ async fn config_lists_the_apis() {
         serde_json::from_slice(&e.gw.admin_get("/config").await.body).unwrap();
     let apis = v["apis"].as_array().unwrap();
     let by_name = |n: &str| apis.iter().find(|a| a["name"] == n).unwrap().clone();
-    assert_eq!(apis.len(), 5, "{v}");
+    assert_eq!(apis.len(), 6, "{v}");
+    let beta = by_name("orders-beta");
+    assert_eq!(
+        (beta["api"].clone(), beta["stage"].clone()),
+        ("orders".into(), "beta".into())
+    );
     let orders = by_name("orders");
     assert_eq!(orders["stage"], "prod");
     assert_eq!(orders["hosts"], serde_json::json!(["api.example.test"]));
@@ -540,7 +583,7 @@ routes:
     assert_eq!(
         metric(
             &gw,
-            r#"tollgate_denied_total{api="$unmatched",reason="misdirected",route="$unmatched"}"#
+            r#"tollgate_denied_total{api="$unmatched",reason="misdirected",route="$unmatched",stage=""}"#
         )
         .await,
         4

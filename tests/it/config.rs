@@ -390,3 +390,91 @@ fn a_missing_referenced_file_is_reported_at_the_key_that_names_it() {
         "{out}"
     );
 }
+
+#[test]
+fn api_errors_are_located() {
+    let api = "apis:\n  orders: { hosts: [a.test], stage: prod, routes: [] }\n";
+    let cases: [(String, &str, &str); 13] = [
+        (
+            "apis:\n  a: { hosts: [x.test], stage: prod, routes: [] }\n  b: { api: a, hosts: [y.test], stage: prod, routes: [] }\n".into(),
+            "F:5:",
+            "entry \"a\" is already API \"a\" with stage \"prod\"",
+        ),
+        (
+            format!("usage_plans:\n  gold: {{ apis: [orders/prod, nope] }}\n{api}"),
+            "F:4:31:",
+            "API \"nope\" is not defined",
+        ),
+        (
+            format!("usage_plans:\n  gold: {{ apis: [orders/beta] }}\n{api}"),
+            "F:4:18:",
+            "API \"orders\" has stage \"prod\", not \"beta\"",
+        ),
+        (
+            "apis:\n  orders:\n    hosts: [a.test]\n    routes:\n      - { route: \"GET /a/{x}\", respond: {} }\n      - { route: \"GET /a/{y}\", respond: {} }\n".into(),
+            "F:8:",
+            "duplicate route: same method and path shape as an earlier route (apis.orders.routes.0, line 7)",
+        ),
+        (
+            "apis:\n  a: { hosts: [x.test], base_path: /v1, routes: [] }\n  b: { hosts: [X.test], base_path: /v1/, routes: [] }\n".into(),
+            "F:5:3:",
+            "APIs \"a\" and \"b\" both claim host \"x.test\" with base path \"/v1\"",
+        ),
+        (
+            "apis:\n  a: { base_path: /v1, routes: [] }\n  b: { base_path: /v1, routes: [] }\n".into(),
+            "F:5:3:",
+            "both serve every unclaimed host under base path \"/v1\"",
+        ),
+        (
+            "apis:\n  a: { hosts: [ok.test, \"api.*.test\"], routes: [] }\n".into(),
+            "F:4:",
+            "a wildcard is one leading `*.`",
+        ),
+        (
+            "apis:\n  a: { routes: [] }\n".into(),
+            "F:4:",
+            "give it `hosts` or a `base_path`",
+        ),
+        (
+            "apis:\n  default: { hosts: [x.test] }\n".into(),
+            "F:4:3:",
+            "`default` names the API of the top-level routes",
+        ),
+        (
+            "usage_plans:\n  p1: { apis: [a] }\n  p2: {}\napi_keys:\n  keys:\n    - { id: k, key: kk, plans: [p1, p2] }\napis:\n  a: { hosts: [x.test], routes: [] }\n".into(),
+            "F:8:",
+            "usage plans \"p1\" and \"p2\" both cover API \"a\"",
+        ),
+        (
+            "apis:\n  a: { hosts: [x.test], base_path: \"/a%2Fb\", routes: [] }\n".into(),
+            "F:4:",
+            "segments are letters, digits",
+        ),
+        (
+            "usage_plans:\n  p1: {}\napi_keys:\n  keys:\n    - { id: k, key: kk, plan: p1, plans: [p1] }\n".into(),
+            "F:7:",
+            "either `plan` or `plans`",
+        ),
+        (
+            format!(
+                "usage_plans:\n  gold: {{ apis: [default], route_throttle: {{ \"GET /o\": {{ rate: 1, burst: 1 }} }} }}\n{api}routes: []\n"
+            )
+            .replace("routes: [] }", "routes: [{ route: \"GET /o\", respond: {} }] }"),
+            "F:4:",
+            "no route \"GET /o\" is defined in the APIs this plan covers",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (yaml, loc, msg) in cases {
+        let (code, text) = check(&format!("{BASE}{yaml}"));
+        if code != 1 || !text.starts_with(loc) || !text.contains(msg) {
+            wrong.push(format!("{loc} {msg:?} for\n{yaml}got ({code}): {text}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    // The same route key in two APIs, and one host under two base paths, are fine.
+    let (code, text) = check(&format!(
+        "{BASE}apis:\n  a: {{ hosts: [x.test], base_path: /a, routes: [{{ route: \"GET /o\", respond: {{}} }}] }}\n  b: {{ hosts: [x.test], base_path: /b, routes: [{{ route: \"GET /o\", respond: {{}} }}] }}\nroutes:\n  - {{ route: \"GET /o\", respond: {{}} }}\n"
+    ));
+    assert_eq!(code, 0, "{text}");
+}

@@ -328,7 +328,7 @@ async fn oauth_errors_follow_rfc_6749() {
         "{m}"
     );
     assert!(
-        m.contains(r#"tollgate_denied_total{api="default",reason="invalid_scope",route="ANY /oauth2/token"} 2"#),
+        m.contains(r#"tollgate_denied_total{api="default",reason="invalid_scope",route="ANY /oauth2/token",stage=""} 2"#),
         "{m}"
     );
     gw.stop().await;

@@ -134,7 +134,7 @@ impl Offline {
     fn denied(&self, route: &str, reason: &str) -> u64 {
         let text = self.gw.metrics().render();
         let line = format!(
-            "tollgate_denied_total{{api=\"default\",reason=\"{reason}\",route=\"{route}\"}} "
+            "tollgate_denied_total{{api=\"default\",reason=\"{reason}\",route=\"{route}\",stage=\"\"}} "
         );
         text.lines()
             .find_map(|l| l.strip_prefix(&line))

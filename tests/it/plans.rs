@@ -81,7 +81,7 @@ async fn missing_unknown_and_disabled_keys_are_forbidden() {
         ("api_key_disabled", 2),
     ] {
         let line = format!(
-            r#"tollgate_denied_total{{api="default",reason="{reason}",route="ANY /{{p+}}"}} {n}"#
+            r#"tollgate_denied_total{{api="default",reason="{reason}",route="ANY /{{p+}}",stage=""}} {n}"#
         );
         assert!(m.contains(&line), "{line}\n{m}");
     }

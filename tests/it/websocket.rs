@@ -134,7 +134,7 @@ async fn websocket_frames_flow_both_ways_and_the_upstream_sees_the_identity() {
     let metrics = gw.admin_get("/metrics").await.text();
     assert!(
         metrics
-            .contains(r#"tollgate_requests_total{api="default",method="GET",route="GET /chat",status="101"} 1"#),
+            .contains(r#"tollgate_requests_total{api="default",method="GET",route="GET /chat",stage="",status="101"} 1"#),
         "{metrics}"
     );
 
