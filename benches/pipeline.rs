@@ -1,7 +1,10 @@
 //! What one request costs in each phase of the pipeline, measured in-process:
 //!
 //! - `route_match/*`: [`RouteTable::find`] on tables of 10 and 10,000 route keys (literal,
-//!   `{id}` and greedy `{proxy+}` templates), looking up a parametrised path.
+//!   `{id}` and greedy `{proxy+}` templates), looking up a parametrised path; and
+//!   `100_apis_x_100_routes`: the same 10,000 keys as 100 APIs of 100 routes, each API on its
+//!   own host under a base path, so one lookup is the `Host` parsed, the API selected
+//!   ([`tollgate::apis::Selector`]) and its table searched with the base path removed.
 //! - `jwt/cached`: [`JwtAuthorizer::verify`] of one RS256 token over and over (a cache hit after
 //!   the first call).
 //! - `jwt/uncached`: a different pre-minted token every call, with a one-entry token cache, so
@@ -138,6 +141,42 @@ fn route_match(c: &mut Criterion) {
     assert_eq!(t.find(&Method::GET, path), want);
     g.bench_function("10000_routes", |b| {
         b.iter(|| t.find(black_box(&Method::GET), black_box(path)))
+    });
+
+    // 100 APIs of 100 routes: api{a}.example.com/v1, routes like large_keys' without the
+    // service prefix, each API's table numbering its routes after the previous API's.
+    let mut hosts = Vec::new();
+    let mut tables = Vec::new();
+    for a in 0..100 {
+        hosts.push(vec![
+            tollgate::apis::HostPattern::parse(&format!("api{a}.example.com")).expect("host"),
+        ]);
+        let mut keys = Vec::with_capacity(100);
+        for i in 0..20 {
+            keys.push(format!("GET /res{i}"));
+            keys.push(format!("POST /res{i}"));
+            keys.push(format!("GET /res{i}/{{id}}"));
+            keys.push(format!("DELETE /res{i}/{{id}}/items/{{itemId}}"));
+            keys.push(format!("ANY /res{i}/{{id}}/files/{{proxy+}}"));
+        }
+        let parsed: Vec<RouteKey> = keys.iter().map(|k| RouteKey::parse(k).unwrap()).collect();
+        tables.push(RouteTable::build_from(&parsed, a * 100).expect("table builds"));
+    }
+    let mounts: Vec<(&[tollgate::apis::HostPattern], &str)> =
+        hosts.iter().map(|h| (h.as_slice(), "/v1")).collect();
+    let selector = tollgate::apis::Selector::build(&mounts).expect("selector builds");
+    let select = |host: &[u8], path: &str| {
+        let host = tollgate::apis::request_host(host);
+        selector.select(host.as_deref(), path).api
+    };
+    let lookup = |host: &[u8], path: &str| {
+        let (api, base) = select(host, path)?;
+        tables[api].find(&Method::GET, &path[base..])
+    };
+    let (host, path) = (&b"api73.example.com:443"[..], "/v1/res13/8f14e45f");
+    assert_eq!(lookup(host, path), Some(73 * 100 + 13 * 5 + 2));
+    g.bench_function("100_apis_x_100_routes", |b| {
+        b.iter(|| lookup(black_box(host), black_box(path)))
     });
     g.finish();
 }

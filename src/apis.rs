@@ -6,7 +6,7 @@
 //! matching wildcard over the default group), only that group's base paths are tried, so a
 //! request for a claimed host can never reach the default API's routes by missing a base path.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 
 /// Longest host name compared (DNS allows 253 octets); a longer `Host` selects no claimed API.
 pub const MAX_HOST_LEN: usize = 253;
@@ -99,11 +99,11 @@ pub fn parse_base_path(s: &str) -> Result<Box<str>, String> {
     Ok(trimmed.into())
 }
 
-/// The host a request names, from its authority (absolute-form target or HTTP/2 `:authority`)
-/// or else its `Host` header, without the port, lower-cased into `buf`, one trailing dot
-/// removed. `None` when there is none, or it is too long or not ASCII: such a request selects
-/// the default group.
-pub fn request_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&'b str> {
+/// The host a request names (the bytes of its authority or `Host` header), without the port and
+/// one trailing dot, lower-case: borrowed when it is already (the common case, no copy), else
+/// lower-cased into a new buffer. `None` when there is none, or it is too long or not ASCII:
+/// such a request selects the default group.
+pub fn request_host(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
     let name = if raw.first() == Some(&b'[') {
         // An IPv6 literal: `[::1]:8080` names `[::1]`.
         let end = raw.iter().position(|&b| b == b']')?;
@@ -115,13 +115,21 @@ pub fn request_host<'b>(raw: &[u8], buf: &'b mut [u8; MAX_HOST_LEN]) -> Option<&
         }
     };
     let name = name.strip_suffix(b".").unwrap_or(name);
-    if name.is_empty() || name.len() > MAX_HOST_LEN || !name.is_ascii() {
+    if name.is_empty() || name.len() > MAX_HOST_LEN {
         return None;
     }
-    let out = &mut buf[..name.len()];
-    out.copy_from_slice(name);
-    out.make_ascii_lowercase();
-    std::str::from_utf8(out).ok()
+    // One pass without early exit (so it vectorises): any byte above ASCII, any upper case.
+    let (high, upper) = name.iter().fold((0u8, false), |(h, u), &b| {
+        (h | b, u | b.is_ascii_uppercase())
+    });
+    if high >= 0x80 {
+        return None;
+    }
+    Some(if upper {
+        Cow::Owned(name.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(name)
+    })
 }
 
 /// One API under a host: its base path and its index.
@@ -163,9 +171,9 @@ pub struct Clash {
 /// Maps (host, path) to an API. Built once per snapshot; immutable.
 #[derive(Debug, Clone)]
 pub struct Selector {
-    exact: HashMap<Box<str>, usize>,
+    exact: foldhash::HashMap<Box<[u8]>, usize>,
     /// Wildcard suffixes (`.example.com`), longest first.
-    wildcards: Vec<(Box<str>, usize)>,
+    wildcards: Vec<(Box<[u8]>, usize)>,
     /// Group 0: every host no pattern claims.
     groups: Vec<Group>,
 }
@@ -178,7 +186,7 @@ impl Selector {
     /// group) and base path. Refuses two APIs with the same base path under the same host.
     pub fn build(apis: &[(&[HostPattern], &str)]) -> Result<Selector, Vec<Clash>> {
         let mut sel = Selector {
-            exact: HashMap::new(),
+            exact: foldhash::HashMap::default(),
             wildcards: Vec::new(),
             groups: vec![Group::default()],
         };
@@ -190,22 +198,26 @@ impl Selector {
             }
             for h in hosts.iter() {
                 let group = match h {
-                    HostPattern::Exact(name) => match sel.exact.get(name) {
+                    HostPattern::Exact(name) => match sel.exact.get(name.as_bytes()) {
                         Some(&g) => g,
                         None => {
                             sel.groups.push(Group::default());
                             let g = sel.groups.len() - 1;
-                            sel.exact.insert(name.clone(), g);
+                            sel.exact.insert(name.as_bytes().into(), g);
                             g
                         }
                     },
                     HostPattern::Wildcard(suffix) => {
-                        match sel.wildcards.iter().find(|(s, _)| s == suffix) {
+                        match sel
+                            .wildcards
+                            .iter()
+                            .find(|(s, _)| **s == *suffix.as_bytes())
+                        {
                             Some(&(_, g)) => g,
                             None => {
                                 sel.groups.push(Group::default());
                                 let g = sel.groups.len() - 1;
-                                sel.wildcards.push((suffix.clone(), g));
+                                sel.wildcards.push((suffix.as_bytes().into(), g));
                                 g
                             }
                         }
@@ -248,22 +260,24 @@ impl Selector {
 
     /// The group of a (lower-case, port-less) host: its exact name, else the longest wildcard
     /// it ends in, else the default group.
-    pub fn group(&self, host: Option<&str>) -> usize {
+    pub fn group(&self, host: Option<&[u8]>) -> usize {
         let Some(host) = host else {
             return DEFAULT_GROUP;
         };
-        if let Some(&g) = self.exact.get(host) {
+        if !self.exact.is_empty()
+            && let Some(&g) = self.exact.get(host)
+        {
             return g;
         }
         self.wildcards
             .iter()
-            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(&**suffix))
+            .find(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix))
             .map_or(DEFAULT_GROUP, |&(_, g)| g)
     }
 
     /// Selects the API for `host` and the canonical `path`: the host's group, then the longest
     /// base path that is `path` itself or a prefix of it ending at a `/`.
-    pub fn select(&self, host: Option<&str>, path: &str) -> Selection {
+    pub fn select(&self, host: Option<&[u8]>, path: &str) -> Selection {
         let group = self.group(host);
         let api = self.groups[group]
             .mounts
@@ -297,8 +311,7 @@ mod tests {
     }
 
     fn host(raw: &str) -> Option<String> {
-        let mut buf = [0u8; MAX_HOST_LEN];
-        request_host(raw.as_bytes(), &mut buf).map(str::to_string)
+        request_host(raw.as_bytes()).map(|h| String::from_utf8(h.into_owned()).unwrap())
     }
 
     #[test]
@@ -375,7 +388,7 @@ mod tests {
             (&[], "/status"),
         ])
         .unwrap();
-        let api = |h: &str, p: &str| sel.select(Some(h), p).api.map(|(i, _)| i);
+        let api = |h: &str, p: &str| sel.select(Some(h.as_bytes()), p).api.map(|(i, _)| i);
         assert_eq!(api("api.example.com", "/orders/7"), Some(1));
         assert_eq!(api("api.example.com", "/orders"), Some(1));
         assert_eq!(api("api.example.com", "/orders/v2/7"), Some(2));
@@ -393,7 +406,7 @@ mod tests {
         assert_eq!(api("other.test", "/x"), Some(0));
         assert_eq!(sel.select(None, "/x").api, Some((0, 0)));
         assert_eq!(
-            sel.select(Some("api.example.com"), "/orders/v2").api,
+            sel.select(Some(b"api.example.com"), "/orders/v2").api,
             Some((2, 10))
         );
         assert!(!sel.is_trivial());

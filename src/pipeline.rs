@@ -275,7 +275,6 @@ fn route<'s>(
     let (api, base_len) = if snap.selector.is_trivial() {
         (&snap.apis[0], 0)
     } else {
-        let mut buf = [0u8; crate::apis::MAX_HOST_LEN];
         let raw = match parts.uri.authority() {
             Some(a) => a.as_str().as_bytes(),
             None => parts
@@ -283,10 +282,10 @@ fn route<'s>(
                 .get(header::HOST)
                 .map_or(&b""[..], |h| h.as_bytes()),
         };
-        let host = crate::apis::request_host(raw, &mut buf);
-        let selection = snap.selector.select(host, &canonical.match_form);
+        let host = crate::apis::request_host(raw);
+        let selection = snap.selector.select(host.as_deref(), &canonical.match_form);
         if let Some(sni) = &ctx.conn.sni
-            && snap.selector.group(Some(sni)) != selection.group
+            && snap.selector.group(Some(sni.as_bytes())) != selection.group
         {
             return Err(Refusal::Misdirected);
         }

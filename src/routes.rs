@@ -180,7 +180,9 @@ impl Trees {
 /// An immutable route table mapping requests to indexes of the routes given at build time.
 #[derive(Clone, Default)]
 pub struct RouteTable {
-    by_method: HashMap<Method, Trees>,
+    /// Trees of each method some route names, searched in order: a table names a handful of
+    /// methods, and comparing standard methods is cheaper than hashing one.
+    by_method: Vec<(Method, Trees)>,
     any: Trees,
     default: Option<usize>,
 }
@@ -188,7 +190,10 @@ pub struct RouteTable {
 impl std::fmt::Debug for RouteTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteTable")
-            .field("methods", &self.by_method.keys().collect::<Vec<_>>())
+            .field(
+                "methods",
+                &self.by_method.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+            )
             .field("default", &self.default)
             .finish()
     }
@@ -254,7 +259,7 @@ impl RouteTable {
             })
             .collect();
         for m in methods {
-            if table.by_method.contains_key(&m) {
+            if table.by_method.iter().any(|(seen, _)| *seen == m) {
                 continue;
             }
             let mut trees = Trees::default();
@@ -269,7 +274,7 @@ impl RouteTable {
                     insert(&mut trees, first, *i, *greedy, tpls)?;
                 }
             }
-            table.by_method.insert(m, trees);
+            table.by_method.push((m, trees));
         }
         for (i, sel, greedy, tpls) in &parsed {
             if *sel == MethodSel::Any {
@@ -281,7 +286,11 @@ impl RouteTable {
 
     /// The index of the route serving `method` on `path`, if any (falling back to `$default`).
     pub fn find(&self, method: &Method, path: &str) -> Option<usize> {
-        let trees = self.by_method.get(method).unwrap_or(&self.any);
+        let trees = self
+            .by_method
+            .iter()
+            .find(|(m, _)| m == method)
+            .map_or(&self.any, |(_, t)| t);
         trees.find(path).or(self.default)
     }
 }

@@ -478,3 +478,36 @@ fn api_errors_are_located() {
     ));
     assert_eq!(code, 0, "{text}");
 }
+
+/// The two-domain example of docs/configuration.md ("A complete edge config") is a config
+/// `tollgate check` accepts, so the documentation cannot drift from what the gateway reads.
+#[test]
+fn the_documented_edge_config_is_valid() {
+    let doc = include_str!("../../docs/configuration.md");
+    let section = doc
+        .split("### A complete edge config")
+        .nth(1)
+        .expect("docs/configuration.md has the edge example");
+    let yaml = section
+        .split("```yaml\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the section has a yaml block");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    let yaml = yaml.replace("0.0.0.0:8080", "127.0.0.1:0");
+    std::fs::write(
+        &path,
+        format!("{yaml}admin: {{ bind: 127.0.0.1:0 }}\nstate: {{ path: state }}\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log-level", "off", "check", "-c"])
+        .arg(&path)
+        .env("STOREFRONT_SECRET", "documented-secret")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("3 APIs"), "{text}");
+}
