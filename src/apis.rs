@@ -99,37 +99,68 @@ pub fn parse_base_path(s: &str) -> Result<Box<str>, String> {
     Ok(trimmed.into())
 }
 
+/// A `Host` (or authority) that is not a host name or IP literal with an optional port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BadHost;
+
+/// A byte a host name may hold: letters, digits, `-`, `.`, `_` (DNS labels, and the names
+/// service discovery uses). Userinfo (`@`), escapes and spaces are not.
+const fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'
+}
+
 /// The host a request names (the bytes of its authority or `Host` header), without the port and
 /// one trailing dot, lower-case: borrowed when it is already (the common case, no copy), else
-/// lower-cased into a new buffer. `None` when there is none, or it is too long or not ASCII:
-/// such a request selects the default group.
-pub fn request_host(raw: &[u8]) -> Option<Cow<'_, [u8]>> {
-    let name = if raw.first() == Some(&b'[') {
+/// lower-cased into a new buffer. `Ok(None)` for an empty value (the default group). Refuses
+/// what is neither a host name nor a bracketed IPv6 literal, with an optional numeric port:
+/// userinfo (`user@host`), escapes, non-ASCII and names longer than DNS allows (RFC 9112 3.2:
+/// an invalid `Host` is a 400).
+pub fn request_host(raw: &[u8]) -> Result<Option<Cow<'_, [u8]>>, BadHost> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let (name, port) = if raw[0] == b'[' {
         // An IPv6 literal: `[::1]:8080` names `[::1]`.
-        let end = raw.iter().position(|&b| b == b']')?;
-        &raw[..=end]
+        let end = raw.iter().position(|&b| b == b']').ok_or(BadHost)?;
+        if !raw[1..end]
+            .iter()
+            .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
+        {
+            return Err(BadHost);
+        }
+        (&raw[..=end], &raw[end + 1..])
     } else {
         match raw.iter().rposition(|&b| b == b':') {
-            Some(i) => &raw[..i],
-            None => raw,
+            Some(i) => (&raw[..i], &raw[i..]),
+            None => (raw, &b""[..]),
         }
     };
+    if let Some(digits) = port.strip_prefix(b":") {
+        if digits.len() > 5 || !digits.iter().all(u8::is_ascii_digit) {
+            return Err(BadHost);
+        }
+    } else if !port.is_empty() {
+        return Err(BadHost);
+    }
     let name = name.strip_suffix(b".").unwrap_or(name);
     if name.is_empty() || name.len() > MAX_HOST_LEN {
-        return None;
+        return Err(BadHost);
     }
-    // One pass without early exit (so it vectorises): any byte above ASCII, any upper case.
-    let (high, upper) = name.iter().fold((0u8, false), |(h, u), &b| {
-        (h | b, u | b.is_ascii_uppercase())
+    if name[0] == b'[' {
+        return Ok(Some(Cow::Borrowed(name)));
+    }
+    // One pass without early exit (so it vectorises): any byte outside a name, any upper case.
+    let (bad, upper) = name.iter().fold((false, false), |(bad, u), &b| {
+        (bad | !is_name_byte(b), u | b.is_ascii_uppercase())
     });
-    if high >= 0x80 {
-        return None;
+    if bad {
+        return Err(BadHost);
     }
-    Some(if upper {
+    Ok(Some(if upper {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)
-    })
+    }))
 }
 
 /// One API under a host: its base path and its index.
@@ -310,8 +341,8 @@ mod tests {
             .collect()
     }
 
-    fn host(raw: &str) -> Option<String> {
-        request_host(raw.as_bytes()).map(|h| String::from_utf8(h.into_owned()).unwrap())
+    fn host(raw: &str) -> Result<Option<String>, BadHost> {
+        request_host(raw.as_bytes()).map(|h| h.map(|h| String::from_utf8(h.into_owned()).unwrap()))
     }
 
     #[test]
@@ -362,16 +393,30 @@ mod tests {
 
     #[test]
     fn request_hosts_lose_port_case_and_trailing_dot() {
-        assert_eq!(
-            host("API.example.com:8443").as_deref(),
-            Some("api.example.com")
-        );
-        assert_eq!(host("api.example.com.").as_deref(), Some("api.example.com"));
-        assert_eq!(host("[::1]:8080").as_deref(), Some("[::1]"));
-        assert_eq!(host("127.0.0.1:80").as_deref(), Some("127.0.0.1"));
-        assert_eq!(host(""), None);
-        assert_eq!(host(&"a".repeat(300)), None);
-        assert_eq!(host("bücher.example"), None);
+        let ok = |raw: &str| host(raw).unwrap().unwrap();
+        assert_eq!(ok("API.example.com:8443"), "api.example.com");
+        assert_eq!(ok("api.example.com."), "api.example.com");
+        assert_eq!(ok("[::1]:8080"), "[::1]");
+        assert_eq!(ok("[2001:DB8::1]"), "[2001:DB8::1]");
+        assert_eq!(ok("127.0.0.1:80"), "127.0.0.1");
+        assert_eq!(ok("svc_a.internal"), "svc_a.internal");
+        assert_eq!(host(""), Ok(None));
+        for bad in [
+            "evil@api.example.com",
+            "api.example.com:44x",
+            "api.example.com:123456",
+            "api example.com",
+            "api%2eexample.com",
+            "bücher.example",
+            "[::1",
+            "[::1]x",
+            "[fe80::1%25eth0]",
+            ":80",
+            ".",
+        ] {
+            assert_eq!(host(bad), Err(BadHost), "{bad:?}");
+        }
+        assert_eq!(host(&"a".repeat(300)), Err(BadHost));
     }
 
     #[test]

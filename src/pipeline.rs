@@ -223,7 +223,8 @@ const STANDARD_METHODS: [Method; 9] = [
 
 /// Phase 1: refuses (400) requests that cannot be decided safely, before anything looks at
 /// them: no host (HTTP/1.1 requires one), two `Host` headers, a `Host` that names another host
-/// than the target's authority (the API is chosen by one name only), a standard method in
+/// than the target's authority (the API is chosen by one name only), a host that is not a name
+/// or IP literal with a numeric port (`user@host`, escapes, spaces), a standard method in
 /// another case (`get`, `Delete`), and a credential header sent twice (one copy would be
 /// checked and another one could be read by the upstream).
 fn check_request(snap: &Snapshot, req: Parts) -> Result<Checked, Refusal> {
@@ -232,12 +233,16 @@ fn check_request(snap: &Snapshot, req: Parts) -> Result<Checked, Refusal> {
     if hosts.next().is_some() {
         return Err(Refusal::BadRequest(BadRequest::Host));
     }
-    match (req.uri.authority(), host) {
+    let named = match (req.uri.authority(), host) {
         (None, None) => return Err(Refusal::BadRequest(BadRequest::NoHost)),
         (Some(a), Some(h)) if !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) => {
             return Err(Refusal::BadRequest(BadRequest::Host));
         }
-        _ => {}
+        (Some(a), _) => a.as_str().as_bytes(),
+        (None, Some(h)) => h.as_bytes(),
+    };
+    if crate::apis::request_host(named).is_err() {
+        return Err(Refusal::BadRequest(BadRequest::Host));
     }
     let m = req.method.as_str();
     if !STANDARD_METHODS.contains(&req.method)
@@ -282,7 +287,8 @@ fn route<'s>(
                 .get(header::HOST)
                 .map_or(&b""[..], |h| h.as_bytes()),
         };
-        let host = crate::apis::request_host(raw);
+        // Checked in phase 1: a host that does not parse never gets here.
+        let host = crate::apis::request_host(raw).unwrap_or(None);
         let selection = snap.selector.select(host.as_deref(), &canonical.match_form);
         if let Some(sni) = &ctx.conn.sni
             && snap.selector.group(Some(sni.as_bytes())) != selection.group

@@ -302,6 +302,22 @@ async fn host_spellings_that_could_pick_two_apis_are_refused() {
         )
         .await;
     assert!(raw.starts_with("HTTP/1.1 400"), "{raw}");
+    // What is not a host name with a numeric port: userinfo that a lax parser would strip
+    // (and a wildcard would match), a non-numeric port, an escape, a space.
+    for host in [
+        "evil@partner.example.test",
+        "partner.example.test:x",
+        "partner%2eexample.test",
+        "partner.example.test extra",
+    ] {
+        let raw =
+            e.gw.raw(
+                format!("GET /items HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes(),
+                std::time::Duration::from_secs(2),
+            )
+            .await;
+        assert!(raw.starts_with("HTTP/1.1 400"), "{host}: {raw}");
+    }
     // Both naming the same host (any case) is fine, and selects by it.
     let raw = e
         .gw
