@@ -165,10 +165,7 @@ fn route_match(c: &mut Criterion) {
     let mounts: Vec<(&[tollgate::apis::HostPattern], &str)> =
         hosts.iter().map(|h| (h.as_slice(), "/v1")).collect();
     let selector = tollgate::apis::Selector::build(&mounts).expect("selector builds");
-    let select = |host: &[u8], path: &str| {
-        let host = tollgate::apis::request_host(host).ok()?;
-        selector.select(host.as_deref(), path).api
-    };
+    let select = |host: &[u8], path: &str| selector.select_host(host, path).ok()?.api;
     let lookup = |host: &[u8], path: &str| {
         let (api, base) = select(host, path)?;
         tables[api].find(&Method::GET, &path[base..])

@@ -109,6 +109,24 @@ const fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_'
 }
 
+/// Per byte value: 1 if a host name may hold it, 3 if it is also upper case, 0 if not allowed.
+const HOST_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = if b.is_ascii_uppercase() {
+            3
+        } else if is_name_byte(b) {
+            1
+        } else {
+            0
+        };
+        i += 1;
+    }
+    table
+};
+
 /// The host a request names (the bytes of its authority or `Host` header), without the port and
 /// one trailing dot, lower-case: borrowed when it is already (the common case, no copy), else
 /// lower-cased into a new buffer. `Ok(None)` for an empty value (the default group). Refuses
@@ -116,6 +134,15 @@ const fn is_name_byte(b: u8) -> bool {
 /// userinfo (`user@host`), escapes, non-ASCII and names longer than DNS allows (RFC 9112 3.2:
 /// an invalid `Host` is a 400).
 pub fn request_host(raw: &[u8]) -> Result<Option<Cow<'_, [u8]>>, BadHost> {
+    match split_host(raw)? {
+        Some(name) => normalize(name).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The name in a host value: without its port (which must be numeric) and one trailing dot; a
+/// bracketed IPv6 literal is checked whole. `None` for an empty value.
+fn split_host(raw: &[u8]) -> Result<Option<&[u8]>, BadHost> {
     if raw.is_empty() {
         return Ok(None);
     }
@@ -146,21 +173,29 @@ pub fn request_host(raw: &[u8]) -> Result<Option<Cow<'_, [u8]>>, BadHost> {
     if name.is_empty() || name.len() > MAX_HOST_LEN {
         return Err(BadHost);
     }
+    Ok(Some(name))
+}
+
+/// A host name from [`split_host`], checked byte by byte and lower-cased (borrowed when it is
+/// lower-case already).
+fn normalize(name: &[u8]) -> Result<Cow<'_, [u8]>, BadHost> {
     if name[0] == b'[' {
-        return Ok(Some(Cow::Borrowed(name)));
+        return Ok(Cow::Borrowed(name));
     }
-    // One pass without early exit (so it vectorises): any byte outside a name, any upper case.
-    let (bad, upper) = name.iter().fold((false, false), |(bad, u), &b| {
-        (bad | !is_name_byte(b), u | b.is_ascii_uppercase())
+    // One branch-free pass over a class table: every byte allowed (bit 0 of all of them), any
+    // upper case (bit 1 of one of them).
+    let (all, any) = name.iter().fold((1u8, 0u8), |(all, any), &b| {
+        let class = HOST_BYTES[b as usize];
+        (all & class, any | class)
     });
-    if bad {
+    if all & 1 == 0 {
         return Err(BadHost);
     }
-    Ok(Some(if upper {
+    Ok(if any & 2 != 0 {
         Cow::Owned(name.to_ascii_lowercase())
     } else {
         Cow::Borrowed(name)
-    }))
+    })
 }
 
 /// One API under a host: its base path and its index.
@@ -306,10 +341,29 @@ impl Selector {
             .map_or(DEFAULT_GROUP, |&(_, g)| g)
     }
 
+    /// Selects the API for a request's raw host value (authority or `Host`) and canonical
+    /// `path`, as [`Selector::select`] does after [`request_host`]. The common case, a host sent
+    /// exactly as configured, is one hash lookup: a configured name is valid, so only a host
+    /// found nowhere as sent is checked and lower-cased. Refuses what [`request_host`] refuses.
+    pub fn select_host(&self, raw: &[u8], path: &str) -> Result<Selection, BadHost> {
+        let Some(name) = split_host(raw)? else {
+            return Ok(self.in_group(DEFAULT_GROUP, path));
+        };
+        if let Some(&g) = self.exact.get(name) {
+            return Ok(self.in_group(g, path));
+        }
+        let host = normalize(name)?;
+        Ok(self.select(Some(&host), path))
+    }
+
     /// Selects the API for `host` and the canonical `path`: the host's group, then the longest
     /// base path that is `path` itself or a prefix of it ending at a `/`.
     pub fn select(&self, host: Option<&[u8]>, path: &str) -> Selection {
-        let group = self.group(host);
+        self.in_group(self.group(host), path)
+    }
+
+    /// The longest base path of `group` that is `path` itself or a prefix of it ending at `/`.
+    fn in_group(&self, group: usize, path: &str) -> Selection {
         let api = self.groups[group]
             .mounts
             .iter()
@@ -450,6 +504,27 @@ mod tests {
         assert_eq!(api("other.test", "/status/x"), Some(5));
         assert_eq!(api("other.test", "/x"), Some(0));
         assert_eq!(sel.select(None, "/x").api, Some((0, 0)));
+        for raw in [
+            "api.example.com",
+            "API.example.com:443",
+            "api.example.com.",
+            "www.example.com",
+            "x.eu.example.com",
+            "other.test",
+            "",
+        ] {
+            let slow = sel.select(
+                request_host(raw.as_bytes()).unwrap().as_deref(),
+                "/orders/v2/7",
+            );
+            assert_eq!(
+                sel.select_host(raw.as_bytes(), "/orders/v2/7"),
+                Ok(slow),
+                "{raw:?}"
+            );
+        }
+        assert_eq!(sel.select_host(b"evil@api.example.com", "/"), Err(BadHost));
+        assert_eq!(sel.select_host(b"evil@www.example.com", "/"), Err(BadHost));
         assert_eq!(
             sel.select(Some(b"api.example.com"), "/orders/v2").api,
             Some((2, 10))

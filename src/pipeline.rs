@@ -241,7 +241,8 @@ fn check_request(snap: &Snapshot, req: Parts) -> Result<Checked, Refusal> {
         (Some(a), _) => a.as_str().as_bytes(),
         (None, Some(h)) => h.as_bytes(),
     };
-    if crate::apis::request_host(named).is_err() {
+    // With several APIs the route phase parses the host anyway (and refuses it the same way).
+    if snap.selector.is_trivial() && crate::apis::request_host(named).is_err() {
         return Err(Refusal::BadRequest(BadRequest::Host));
     }
     let m = req.method.as_str();
@@ -287,9 +288,10 @@ fn route<'s>(
                 .get(header::HOST)
                 .map_or(&b""[..], |h| h.as_bytes()),
         };
-        // Checked in phase 1: a host that does not parse never gets here.
-        let host = crate::apis::request_host(raw).unwrap_or(None);
-        let selection = snap.selector.select(host.as_deref(), &canonical.match_form);
+        let selection = snap
+            .selector
+            .select_host(raw, &canonical.match_form)
+            .map_err(|_| Refusal::BadRequest(BadRequest::Host))?;
         if let Some(sni) = &ctx.conn.sni
             && snap.selector.group(Some(sni.as_bytes())) != selection.group
         {
