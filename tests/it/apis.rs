@@ -677,3 +677,58 @@ async fn apis_added_and_removed_by_a_reload_under_traffic_lose_no_request() {
             .all(|s| s.uri.path() == "/x" && s.headers["x-tollgate-stage"] == "v1")
     );
 }
+
+#[tokio::test]
+async fn a_plans_route_throttle_applies_to_that_route_in_each_of_its_apis_and_csv_keys_join_several_plans()
+ {
+    let up = upstream::start("a").await;
+    let yaml = format!(
+        r#"upstreams:
+  a: {{ targets: ["{}"] }}
+usage_plans:
+  east: {{ apis: [east], route_throttle: {{ "GET /slow": {{ rate: 0.001, burst: 1 }} }} }}
+  west: {{ apis: [west], route_throttle: {{ "GET /slow": {{ rate: 0.001, burst: 2 }} }} }}
+api_keys:
+  import: keys.csv
+apis:
+  east:
+    hosts: [east.example.test]
+    routes:
+      - {{ route: "GET /slow", upstream: a, api_key_required: true }}
+      - {{ route: "GET /fast", upstream: a, api_key_required: true }}
+  west:
+    hosts: [west.example.test]
+    routes:
+      - {{ route: "GET /slow", upstream: a, api_key_required: true }}
+"#,
+        up.url()
+    );
+    // The managed gateway's export: one key in two plans (UsagePlanIds "east;west").
+    let csv = "Name,Key,Enabled,UsagePlanIds\nroamer,roamer-key,true,\"east;west\"\n";
+    let gw = gateway::start_with_files(&yaml, &[("keys.csv", csv)]).await;
+    let get = |host: &'static str, path: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.get(path, &[("host", host), ("x-api-key", "roamer-key")])
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(get("east.example.test", "/slow").await, 200);
+    assert_eq!(
+        get("east.example.test", "/slow").await,
+        429,
+        "east's bucket of 1"
+    );
+    assert_eq!(
+        get("east.example.test", "/fast").await,
+        200,
+        "other routes unthrottled"
+    );
+    // The same route key in west: its own bucket (of 2), under its own plan.
+    assert_eq!(get("west.example.test", "/slow").await, 200);
+    assert_eq!(get("west.example.test", "/slow").await, 200);
+    assert_eq!(get("west.example.test", "/slow").await, 429);
+    assert_eq!(up.seen().len(), 4);
+}

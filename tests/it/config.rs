@@ -511,3 +511,28 @@ fn the_documented_edge_config_is_valid() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("3 APIs"), "{text}");
 }
+
+#[test]
+fn a_csv_key_in_two_plans_for_one_api_is_located_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("keys.csv"),
+        "Name,Key,UsagePlanIds\nok,k1,\"a;b\"\nclash,k2,\"a,c\"\n",
+    )
+    .unwrap();
+    let (code, text) = check_in(
+        dir.path(),
+        &format!(
+            "{BASE}usage_plans:\n  a: {{ apis: [x] }}\n  b: {{ apis: [y] }}\n  c: {{ apis: [x] }}\napi_keys:\n  import: keys.csv\napis:\n  x: {{ hosts: [x.test], routes: [] }}\n  y: {{ hosts: [y.test], routes: [] }}\n"
+        ),
+    );
+    assert_eq!(code, 1, "{text}");
+    let csv = dir.path().join("keys.csv").display().to_string();
+    assert!(
+        text.starts_with(&format!(
+            "{csv}:3:1: key \"clash\": usage plans \"a\" and \"c\" both cover API \"x\""
+        )),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
+}
