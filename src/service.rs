@@ -20,7 +20,7 @@ pub struct ConnInfo {
     pub tls: bool,
     /// The client certificate the TLS handshake verified (mTLS), if any.
     pub client_cert: Option<crate::tls::ClientCert>,
-    /// The TLS server name (SNI) the client asked for, lower-case, if any.
+    /// The TLS server name (SNI) the client asked for, lower-case, without a trailing dot.
     pub sni: Option<Box<str>>,
 }
 

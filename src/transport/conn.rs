@@ -299,7 +299,7 @@ async fn tls_connection<H: Handler>(
             .get_ref()
             .1
             .server_name()
-            .map(|n| n.to_ascii_lowercase().into_boxed_str()),
+            .map(|n| n.trim_end_matches('.').to_ascii_lowercase().into_boxed_str()),
     };
     let settings = &endpoint.settings;
     if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {
