@@ -296,7 +296,7 @@ class H2Response:
 
 def h2_request(port: int, method: str, path: str | bytes,
                headers: Iterable[tuple[str, str]] = (),
-               timeout: float = IO_TIMEOUT_S) -> H2Response:
+               timeout: float = IO_TIMEOUT_S, authority: str | None = None) -> H2Response:
     import h2.config  # noqa: PLC0415
     import h2.connection  # noqa: PLC0415
     import h2.events  # noqa: PLC0415
@@ -312,7 +312,7 @@ def h2_request(port: int, method: str, path: str | bytes,
         sock.sendall(conn.data_to_send())
         sid = conn.get_next_available_stream_id()
         hdrs = [(b":method", _b(method)), (b":scheme", b"http"),
-                (b":authority", f"127.0.0.1:{port}".encode()), (b":path", _b(path))]
+                (b":authority", _b(authority or f"127.0.0.1:{port}")), (b":path", _b(path))]
         hdrs += [(_b(k), _b(v)) for k, v in headers]
         conn.send_headers(sid, hdrs, end_stream=True)
         sock.sendall(conn.data_to_send())
