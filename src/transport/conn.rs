@@ -295,11 +295,11 @@ async fn tls_connection<H: Handler>(
         peer,
         tls: true,
         client_cert: crate::tls::client_cert(tls_stream.get_ref().1),
-        sni: tls_stream
-            .get_ref()
-            .1
-            .server_name()
-            .map(|n| n.trim_end_matches('.').to_ascii_lowercase().into_boxed_str()),
+        sni: tls_stream.get_ref().1.server_name().map(|n| {
+            n.trim_end_matches('.')
+                .to_ascii_lowercase()
+                .into_boxed_str()
+        }),
     };
     let settings = &endpoint.settings;
     if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") {

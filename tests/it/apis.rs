@@ -732,3 +732,64 @@ apis:
     assert_eq!(get("west.example.test", "/slow").await, 429);
     assert_eq!(up.seen().len(), 4);
 }
+
+#[tokio::test]
+async fn same_route_keys_on_two_hosts_reach_their_own_upstreams_with_their_own_authorizers() {
+    let (a, b) = (upstream::start("a").await, upstream::start("b").await);
+    let yaml = format!(
+        r#"authorizers:
+  a-jwt: {{ type: jwt, issuer: "{ORDERS_ISSUER}", jwks_file: a-jwks.json }}
+  b-jwt: {{ type: jwt, issuer: "{USERS_ISSUER}", jwks_file: b-jwks.json }}
+upstreams:
+  a: {{ targets: ["{}"] }}
+  b: {{ targets: ["{}"] }}
+apis:
+  a:
+    hosts: [a.example.test]
+    routes: [{{ route: "GET /items", upstream: a, authorizer: a-jwt, scopes: [a/read] }}]
+  b:
+    hosts: [b.example.test]
+    routes: [{{ route: "GET /items", upstream: b, authorizer: b-jwt, scopes: [b/read] }}]
+"#,
+        a.url(),
+        b.url()
+    );
+    let gw = gateway::start_with_files(
+        &yaml,
+        &[
+            ("a-jwks.json", &jwks(&[rsa_key()])),
+            ("b-jwks.json", &jwks(&[rsa_key2()])),
+        ],
+    )
+    .await;
+    let a_token = orders_token("a/read");
+    let b_token = users_token("b/read");
+    let get = |host: &'static str, token: String| {
+        let gw = &gw;
+        async move {
+            gw.get("/items", &[("host", host), ("authorization", &token)])
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    assert_eq!(get("a.example.test", a_token.clone()).await, 200);
+    assert_eq!(get("b.example.test", b_token.clone()).await, 200);
+    assert_eq!(
+        get("a.example.test", b_token).await,
+        401,
+        "b's issuer is not a's"
+    );
+    assert_eq!(
+        get("b.example.test", a_token).await,
+        401,
+        "a's issuer is not b's"
+    );
+    assert_eq!(
+        get("a.example.test", orders_token("b/read")).await,
+        403,
+        "a's scope"
+    );
+    assert_eq!((a.seen().len(), b.seen().len()), (1, 1));
+    assert_eq!(a.last().uri.path(), "/items");
+}
