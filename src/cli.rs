@@ -1,4 +1,4 @@
-//! The command line: `run` (the default), `check`, `hash-key`; and log setup.
+//! The command line: `run` (the default), `check`, `hash-key`, `openapi`; and log setup.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -51,6 +51,27 @@ pub enum Command {
         /// The key; read from stdin when absent.
         key: Option<String>,
     },
+    /// Write one API of the config as an OpenAPI 3.1 document (for SDK generators).
+    Openapi {
+        /// The API: its name in `apis`, or `default` (needed when the config has several).
+        #[arg(long)]
+        api: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = DocFormat::Json)]
+        format: DocFormat,
+        /// Write here instead of stdout.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+    },
+}
+
+/// Format of a written document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DocFormat {
+    /// JSON.
+    Json,
+    /// YAML.
+    Yaml,
 }
 
 /// Installs the global subscriber writing to stderr through [`crate::logs::BatchWriter`]; the
@@ -84,6 +105,11 @@ pub fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check => check(&cli.config),
         Command::HashKey { key } => hash_key(key),
+        Command::Openapi {
+            api,
+            format,
+            output,
+        } => openapi(&cli.config, api.as_deref(), format, output.as_deref()),
         Command::Run => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -96,6 +122,59 @@ pub fn main() -> ExitCode {
                 }
             };
             rt.block_on(run(cli.config))
+        }
+    }
+}
+
+/// `tollgate openapi`: loads the config as `check` does (exit 1 with its errors), then writes
+/// the document (exit 1 for an unknown or missing `--api`, or an unwritable output).
+fn openapi(
+    path: &std::path::Path,
+    api: Option<&str>,
+    format: DocFormat,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let (gw, parsed) = match (
+        crate::gateway::Gateway::load(path, false),
+        crate::config::read(path),
+    ) {
+        (Ok(gw), Ok(parsed)) => (gw, parsed),
+        (Err(errs), _) => {
+            for e in errs {
+                println!("{e}");
+            }
+            return ExitCode::FAILURE;
+        }
+        (_, Err(e)) => {
+            println!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let doc = match crate::openapi::document(&gw.snapshot(), &parsed.file, api) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = match format {
+        DocFormat::Json => serde_json::to_string_pretty(&doc).expect("a JSON value serialises"),
+        DocFormat::Yaml => serde_norway::to_string(&doc).expect("a JSON value serialises"),
+    } + "\n";
+    let written = match output {
+        Some(p) => std::fs::write(p, text),
+        None => std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes()),
+    };
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the document: {e}");
+            ExitCode::FAILURE
         }
     }
 }

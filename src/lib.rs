@@ -31,6 +31,7 @@ pub(crate) mod issuer;
 pub mod limits;
 pub(crate) mod logs;
 pub mod metrics;
+pub(crate) mod openapi;
 pub(crate) mod outbound;
 pub mod pipeline;
 pub(crate) mod proxy;

@@ -13,6 +13,7 @@ mod hardening;
 mod issuer;
 mod jwt;
 mod keepalive;
+mod openapi;
 mod pipeline;
 mod plans;
 mod proxy;
