@@ -56,6 +56,7 @@ struct ApiSource<'f> {
 }
 
 /// An API's settings for routes that set none, with where each came from.
+#[derive(Clone)]
 struct Inherited<'f> {
     authorizer: Option<&'f str>,
     scopes: Vec<String>,
@@ -92,7 +93,8 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
         routes: &f.routes,
     };
     let cors = f.cors.as_ref().and_then(|c| compile_cors(c, "cors", errs));
-    let table = compile_api_routes(cx, &default, &mut routes, errs);
+    let top = top_defaults(cx, errs);
+    let table = compile_api_routes(cx, &default, &top, &mut routes, errs);
     apis.push(Api {
         name: DEFAULT_API.into(),
         entry: DEFAULT_API.into(),
@@ -216,7 +218,7 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
             routes: &a.routes,
         };
         let first = routes.len();
-        let table = compile_api_routes(cx, &src, &mut routes, errs);
+        let table = compile_api_routes(cx, &src, &top, &mut routes, errs);
         let (Some(table), true) = (table, ok) else {
             routes.truncate(first);
             failed = true;
@@ -286,80 +288,102 @@ fn compile_cors(c: &crate::config::schema::CorsCfg, at: &str, errs: &mut Errors)
         .ok()
 }
 
-/// The settings an API's routes inherit: the API's `defaults` field by field, else the
-/// top-level `defaults`. Unknown authorizers and policies named there are reported.
-fn inherited<'f>(cx: &RouteCx<'f>, src: &ApiSource<'f>, errs: &mut Errors) -> Inherited<'f> {
+/// The settings the default API's routes inherit: the top-level `defaults`, checked once (an
+/// undefined authorizer is reported here; an undefined policy by `compile_policies`).
+fn top_defaults<'f>(cx: &RouteCx<'f>, errs: &mut Errors) -> Inherited<'f> {
     let top = &cx.parsed.file.defaults;
-    let own = src.defaults;
-    let pick = |field: &str, own_set: bool| {
-        if own_set {
-            format!("{}defaults.{field}", src.at)
-        } else {
-            format!("defaults.{field}")
-        }
-    };
-    let authorizer = own
-        .and_then(|d| d.authorizer.as_deref())
-        .or(top.authorizer.as_deref());
-    let f = &cx.parsed.file;
-    if let Some(a) = own.and_then(|d| d.authorizer.as_deref())
-        && a != "none"
-        && !cx.auth.jwt.contains_key(a)
-        && !f.authorizers.contains_key(a)
-    {
-        errs.at(
-            &format!("{}defaults.authorizer", src.at),
-            format!("authorizer {a:?} is not defined"),
-        );
+    check_authorizer(cx, top.authorizer.as_deref(), "defaults.authorizer", errs);
+    Inherited {
+        authorizer: top.authorizer.as_deref(),
+        scopes: top.scopes.clone().unwrap_or_default(),
+        throttle: top
+            .throttle
+            .as_ref()
+            .map(|t| (t, "defaults.throttle".into())),
+        policy: top.policy.as_deref(),
+        allow_in_path: match &top.allow_in_path {
+            Some(list) => allow_in_path(list, "defaults.allow_in_path", errs),
+            None => Some(crate::canonical::Exceptions::NONE),
+        },
+        upgrades: match &top.upgrades {
+            Some(list) => upgrades(list, "defaults.upgrades", errs),
+            None => Some(vec![Box::from("websocket")].into_boxed_slice()),
+        },
     }
-    if let Some(p) = own.and_then(|d| d.policy.as_deref())
+}
+
+/// The settings an entry of `apis` inherits: its own `defaults` field by field (errors located
+/// under `apis.NAME.defaults`), else the top-level ones in `top`.
+fn api_defaults<'f>(
+    cx: &RouteCx<'f>,
+    own: &'f DefaultsCfg,
+    at: &str,
+    top: &Inherited<'f>,
+    errs: &mut Errors,
+) -> Inherited<'f> {
+    check_authorizer(
+        cx,
+        own.authorizer.as_deref(),
+        &format!("{at}defaults.authorizer"),
+        errs,
+    );
+    if let Some(p) = own.policy.as_deref()
         && p != "none"
-        && !f.policies.contains_key(p)
+        && !cx.parsed.file.policies.contains_key(p)
     {
         errs.at(
-            &format!("{}defaults.policy", src.at),
+            &format!("{at}defaults.policy"),
             format!("policy {p:?} is not defined"),
         );
     }
-    let own_throttle = own.and_then(|d| d.throttle.as_ref());
-    let throttle = own_throttle
-        .or(top.throttle.as_ref())
-        .map(|t| (t, pick("throttle", own_throttle.is_some())));
-    let allow_list = own.and_then(|d| d.allow_in_path.as_ref());
-    let allow_in_path = match allow_list.or(top.allow_in_path.as_ref()) {
-        Some(list) => allow_in_path(list, &pick("allow_in_path", allow_list.is_some()), errs),
-        None => Some(crate::canonical::Exceptions::NONE),
-    };
-    let upgrade_list = own.and_then(|d| d.upgrades.as_ref());
-    let upgrades = match upgrade_list.or(top.upgrades.as_ref()) {
-        Some(list) => upgrades(list, &pick("upgrades", upgrade_list.is_some()), errs),
-        None => Some(vec![Box::from("websocket")].into_boxed_slice()),
-    };
     Inherited {
-        authorizer,
-        scopes: own
-            .and_then(|d| d.scopes.clone())
-            .or_else(|| top.scopes.clone())
-            .unwrap_or_default(),
-        throttle,
-        policy: own
-            .and_then(|d| d.policy.as_deref())
-            .or(top.policy.as_deref()),
-        allow_in_path,
-        upgrades,
+        authorizer: own.authorizer.as_deref().or(top.authorizer),
+        scopes: own.scopes.clone().unwrap_or_else(|| top.scopes.clone()),
+        throttle: match &own.throttle {
+            Some(t) => Some((t, format!("{at}defaults.throttle"))),
+            None => top.throttle.clone(),
+        },
+        policy: own.policy.as_deref().or(top.policy),
+        allow_in_path: match &own.allow_in_path {
+            Some(list) => allow_in_path(list, &format!("{at}defaults.allow_in_path"), errs),
+            None => top.allow_in_path,
+        },
+        upgrades: match &own.upgrades {
+            Some(list) => upgrades(list, &format!("{at}defaults.upgrades"), errs),
+            None => top.upgrades.clone(),
+        },
+    }
+}
+
+/// Reports a defaults' authorizer (at `at`) that no authorizer section defines.
+fn check_authorizer(cx: &RouteCx<'_>, name: Option<&str>, at: &str, errs: &mut Errors) {
+    if let Some(a) = name
+        && a != "none"
+        && !cx.auth.jwt.contains_key(a)
+        && !cx.parsed.file.authorizers.contains_key(a)
+    {
+        errs.at(at, format!("authorizer {a:?} is not defined"));
     }
 }
 
 /// Compiles one API's routes onto the end of `routes` (the default API's issuer routes first)
 /// and builds its table. A route with errors is left out; a table clash is reported at the
 /// later route and leaves the API without a table.
-fn compile_api_routes(
-    cx: &RouteCx<'_>,
-    src: &ApiSource<'_>,
+fn compile_api_routes<'f>(
+    cx: &RouteCx<'f>,
+    src: &ApiSource<'f>,
+    top: &Inherited<'f>,
     routes: &mut Vec<Route>,
     errs: &mut Errors,
 ) -> Option<RouteTable> {
-    let inh = inherited(cx, src, errs);
+    let own;
+    let inh = match src.defaults {
+        Some(d) => {
+            own = api_defaults(cx, d, &src.at, top, errs);
+            &own
+        }
+        None => top,
+    };
     let first = routes.len();
     // Route keys with the index of the entry they came from (`None`: a built-in issuer route).
     let mut keys: Vec<(Option<usize>, RouteKey)> = Vec::new();
@@ -388,7 +412,7 @@ fn compile_api_routes(
     }
     for (i, r) in src.routes.iter().enumerate() {
         let path = format!("{}routes.{i}", src.at);
-        if let Some((key, route)) = compile_route(cx, src, &inh, r, &path, routes.len(), errs) {
+        if let Some((key, route)) = compile_route(cx, src, inh, r, &path, routes.len(), errs) {
             keys.push((Some(i), key));
             routes.push(route);
         }

@@ -394,7 +394,17 @@ fn a_missing_referenced_file_is_reported_at_the_key_that_names_it() {
 #[test]
 fn api_errors_are_located() {
     let api = "apis:\n  orders: { hosts: [a.test], stage: prod, routes: [] }\n";
-    let cases: [(String, &str, &str); 13] = [
+    let cases: [(String, &str, &str); 15] = [
+        (
+            "defaults: { authorizer: nope }\nroutes:\n  - { route: \"GET /a\", respond: {} }\n".into(),
+            "F:3:25:",
+            "authorizer \"nope\" is not defined",
+        ),
+        (
+            "apis:\n  a: { hosts: [x.test], defaults: { authorizer: nope }, routes: [] }\n".into(),
+            "F:4:",
+            "authorizer \"nope\" is not defined",
+        ),
         (
             "apis:\n  a: { hosts: [x.test], stage: prod, routes: [] }\n  b: { api: a, hosts: [y.test], stage: prod, routes: [] }\n".into(),
             "F:5:",
