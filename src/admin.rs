@@ -313,7 +313,8 @@ pub async fn handle(
 fn apis_json(snap: &crate::snapshot::Snapshot) -> serde_json::Value {
     snap.apis
         .iter()
-        .map(|a| {
+        .enumerate()
+        .map(|(i, a)| {
             serde_json::json!({
                 "name": &*a.entry,
                 "api": &*a.name,
@@ -321,7 +322,7 @@ fn apis_json(snap: &crate::snapshot::Snapshot) -> serde_json::Value {
                 "hosts": a.hosts.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "base_path": if a.base_path.is_empty() { "/" } else { &a.base_path },
                 "strip_base_path": a.strip_base_path,
-                "routes": a.route_count,
+                "routes": snap.routes.iter().filter(|r| r.api == i).count(),
             })
         })
         .collect()
@@ -360,22 +361,12 @@ async fn usage(
     let chosen = match (params.get("api"), params.get("plan")) {
         (Some(api), _) => {
             // `NAME` or `NAME/STAGE`, as in `usage_plans.*.apis`.
-            let (name, stage) = match api.split_once('/') {
-                Some((n, s)) => (n, Some(s)),
-                None => (api.as_str(), None),
-            };
-            let entries: Vec<usize> = (0..snap.apis.len())
-                .filter(|&i| {
-                    &*snap.apis[i].name == name
-                        && stage.is_none_or(|s| snap.apis[i].stage.as_deref() == Some(s))
-                })
-                .collect();
-            if entries.is_empty() {
+            let Ok(entries) = crate::snapshot::api_entries(&snap.apis, api) else {
                 return json(
                     StatusCode::NOT_FOUND,
                     serde_json::json!({"message": "no such API"}),
                 );
-            }
+            };
             match key_plans
                 .iter()
                 .find(|p| entries.iter().any(|&i| p.covers(i)))

@@ -93,10 +93,7 @@ pub fn document(
                 .entry(name.clone())
                 .or_insert_with(|| scheme(file, snap, name));
         }
-        let key = route
-            .api_key_required
-            .then_some(())
-            .and(key_header.as_ref());
+        let key = key_header.as_ref().filter(|_| route.api_key_required);
         if let Some(header) = key {
             schemes.entry("api_key".into()).or_insert_with(|| {
                 json!({"type": "apiKey", "in": "header", "name": header,

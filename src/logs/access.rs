@@ -52,7 +52,7 @@ pub(crate) struct Access<'a> {
 pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
     let route = out.route.map_or(UNMATCHED, |r| &*r.key);
     let api = out.api.map_or(UNMATCHED, |a| &*a.name);
-    let stage = out.api.map_or("", |a| &*a.stage_label);
+    let stage = out.api.and_then(|a| a.stage.as_deref()).unwrap_or("");
     m.requests
         .with_label_values(&[
             api,
@@ -87,7 +87,7 @@ pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
         method = %a.method,
         path = a.path,
         api,
-        stage = out.api.and_then(|a| a.stage.as_deref()),
+        stage = (!stage.is_empty()).then_some(stage),
         route,
         status = a.status.as_u16(),
         latency_ms = latency * 1000.0,

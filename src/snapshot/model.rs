@@ -150,8 +150,6 @@ pub struct Api {
     pub entry: Arc<str>,
     /// Its stage, if named.
     pub stage: Option<Arc<str>>,
-    /// The `stage` label: the stage, or empty.
-    pub stage_label: Arc<str>,
     /// `x-tollgate-stage` for the upstream, when the API has a stage.
     pub stage_header: Option<HeaderValue>,
     /// Host names that select it (empty: every host no API claims).
@@ -166,8 +164,47 @@ pub struct Api {
     pub cors: Option<Cors>,
     /// Its route table; the indexes point into [`Snapshot::routes`].
     pub table: RouteTable,
-    /// How many routes it has.
-    pub route_count: usize,
+}
+
+/// Why a reference to API stages (`NAME` or `NAME/STAGE`) names none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiRefError {
+    /// No entry is API `NAME`.
+    NoApi,
+    /// API `NAME` exists, but not at that stage; these are its stages.
+    NoStage(Vec<Arc<str>>),
+}
+
+/// The indexes of the entries a reference names, as `usage_plans.*.apis` and `/usage?api=`
+/// write them: `NAME/STAGE` the entry of API `NAME` at that stage, `NAME` every entry of it.
+pub fn api_entries(apis: &[Api], item: &str) -> Result<Vec<usize>, ApiRefError> {
+    let (name, stage) = match item.split_once('/') {
+        Some((n, s)) => (n, Some(s)),
+        None => (item, None),
+    };
+    let of_api: Vec<usize> = (0..apis.len())
+        .filter(|&i| &*apis[i].name == name)
+        .collect();
+    if of_api.is_empty() {
+        return Err(ApiRefError::NoApi);
+    }
+    let Some(stage) = stage else {
+        return Ok(of_api);
+    };
+    let found: Vec<usize> = of_api
+        .iter()
+        .copied()
+        .filter(|&i| apis[i].stage.as_deref() == Some(stage))
+        .collect();
+    if found.is_empty() {
+        return Err(ApiRefError::NoStage(
+            of_api
+                .iter()
+                .filter_map(|&i| apis[i].stage.clone())
+                .collect(),
+        ));
+    }
+    Ok(found)
 }
 
 /// The name of the API made of the top-level `routes`, `defaults` and `cors`.

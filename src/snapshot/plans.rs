@@ -30,49 +30,28 @@ fn plan_apis(list: &[String], path: &str, apis: &[Api], errs: &mut Errors) -> Bo
     let mut out = Vec::new();
     for (i, item) in list.iter().enumerate() {
         let at = format!("{path}.apis.{i}");
-        let (name, stage) = match item.split_once('/') {
-            Some((n, s)) => (n, Some(s)),
-            None => (item.as_str(), None),
-        };
-        let of_api: Vec<usize> = (0..apis.len())
-            .filter(|&i| &*apis[i].name == name)
-            .collect();
-        if of_api.is_empty() {
-            errs.at(&at, format!("API {name:?} is not defined (see `apis`)"));
-            continue;
-        }
-        let chosen: Vec<usize> = match stage {
-            None => of_api,
-            Some(stage) => {
-                let found: Vec<usize> = of_api
-                    .iter()
-                    .copied()
-                    .filter(|&i| apis[i].stage.as_deref() == Some(stage))
-                    .collect();
-                if found.is_empty() {
-                    let stages: Vec<&str> = of_api
-                        .iter()
-                        .filter_map(|&i| apis[i].stage.as_deref())
-                        .collect();
-                    let has = if stages.is_empty() {
-                        "no stage".to_string()
-                    } else {
+        let chosen = match api_entries(apis, item) {
+            Ok(c) => c,
+            Err(e) => {
+                let name = item.split_once('/').map_or(item.as_str(), |(n, _)| n);
+                let msg = match e {
+                    ApiRefError::NoApi => format!("API {name:?} is not defined (see `apis`)"),
+                    ApiRefError::NoStage(stages) => {
+                        let has = if stages.is_empty() {
+                            "no stage".to_string()
+                        } else {
+                            let list: Vec<String> =
+                                stages.iter().map(|s| format!("{s:?}")).collect();
+                            format!("stage {}", list.join(", "))
+                        };
+                        let stage = item.split_once('/').map_or("", |(_, s)| s);
                         format!(
-                            "stage {}",
-                            stages
-                                .iter()
-                                .map(|s| format!("{s:?}"))
-                                .collect::<Vec<_>>()
-                                .join(", ")
+                            "API {name:?} has {has}, not {stage:?}; write {name:?} for the API whatever its stage"
                         )
-                    };
-                    errs.at(
-                        &at,
-                        format!("API {name:?} has {has}, not {stage:?}; write {name:?} for the API whatever its stage"),
-                    );
-                    continue;
-                }
-                found
+                    }
+                };
+                errs.at(&at, msg);
+                continue;
             }
         };
         if chosen.iter().any(|i| out.contains(i)) {

@@ -84,7 +84,6 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
     let f = &cx.parsed.file;
     let mut apis = Vec::new();
     let mut routes = Vec::new();
-    let mut selection: Vec<(Vec<HostPattern>, Box<str>)> = Vec::new();
     let default = ApiSource {
         index: 0,
         at: String::new(),
@@ -99,17 +98,14 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
         name: DEFAULT_API.into(),
         entry: DEFAULT_API.into(),
         stage: None,
-        stage_label: "".into(),
         stage_header: None,
         hosts: Vec::new(),
         base_path: "".into(),
         strip_base_path: true,
         prefix_header: None,
         cors,
-        route_count: routes.len(),
         table: table.unwrap_or_default(),
     });
-    selection.push((Vec::new(), "".into()));
     let mut failed = false;
     for (name, a) in &f.apis {
         let at = format!("apis.{name}");
@@ -224,13 +220,11 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
             failed = true;
             continue;
         };
-        selection.push((hosts.clone(), base_path.clone()));
         let prefix_header = (a.strip_base_path.unwrap_or(true) && !base_path.is_empty())
             .then(|| HeaderValue::from_str(&base_path).expect("base paths are header-safe"));
         apis.push(Api {
             name: api_name.into(),
             entry: name.as_str().into(),
-            stage_label: stage.clone().unwrap_or_else(|| "".into()),
             stage_header: stage
                 .as_deref()
                 .map(|s| HeaderValue::from_str(s).expect("stage names are header-safe")),
@@ -240,13 +234,12 @@ pub(super) fn compile_apis(cx: &RouteCx<'_>, errs: &mut Errors) -> CompiledApis 
             strip_base_path: a.strip_base_path.unwrap_or(true),
             prefix_header,
             cors,
-            route_count: routes.len() - first,
             table,
         });
     }
-    let pairs: Vec<(&[HostPattern], &str)> = selection
+    let pairs: Vec<(&[HostPattern], &str)> = apis
         .iter()
-        .map(|(h, b)| (h.as_slice(), &**b))
+        .map(|a| (a.hosts.as_slice(), &*a.base_path))
         .collect();
     let selector = match Selector::build(&pairs) {
         Ok(s) => Some(s),
