@@ -337,28 +337,23 @@ async fn keys_are_accepted_only_on_the_apis_of_their_plans_and_count_per_plan() 
     let host = ("host", "api.example.test");
     let orders_read = orders_token("orders/read");
     let users_read = users_token("users/read");
-    let orders = |key: &'static str| {
-        let t = orders_read.clone();
-        let gw = &e.gw;
+    // One keyed request: host, path, token, key.
+    let call = |host: &'static str, path: &'static str, token: &str, key: &'static str| {
+        let (gw, token) = (&e.gw, token.to_string());
         async move {
             gw.get(
-                "/orders/items/1",
-                &[host, ("authorization", &t), ("x-api-key", key)],
+                path,
+                &[
+                    ("host", host),
+                    ("authorization", &token),
+                    ("x-api-key", key),
+                ],
             )
             .await
         }
     };
-    let users = |key: &'static str| {
-        let t = users_read.clone();
-        let gw = &e.gw;
-        async move {
-            gw.get(
-                "/users/items/1",
-                &[host, ("authorization", &t), ("x-api-key", key)],
-            )
-            .await
-        }
-    };
+    let orders = |key| call(host.1, "/orders/items/1", &orders_read, key);
+    let users = |key| call(host.1, "/users/items/1", &users_read, key);
     // A key of a plan bound to orders/prod: accepted there, refused on users.
     assert_eq!(orders("key-orders").await.status, 200);
     let a = users("key-orders").await;
@@ -389,21 +384,7 @@ async fn keys_are_accepted_only_on_the_apis_of_their_plans_and_count_per_plan() 
     assert_eq!(e.users.last().headers["x-tollgate-api-key-id"], "both");
     // Two stages of one API: a plan for `orders/beta` opens that stage only, a plan for
     // `orders` every stage of it.
-    let beta = |key: &'static str| {
-        let t = orders_read.clone();
-        let gw = &e.gw;
-        async move {
-            gw.get(
-                "/orders/items/1",
-                &[
-                    ("host", "beta.example.test"),
-                    ("authorization", &t),
-                    ("x-api-key", key),
-                ],
-            )
-            .await
-        }
-    };
+    let beta = |key| call("beta.example.test", "/orders/items/1", &orders_read, key);
     assert_eq!(beta("key-beta").await.status, 200);
     assert_eq!(e.orders.last().headers["x-tollgate-stage"], "beta");
     assert_eq!(orders("key-beta").await.status, 403);
