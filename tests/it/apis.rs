@@ -4,12 +4,10 @@
 //! when the `Host` selects other APIs than the TLS SNI name; keys of plans bound to API stages;
 //! `/config` and `/usage` by API; APIs added and removed by a reload under traffic.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-
 use crate::support::gateway::{self, TestGateway};
 use crate::support::keys::{good_claims, jwks, mint, rsa_key, rsa_key2};
 use crate::support::pki::{Ca, TlsClient};
+use crate::support::traffic::Traffic;
 use crate::support::upstream::{self, Upstream};
 
 const ORDERS_ISSUER: &str = "https://orders.issuer.test";
@@ -603,30 +601,7 @@ async fn apis_added_and_removed_by_a_reload_under_traffic_lose_no_request() {
         format!("{}{y}", gateway::HEAD)
     };
     let gw = gateway::start_raw(&yaml(false), &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let mut clients = Vec::new();
-    for _ in 0..3 {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        let url = gw.url("/stable/x");
-        clients.push(tokio::spawn(async move {
-            let client = gateway::client();
-            while !stop.load(Ordering::Relaxed) {
-                let req = http::Request::get(&url)
-                    .header("host", "api.example.test")
-                    .body(Default::default())
-                    .unwrap();
-                let ok = match client.request(req).await {
-                    Ok(r) => r.status() == 200,
-                    Err(_) => false,
-                };
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let traffic = Traffic::start(gw.url("/stable/x"), Some("api.example.test"), 3);
     let host = [("host", "api.example.test")];
     for round in 0..6 {
         let with_extra = round % 2 == 0;
@@ -640,11 +615,7 @@ async fn apis_added_and_removed_by_a_reload_under_traffic_lose_no_request() {
             "round {round}"
         );
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed) = traffic.finish().await;
     assert!(sent >= 50, "steady traffic: {sent} requests");
     assert_eq!(
         failed, 0,

@@ -2,11 +2,10 @@
 //! (routes added and removed, a key revoked, broken files in between) loses no request, and each
 //! change is served within a second; a Kubernetes ConfigMap-style symlink swap is seen too.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::gateway::{self, TestGateway};
+use crate::support::traffic::Traffic;
 
 /// How long a change may take to be served.
 const CHANGE_DEADLINE: Duration = Duration::from_secs(1);
@@ -67,33 +66,7 @@ async fn reload_errors(gw: &TestGateway) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_rewrites_under_steady_traffic_lose_nothing() {
     let gw = gateway::start_raw(&config(0, true), &[]).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let sent = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
-        let url = gw.url("/stable");
-        clients.push(tokio::spawn(async move {
-            let client = gateway::client();
-            while !stop.load(Ordering::Relaxed) {
-                let req = http::Request::get(&url).body(Default::default()).unwrap();
-                let ok = match client.request(req).await {
-                    Ok(r) => {
-                        r.status() == 200
-                            && http_body_util::BodyExt::collect(r.into_body())
-                                .await
-                                .is_ok()
-                    }
-                    Err(_) => false,
-                };
-                sent.fetch_add(1, Ordering::Relaxed);
-                if !ok {
-                    failed.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let traffic = Traffic::start(gw.url("/stable"), None, 4);
 
     let mut key_enabled = true;
     for version in 1..=20 {
@@ -129,11 +102,7 @@ async fn twenty_rewrites_under_steady_traffic_lose_nothing() {
         let expected = if key_enabled { 200 } else { 403 };
         served_within(&gw, "/keyed", &[("x-api-key", "key-one")], expected, since).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for c in clients {
-        c.await.unwrap();
-    }
-    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    let (sent, failed) = traffic.finish().await;
     assert!(sent >= 1000, "steady traffic: {sent} requests");
     assert_eq!(
         failed, 0,

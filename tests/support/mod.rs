@@ -5,5 +5,6 @@ pub mod keys;
 pub mod pki;
 pub mod redis_server;
 pub mod test_ca;
+pub mod traffic;
 pub mod upstream;
 pub mod ws_upstream;
