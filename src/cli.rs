@@ -1,4 +1,5 @@
-//! The command line: `run` (the default), `check`, `hash-key`, `openapi`; and log setup.
+//! The command line: `run` (the default), `check`, `hash-key`, `openapi`, `import aws`; and log
+//! setup.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -63,6 +64,69 @@ pub enum Command {
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
     },
+    /// Translate another gateway's definitions into a config (prints the config, reports on
+    /// stderr).
+    #[command(subcommand)]
+    Import(ImportFrom),
+}
+
+/// Where `tollgate import` reads from.
+#[derive(Debug, Subcommand)]
+pub enum ImportFrom {
+    /// A REST or HTTP API exported from AWS API Gateway with its extensions, and optionally
+    /// its usage plans, API keys and Cognito user pool (docs/migrating.md).
+    Aws(Box<ImportAwsArgs>),
+}
+
+/// `tollgate import aws`: the input files as the AWS CLI writes them, and rewrites.
+#[derive(Debug, clap::Args)]
+pub struct ImportAwsArgs {
+    /// The API definition: `aws apigateway get-export` (oas30 or swagger, with extensions) or
+    /// `aws apigatewayv2 export-api --include-extensions`; JSON or YAML.
+    pub export: PathBuf,
+    /// `aws apigateway get-usage-plans`.
+    #[arg(long, value_name = "FILE")]
+    pub usage_plans: Option<PathBuf>,
+    /// `aws apigateway get-api-keys --include-values` (values are written as hashes only).
+    #[arg(long, value_name = "FILE")]
+    pub api_keys: Option<PathBuf>,
+    /// `aws apigateway get-usage-plan-keys --usage-plan-id ID`, as `ID=FILE` or a FILE whose
+    /// name contains the plan id; repeatable.
+    #[arg(long, value_name = "[ID=]FILE")]
+    pub usage_plan_keys: Vec<String>,
+    /// `aws cognito-idp list-resource-servers`.
+    #[arg(long, value_name = "FILE")]
+    pub resource_servers: Option<PathBuf>,
+    /// `aws cognito-idp describe-user-pool-client`; repeatable.
+    #[arg(long, value_name = "FILE")]
+    pub user_pool_client: Vec<PathBuf>,
+    /// Name of the API entry (default: from the export's title).
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Host name the API is served at; repeatable (default: every host).
+    #[arg(long = "host", value_name = "NAME")]
+    pub hosts: Vec<String>,
+    /// Base path of the API (default: `/STAGE` as in the execute-api URL; `/` for `$default`).
+    #[arg(long)]
+    pub base_path: Option<String>,
+    /// New target of a written upstream, by its name or its original origin; repeatable.
+    #[arg(long = "upstream", value_name = "NAME=URL")]
+    pub upstreams: Vec<String>,
+    /// HTTP address now serving a Lambda function (by ARN, name or integration URI); repeatable.
+    #[arg(long = "lambda", value_name = "ARN=URL")]
+    pub lambdas: Vec<String>,
+    /// `issuer.url` when a user pool is imported (default http://localhost:8080).
+    #[arg(long)]
+    pub issuer_url: Option<String>,
+    /// The listener's bind address (default 0.0.0.0:8080).
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Write the config here instead of stdout.
+    #[arg(short = 'o', long = "output")]
+    pub output: Option<PathBuf>,
+    /// Write the report here instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
 }
 
 /// Format of a written document.
@@ -110,6 +174,7 @@ pub fn main() -> ExitCode {
             format,
             output,
         } => openapi(&cli.config, api.as_deref(), format, output.as_deref()),
+        Command::Import(ImportFrom::Aws(args)) => import_aws(args),
         Command::Run => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -177,6 +242,84 @@ fn openapi(
             ExitCode::FAILURE
         }
     }
+}
+
+/// `tollgate import aws`: exit 1 only for unreadable input or a malformed argument; what
+/// could not be translated is in the report, and the config is written anyway.
+fn import_aws(a: Box<ImportAwsArgs>) -> ExitCode {
+    use crate::import_aws::{self as imp, ImportError};
+    let read = |p: &std::path::Path| imp::read_document(p).map(|v| (p.to_path_buf(), v));
+    let sources = || -> Result<(imp::Sources, imp::Options), ImportError> {
+        let mut plan_keys = Vec::new();
+        for arg in &a.usage_plan_keys {
+            // `ID=FILE`, unless the whole argument is an existing file's name.
+            let (id, file) = match arg.split_once('=') {
+                Some((id, f)) if !std::path::Path::new(arg).exists() => {
+                    (Some(id.to_string()), PathBuf::from(f))
+                }
+                _ => (None, PathBuf::from(arg)),
+            };
+            let v = imp::read_document(&file)?;
+            plan_keys.push((id, file, v));
+        }
+        let src = imp::Sources {
+            export: read(&a.export)?,
+            usage_plans: a.usage_plans.as_deref().map(read).transpose()?,
+            api_keys: a.api_keys.as_deref().map(read).transpose()?,
+            usage_plan_keys: plan_keys,
+            resource_servers: a.resource_servers.as_deref().map(read).transpose()?,
+            user_pool_clients: a
+                .user_pool_client
+                .iter()
+                .map(|p| read(p))
+                .collect::<Result<_, _>>()?,
+        };
+        let opts = imp::Options {
+            api: a.api.clone(),
+            hosts: a.hosts.clone(),
+            base_path: a.base_path.clone(),
+            upstreams: a
+                .upstreams
+                .iter()
+                .map(|u| imp::key_value(u, "--upstream"))
+                .collect::<Result<_, _>>()?,
+            lambdas: a
+                .lambdas
+                .iter()
+                .map(|l| imp::key_value(l, "--lambda"))
+                .collect::<Result<_, _>>()?,
+            issuer_url: a.issuer_url.clone(),
+            listen: a.listen.clone(),
+        };
+        Ok((src, opts))
+    };
+    let result = sources().and_then(|(src, opts)| imp::import(&src, &opts));
+    let done = match result {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("tollgate import aws: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = done.config_text(&a.export);
+    let report = done.report_text();
+    let written = match &a.output {
+        Some(p) => std::fs::write(p, config),
+        None => std::io::Write::write_all(&mut std::io::stdout(), config.as_bytes()),
+    };
+    if let Err(e) = written {
+        eprintln!("cannot write the config: {e}");
+        return ExitCode::FAILURE;
+    }
+    let reported = match &a.report {
+        Some(p) => std::fs::write(p, report),
+        None => std::io::Write::write_all(&mut std::io::stderr(), report.as_bytes()),
+    };
+    if let Err(e) = reported {
+        eprintln!("cannot write the report: {e}");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn check(path: &std::path::Path) -> ExitCode {

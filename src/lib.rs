@@ -27,6 +27,7 @@ pub(crate) mod forwarding;
 pub mod fuzzing;
 pub mod gateway;
 pub(crate) mod headers;
+pub mod import_aws;
 pub(crate) mod issuer;
 pub mod limits;
 pub(crate) mod logs;

@@ -10,6 +10,7 @@ mod config;
 mod connlimits;
 mod external;
 mod hardening;
+mod import_aws;
 mod issuer;
 mod jwt;
 mod keepalive;
