@@ -16,8 +16,9 @@ use std::collections::BTreeMap;
 use serde_json::{Value, json};
 
 use crate::config::schema::{AuthorizerCfg, FileConfig};
+use crate::issuer::Endpoint;
 use crate::routes::{MethodSel, RouteKey, Segment};
-use crate::snapshot::{Api, RouteAuth, Snapshot};
+use crate::snapshot::{Api, Integration, RouteAuth, Snapshot};
 
 /// The methods `ANY` stands for in the document (OpenAPI has no wildcard method).
 const ANY_METHODS: [&str; 7] = ["get", "put", "post", "delete", "options", "head", "patch"];
@@ -76,6 +77,11 @@ pub fn document(
             continue;
         };
         let (path, params) = template(&segments);
+        if let Integration::Issuer(_, endpoint) = &route.integration {
+            let (m, op) = issuer_operation(endpoint, &route.key);
+            paths.entry(path).or_default().insert(m.into(), op);
+            continue;
+        }
         let auth = match &route.auth {
             RouteAuth::None => None,
             RouteAuth::Jwt {
@@ -145,7 +151,13 @@ pub fn document(
                     "type": "object",
                     "required": ["message"],
                     "properties": {"message": {"type": "string"}},
-                }
+                },
+                "OAuthError": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"},
+                                   "error_description": {"type": "string"}},
+                },
             },
         },
     });
@@ -272,6 +284,54 @@ fn responses(authorized: bool, key: bool) -> Value {
     r.insert("502".into(), err("Bad Gateway"));
     r.insert("504".into(), err("Endpoint request timed out"));
     Value::Object(r)
+}
+
+/// The embedded issuer's built-in routes as what they are (RFC 6749 section 4.4, RFC 8414),
+/// not as upstream routes: the token endpoint takes POST only and answers OAuth errors, the
+/// discovery documents and key set are the gateway's own JSON.
+fn issuer_operation(endpoint: &Endpoint, key: &str) -> (&'static str, Value) {
+    let oauth_err = |d: &str| {
+        json!({"description": d, "content": {"application/json": {"schema":
+            {"$ref": "#/components/schemas/OAuthError"}}}})
+    };
+    match endpoint {
+        Endpoint::Token => (
+            "post",
+            json!({
+                "operationId": "issuer_token",
+                "summary": "client-credentials token (client authenticated by HTTP Basic or in the form)",
+                "security": [],
+                "requestBody": {"required": true, "content": {"application/x-www-form-urlencoded": {
+                    "schema": {"type": "object", "required": ["grant_type"], "properties": {
+                        "grant_type": {"type": "string", "enum": ["client_credentials"]},
+                        "scope": {"type": "string"},
+                        "client_id": {"type": "string"},
+                        "client_secret": {"type": "string"}}}}}},
+                "responses": {
+                    "200": {"description": "the access token", "content": {"application/json": {
+                        "schema": {"type": "object",
+                                   "required": ["access_token", "token_type", "expires_in"],
+                                   "properties": {"access_token": {"type": "string"},
+                                                  "token_type": {"type": "string"},
+                                                  "expires_in": {"type": "integer"}}}}}},
+                    "400": oauth_err("invalid_request, invalid_scope, unsupported_grant_type"),
+                    "401": oauth_err("invalid_client"),
+                    "413": oauth_err("the form is larger than the endpoint reads"),
+                    "429": {"description": "too many failed client authentications from this address"},
+                },
+            }),
+        ),
+        Endpoint::Discovery | Endpoint::Jwks => (
+            "get",
+            json!({
+                "operationId": operation_id(key),
+                "summary": key,
+                "security": [],
+                "responses": {"200": {"description": "the issuer's document", "content": {
+                    "application/json": {"schema": {"type": "object"}}}}},
+            }),
+        ),
+    }
 }
 
 /// The security scheme of the authorizer `name`.
