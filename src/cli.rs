@@ -63,6 +63,10 @@ pub enum Command {
         /// Write here instead of stdout.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        /// Add the managed gateway's `x-amazon-apigateway-*` fields (integrations, authorizers,
+        /// CORS, resource policy), for `tollgate import aws` or the managed gateway's import.
+        #[arg(long)]
+        aws_extensions: bool,
     },
     /// Translate another gateway's definitions into a config (prints the config, reports on
     /// stderr).
@@ -173,7 +177,14 @@ pub fn main() -> ExitCode {
             api,
             format,
             output,
-        } => openapi(&cli.config, api.as_deref(), format, output.as_deref()),
+            aws_extensions,
+        } => openapi(
+            &cli.config,
+            api.as_deref(),
+            format,
+            output.as_deref(),
+            aws_extensions,
+        ),
         Command::Import(ImportFrom::Aws(args)) => import_aws(args),
         Command::Run => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -198,6 +209,7 @@ fn openapi(
     api: Option<&str>,
     format: DocFormat,
     output: Option<&std::path::Path>,
+    aws: bool,
 ) -> ExitCode {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -220,7 +232,7 @@ fn openapi(
             return ExitCode::FAILURE;
         }
     };
-    let doc = match crate::openapi::document(&gw.snapshot(), &parsed.file, api) {
+    let doc = match crate::openapi::document(&gw.snapshot(), &parsed.file, api, aws) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("{e}");

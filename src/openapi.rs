@@ -10,6 +10,13 @@
 //! `apiKey` on its first header identity source; API keys an `apiKey` on their header. A route
 //! that accepts any of several scopes has one security alternative per scope, each with the API
 //! key when the route requires one.
+//!
+//! With `--aws-extensions` the document also carries the managed gateway's
+//! `x-amazon-apigateway-*` fields (integrations, authorizers, CORS, resource policy, `ANY` as
+//! `x-amazon-apigateway-any-method`, `$default`), so that `tollgate import aws` reads it back
+//! into an equivalent config and a team can move back.
+
+mod aws;
 
 use std::collections::BTreeMap;
 
@@ -52,6 +59,7 @@ pub fn document(
     snap: &Snapshot,
     file: &FileConfig,
     api: Option<&str>,
+    aws: bool,
 ) -> Result<Value, OpenApiError> {
     let index = match api {
         Some(name) => snap
@@ -71,9 +79,18 @@ pub fn document(
     let mut schemes: BTreeMap<String, Value> = BTreeMap::new();
     let mut paths: BTreeMap<String, serde_json::Map<String, Value>> = BTreeMap::new();
     let mut default_route = false;
+    let mut policies: Vec<(String, String)> = Vec::new();
     for route in snap.routes.iter().filter(|r| r.api == index) {
         let Ok(RouteKey::Path { method, segments }) = RouteKey::parse(&route.key) else {
             default_route = true;
+            if aws {
+                let mut op = json!({"isDefaultRoute": true, "responses": responses(false, false)});
+                aws::integration(&mut op, file, route, "");
+                paths
+                    .entry("/$default".into())
+                    .or_default()
+                    .insert(aws::ANY_METHOD.into(), op);
+            }
             continue;
         };
         let (path, params) = template(&segments);
@@ -95,9 +112,13 @@ pub fn document(
             }
         };
         if let Some((name, _)) = &auth {
-            schemes
-                .entry(name.clone())
-                .or_insert_with(|| scheme(file, snap, name));
+            schemes.entry(name.clone()).or_insert_with(|| {
+                let mut sc = scheme(file, snap, name);
+                if aws {
+                    aws::authorizer(&mut sc, file, snap, name);
+                }
+                sc
+            });
         }
         let key = key_header.as_ref().filter(|_| route.api_key_required);
         if let Some(header) = key {
@@ -114,10 +135,18 @@ pub fn document(
             "security": security,
             "responses": responses(!matches!(route.auth, RouteAuth::None), key.is_some()),
         });
+        let mut operation = operation;
         let methods: Vec<String> = match &method {
+            MethodSel::Any if aws => vec![aws::ANY_METHOD.to_string()],
             MethodSel::Any => ANY_METHODS.iter().map(|m| m.to_string()).collect(),
             MethodSel::One(m) => vec![m.as_str().to_ascii_lowercase()],
         };
+        if aws {
+            aws::integration(&mut operation, file, route, &path);
+            if let Some(p) = aws::route_policy(file, api, route) {
+                policies.push((p, aws::resource(api, &method, &path)));
+            }
+        }
         let entry = paths.entry(path).or_default();
         for m in methods {
             // A method route beats `ANY` on the same path, as in the route table.
@@ -163,6 +192,9 @@ pub fn document(
     });
     if default_route {
         doc["x-tollgate-default-route"] = json!(true);
+    }
+    if aws {
+        aws::document(&mut doc, file, api, &policies);
     }
     Ok(doc)
 }

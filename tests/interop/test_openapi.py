@@ -22,10 +22,10 @@ EDGE = HERE.parent.parent / "deploy" / "edge" / "gateway.yaml"
 EVERY_KIND = HERE.parent / "fixtures" / "openapi-every-kind.yaml"
 
 
-def _openapi(config: Path, api: str, fmt: str) -> dict:
+def _openapi(config: Path, api: str, fmt: str, *extra: str) -> dict:
     r = subprocess.run(
         [str(tollgate_process.binary()), "--log-level", "off", "openapi", "-c", str(config),
-         "--api", api, "--format", fmt],
+         "--api", api, "--format", fmt, *extra],
         capture_output=True, text=True, timeout=60,
         env={**os.environ, "OPENAPI_SECRET": "openapi-test-secret"})
     assert r.returncode == 0, r.stdout + r.stderr
@@ -60,3 +60,13 @@ def test_the_edge_example_validates(tmp_path, api):
     validate(doc)
     if api != "default":
         assert all(s["url"].startswith("https://") for s in doc["servers"]), doc["servers"]
+
+
+@pytest.mark.parametrize("api", ["default", "orders"])
+def test_the_aws_extensions_keep_the_document_valid(tmp_path, api):
+    config = tmp_path / "gateway.yaml"
+    config.write_text(EVERY_KIND.read_text())
+    doc = _openapi(config, api, "json", "--aws-extensions")
+    validate(doc)
+    ops = [op for item in doc["paths"].values() for op in item.values() if isinstance(op, dict)]
+    assert any("x-amazon-apigateway-integration" in op for op in ops), doc["paths"]

@@ -210,3 +210,94 @@ fn unreadable_input_is_the_only_failure() {
     assert_eq!(code, 0, "{err}");
     assert!(report.contains("covers no stage of this API"), "{report}");
 }
+
+/// A config using what the managed gateway can also say: a JWT authorizer with scopes and an
+/// API key, an external authorizer, a policy, a greedy `ANY`, a mock, `$default`, CORS.
+const ROUND_TRIP: &str = r#"listeners: [{ bind: "127.0.0.1:0" }]
+upstreams:
+  shop: { targets: ["http://127.0.0.1:9/api"], timeout: 5s }
+authorizers:
+  idp: { type: jwt, issuer: "https://idp.example.com", audience: [shop-app] }
+  ext: { type: http, url: "http://127.0.0.1:9/authorize", identity: ["header:X-Tenant", "query:tenant"], cache_ttl: 60s }
+policies:
+  office: { allow: [203.0.113.0/24], deny: [203.0.113.7/32] }
+api_keys: { keys: [] }
+cors: { allow_origins: ["https://app.example.com"], allow_headers: [content-type], max_age: 600s }
+routes:
+  - { route: "GET /items", upstream: shop, authorizer: idp, scopes: [shop/read, shop/admin], api_key_required: true }
+  - { route: "POST /items/{id}", upstream: shop, authorizer: ext, policy: office }
+  - { route: "ANY /files/{path+}", upstream: shop, authorizer: none }
+  - { route: "GET /ping", respond: { status: 203, body: pong, headers: { content-type: text/plain, x-mock: "1" } }, authorizer: none }
+  - { route: "$default", upstream: shop, authorizer: none }
+"#;
+
+/// What a route does, independent of the names an import gives upstreams and policies.
+fn behaviour(doc: &serde_json::Value) -> Vec<serde_json::Value> {
+    let mut out: Vec<serde_json::Value> = doc["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let up = r["upstream"].as_str().map(|u| &doc["upstreams"][u]);
+            let timeout = up.and_then(|u| u["timeout"].as_str()).map(|t| {
+                tollgate::config::units::parse_duration(t)
+                    .unwrap()
+                    .as_millis() as u64
+            });
+            let policy = r["policy"].as_str().map(|p| &doc["policies"][p]);
+            let auth = r["authorizer"].as_str().unwrap_or("none");
+            let mut a = doc["authorizers"].get(auth).cloned().unwrap_or_default();
+            if let Some(m) = a.as_object_mut() {
+                // Durations are written in other units; compare their length.
+                if let Some(t) = m.get("cache_ttl").and_then(|t| t.as_str()) {
+                    let secs = tollgate::config::units::parse_duration(t)
+                        .unwrap()
+                        .as_secs();
+                    m.insert("cache_ttl".into(), secs.into());
+                }
+            }
+            serde_json::json!({
+                "route": r["route"],
+                "targets": up.map(|u| u["targets"].clone()),
+                "timeout_ms": timeout,
+                "respond": r["respond"],
+                "authorizer": a,
+                "scopes": r["scopes"],
+                "api_key_required": r["api_key_required"].as_bool().unwrap_or(false),
+                "policy": policy,
+            })
+        })
+        .collect();
+    out.sort_by_key(|r| r["route"].to_string());
+    out
+}
+
+#[test]
+fn the_aws_extensions_export_imports_back_into_an_equivalent_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("gateway.yaml");
+    std::fs::write(&config, ROUND_TRIP).unwrap();
+    let export = dir.path().join("export.yaml");
+    let o = Command::new(env!("CARGO_BIN_EXE_tollgate"))
+        .args(["--log-level", "off", "openapi", "-c"])
+        .arg(&config)
+        .args(["--format", "yaml", "--aws-extensions", "-o"])
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    let back = dir.path().join("back");
+    std::fs::create_dir(&back).unwrap();
+    let (code, text, report, err) = import(&[export.to_str().unwrap()], &back);
+    assert_eq!(code, 0, "{err}");
+    let (ok, out) = check(&back, &text);
+    assert!(ok, "{out}\n{text}");
+    let before: serde_json::Value = serde_norway::from_str(ROUND_TRIP).unwrap();
+    let after: serde_json::Value = serde_norway::from_str(&text).unwrap();
+    assert_eq!(
+        serde_json::to_string_pretty(&behaviour(&after)).unwrap(),
+        serde_json::to_string_pretty(&behaviour(&before)).unwrap(),
+        "report:\n{report}\nconfig:\n{text}"
+    );
+    assert_eq!(after["cors"], before["cors"], "{text}");
+}
