@@ -11,7 +11,7 @@ use serde_norway::Value as Y;
 /// says otherwise: the listener above, as seen from the same machine.
 pub const DEFAULT_ISSUER_URL: &str = "http://localhost:8080";
 
-/// The documents to translate, each already read (see [`read_document`]).
+/// The documents to translate, each already read (see [`super::read_document`]).
 #[derive(Debug, Default)]
 pub struct Sources {
     /// The API definition (OpenAPI 3 or Swagger 2) and the file it came from.

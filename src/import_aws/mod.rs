@@ -46,16 +46,23 @@ impl Import {
     /// The config as a `gateway.yaml` text: a header comment naming the source and the
     /// environment the placeholders need, then the YAML.
     pub fn config_text(&self, source: &Path) -> String {
+        // Names in comments come from the input: a line break there would end the comment and
+        // put the rest into the config.
+        let line = |s: &str| -> String {
+            s.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect()
+        };
         let mut out = format!(
             "# Written by `tollgate import aws` from {}.\n\
              # Read the import report before serving traffic ({} items); check with `tollgate check`.\n",
-            source.display(),
+            line(&source.display().to_string()),
             self.findings.len()
         );
         if !self.env.is_empty() {
             out.push_str("# Environment variables this config reads:\n");
             for (name, what) in &self.env {
-                let _ = writeln!(out, "#   {name}: {what}");
+                let _ = writeln!(out, "#   {}: {}", line(name), line(what));
             }
         }
         out.push_str(&serde_norway::to_string(&self.config).expect("a YAML value serialises"));

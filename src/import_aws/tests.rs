@@ -533,3 +533,26 @@ fn only_unreadable_input_is_refused() {
     ));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn names_from_the_input_cannot_break_out_of_the_header_comment() {
+    let schemes = json!({"pool": {"type": "apiKey", "name": "Authorization", "in": "header",
+        "x-amazon-apigateway-authorizer": {"type": "cognito_user_pools",
+            "providerARNs": ["arn:aws:cognito-idp:eu-west-1:1:userpool/eu-west-1_Pool1"]}}});
+    let doc = secured(schemes, json!({"/pets": {"get": proxy("http://p/pets")}}));
+    let evil = json!({"UserPoolClient": {"UserPoolId": "eu-west-1_Pool1",
+        "ClientName": "x\nadmin:\n  bind: 0.0.0.0:9901\n#", "ClientId": "c1",
+        "AllowedOAuthFlows": ["client_credentials"]}});
+    let src = Sources {
+        export: (PathBuf::from("export.json"), doc),
+        user_pool_clients: vec![(PathBuf::from("c.json"), evil)],
+        ..Sources::default()
+    };
+    let (_, done) = run_all(src, Options::default());
+    let text = done.config_text(std::path::Path::new("export\n.json"));
+    let parsed: Value = serde_norway::from_str(&text).unwrap();
+    assert!(parsed.get("admin").is_none(), "{text}");
+    for l in text.lines().take_while(|l| !l.starts_with("listeners")) {
+        assert!(l.starts_with('#'), "{l:?} in\n{text}");
+    }
+}
