@@ -277,6 +277,7 @@ pub async fn handle(
             ),
         },
         (&Method::GET, "/usage") => usage(&gw, &snap, req.uri().query().unwrap_or("")).await,
+        (&Method::GET, "/openapi.json") => openapi(&gw, &snap, req.uri().query().unwrap_or("")),
         (&Method::POST, "/issuer/rotate") => match &snap.issuer {
             Some(issuer) => match issuer.keys().rotate() {
                 Ok(kid) => json(
@@ -296,7 +297,7 @@ pub async fn handle(
         (
             _,
             "/healthz" | "/readyz" | "/metrics" | "/config" | "/reload" | "/issuer/rotate"
-            | "/usage",
+            | "/usage" | "/openapi.json",
         ) => json(
             StatusCode::METHOD_NOT_ALLOWED,
             serde_json::json!({"message": "Method Not Allowed"}),
@@ -336,6 +337,48 @@ const MAX_USAGE_DAYS: i64 = 400;
 /// `plan`, or its only plan (a key in several plans needs one of the two).
 /// The range defaults to the current quota period (or the last 7 days without a quota).
 /// `remaining` is what was left of the period's quota at the end of that day.
+/// `GET /openapi.json[?api=NAME][&aws_extensions=true]`: what `tollgate openapi` writes, for
+/// the running config. The file is read again for what the snapshot does not keep (authorizer
+/// details); when it no longer is the running config's text the answer is 409, so the document
+/// never mixes two configs. 400 without `api` when there are several APIs, 404 for an unknown one.
+fn openapi(gw: &Gateway, snap: &crate::snapshot::Snapshot, query: &str) -> Response<Full<Bytes>> {
+    let mut api = None;
+    let mut aws = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "api" => api = Some(v.into_owned()),
+            "aws_extensions" => aws = v == "true" || v == "1",
+            _ => {}
+        }
+    }
+    let parsed = match crate::config::read(gw.config_path()) {
+        Ok(p) if p.hash == snap.hash => p,
+        Ok(_) => {
+            return json(
+                StatusCode::CONFLICT,
+                serde_json::json!({"message": "the config file changed since it was loaded: reload it first"}),
+            );
+        }
+        Err(e) => {
+            return json(
+                StatusCode::CONFLICT,
+                serde_json::json!({"message": format!("the config file cannot be read: {e}")}),
+            );
+        }
+    };
+    match crate::openapi::document(snap, &parsed.file, api.as_deref(), aws) {
+        Ok(doc) => json(StatusCode::OK, doc),
+        Err(e @ crate::openapi::OpenApiError::UnknownApi(_)) => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"message": e.to_string()}),
+        ),
+        Err(e @ crate::openapi::OpenApiError::WhichApi(_)) => json(
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"message": e.to_string()}),
+        ),
+    }
+}
+
 async fn usage(
     gw: &Gateway,
     snap: &crate::snapshot::Snapshot,
