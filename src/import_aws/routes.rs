@@ -48,6 +48,7 @@ pub(crate) fn translate(cx: &mut Cx, api: &Api, doc: &Value) -> Imported {
             let _ = name;
         }
     }
+    document_extensions(cx, doc);
     let mut ops = Vec::new();
     let paths = doc
         .get("paths")
@@ -148,6 +149,53 @@ pub(crate) fn translate(cx: &mut Cx, api: &Api, doc: &Value) -> Imported {
     out.policies = policies.policies;
     out.cors = cors.into_config(cx, doc);
     out
+}
+
+/// Document-level extensions this module translates elsewhere or that need nothing.
+const HANDLED: [&str; 5] = [
+    "x-amazon-apigateway-policy",
+    "x-amazon-apigateway-cors",
+    "x-amazon-apigateway-api-key-source",
+    "x-amazon-apigateway-importexport-version",
+    // Bodies pass through as bytes: binary media types need no setting.
+    "x-amazon-apigateway-binary-media-types",
+];
+
+/// Reports the document-level `x-amazon-apigateway-*` settings tollgate has no counterpart for.
+fn document_extensions(cx: &mut Cx, doc: &Value) {
+    let Some(obj) = doc.as_object() else { return };
+    for (k, v) in obj {
+        if !k.starts_with("x-amazon-apigateway-") || HANDLED.contains(&k.as_str()) {
+            continue;
+        }
+        let (what, action) = match k.as_str() {
+            "x-amazon-apigateway-gateway-responses" => (
+                "customised gateway responses (the managed gateway's own error answers)",
+                "tollgate answers its refusals as the contract says (docs/configuration.md,                  answers): check clients do not depend on the customised bodies or headers",
+            ),
+            "x-amazon-apigateway-request-validators" | "x-amazon-apigateway-request-validator" => (
+                "request validation against the methods' models",
+                "tollgate does not validate bodies or parameters: validate in the service",
+            ),
+            "x-amazon-apigateway-endpoint-configuration" => (
+                "endpoint configuration (private API, VPC endpoints, disabled execute-api URL)",
+                "serve tollgate only where those clients reach it, and restrict it with a policy",
+            ),
+            "x-amazon-apigateway-minimum-compression-size" => (
+                "answers are compressed above a size",
+                "tollgate passes the upstream's encoding through: compress in the service",
+            ),
+            _ => (
+                "a setting tollgate has no counterpart for",
+                "check what it did and whether it matters",
+            ),
+        };
+        let summary = match v {
+            Value::Object(m) => format!("{} entries", m.len()),
+            other => other.to_string(),
+        };
+        cx.report(&super::cx::jp("$", k), format!("{what}: {summary}"), action);
+    }
 }
 
 /// The upper-case method name of an operation key.

@@ -92,6 +92,18 @@ fn paths_and_methods_become_route_keys_under_the_stage_base_path() {
 }
 
 #[test]
+fn document_settings_without_a_counterpart_are_reported() {
+    let mut d = rest(json!({"/pets": {"get": proxy("http://p/pets")}}));
+    d["x-amazon-apigateway-gateway-responses"] = json!({"UNAUTHORIZED": {"statusCode": 401}});
+    d["x-amazon-apigateway-binary-media-types"] = json!(["image/png"]);
+    d["x-amazon-apigateway-endpoint-configuration"] = json!({"vpcEndpointIds": ["vpce-1"]});
+    let (_, done) = run(d);
+    assert!(reported(&done, "gateway-responses"), "{:#?}", done.findings);
+    assert!(reported(&done, "endpoint-configuration"));
+    assert!(!reported(&done, "binary-media-types"));
+}
+
+#[test]
 fn an_http_api_default_stage_is_the_default_api_with_its_default_route() {
     let doc = json!({
         "openapi": "3.0.1", "info": {"title": "orders", "version": "1"},
