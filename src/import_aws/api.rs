@@ -7,7 +7,7 @@ use std::path::Path;
 use serde_json::Value;
 use serde_norway::{Mapping, Value as Y};
 
-use super::cx::{ImportError, Options, slug};
+use super::cx::{ImportError, Options, slug, stage_name};
 
 /// The operation keys of a path item, and `x-amazon-apigateway-any-method` (`ANY`).
 pub(crate) const METHODS: [&str; 8] = [
@@ -107,7 +107,7 @@ impl Api {
             entry,
             hosts: opts.hosts.clone(),
             base_path,
-            stage: stage.map(|st| slug(&st, "stage")),
+            stage: stage.map(|st| stage_name(&st)),
             api_id,
             region,
             flavor,

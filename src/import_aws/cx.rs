@@ -191,10 +191,14 @@ pub(crate) fn strings<I: IntoIterator<Item = T>, T: AsRef<str>>(items: I) -> Y {
 /// `text` as a config name: lower case, runs of other characters as one `-`, at most 64
 /// characters; `fallback` when nothing is left.
 pub(crate) fn slug(text: &str, fallback: &str) -> String {
+    name(text, fallback, true)
+}
+
+fn name(text: &str, fallback: &str, lower: bool) -> String {
     let mut out = String::new();
     for c in text.chars() {
         if c.is_ascii_alphanumeric() || c == '_' {
-            out.push(c.to_ascii_lowercase());
+            out.push(if lower { c.to_ascii_lowercase() } else { c });
         } else if !out.is_empty() && !out.ends_with('-') {
             out.push('-');
         }
@@ -207,6 +211,12 @@ pub(crate) fn slug(text: &str, fallback: &str) -> String {
     } else {
         out.to_string()
     }
+}
+
+/// `text` as a stage name: like [`slug`] but keeping upper case (stage names are
+/// case-sensitive on the managed gateway).
+pub(crate) fn stage_name(text: &str) -> String {
+    name(text, "stage", false)
 }
 
 /// `base`, or `base-2`, `base-3`, ... : the first that `taken` refuses.

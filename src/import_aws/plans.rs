@@ -8,7 +8,8 @@ use serde_norway::{Mapping, Value as Y};
 
 use super::api::{Api, Imported};
 use super::cx::{
-    Cx, DEFAULT_ISSUER_URL, Sources, env_part, file_name, items, map, s, slug, strings, unique,
+    Cx, DEFAULT_ISSUER_URL, Sources, env_part, file_name, items, map, s, slug, stage_name, strings,
+    unique,
 };
 
 /// The embedded issuer's token lifetime bounds (`issuer.token_ttl`), in seconds.
@@ -61,7 +62,7 @@ pub(crate) fn usage_plans(cx: &mut Cx, api: &Api, imported: &Imported, src: &Sou
                         };
                         let stage = st.get("stage").and_then(Value::as_str).unwrap_or("");
                         let same_stage = match &api.stage {
-                            Some(want) => slug(stage, "stage") == *want,
+                            Some(want) => stage_name(stage) == *want,
                             None => stage.is_empty() || stage == "$default",
                         };
                         same_api && same_stage

@@ -703,10 +703,11 @@ impl Cors {
         let Some(origin) = lit("Access-Control-Allow-Origin") else {
             return false;
         };
+        // Some definitions quote each name inside the value (`'a', 'b'`): the quotes go.
         let list = |v: Option<String>| -> Vec<String> {
             v.map(|v| {
                 v.split(',')
-                    .map(|x| x.trim().to_string())
+                    .map(|x| x.trim().trim_matches('\'').trim().to_string())
                     .filter(|x| !x.is_empty())
                     .collect()
             })

@@ -568,3 +568,21 @@ fn names_from_the_input_cannot_break_out_of_the_header_comment() {
         assert!(l.starts_with('#'), "{l:?} in\n{text}");
     }
 }
+
+#[test]
+fn stage_case_is_kept_and_quoted_cors_names_unquoted() {
+    let preflight = json!({"x-amazon-apigateway-integration": {"type": "mock",
+        "responses": {"default": {"statusCode": "200", "responseParameters": {
+            "method.response.header.Access-Control-Allow-Origin": "'*'",
+            "method.response.header.Access-Control-Allow-Headers": "'Content-Type', 'Authorization'"}}}}});
+    let mut d = rest(json!({"/pets": {"get": proxy("http://p/pets"), "options": preflight}}));
+    d["servers"][0]["variables"]["basePath"]["default"] = json!("/Prod");
+    let (cfg, _) = run(d);
+    let entry = &cfg["apis"]["pet-store"];
+    assert_eq!(entry["stage"], "Prod");
+    assert_eq!(entry["base_path"], "/Prod");
+    assert_eq!(
+        entry["cors"]["allow_headers"],
+        json!(["Content-Type", "Authorization"])
+    );
+}

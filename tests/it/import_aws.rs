@@ -81,7 +81,7 @@ fn every_fixture_imports_into_a_config_that_passes_check() {
         "rest-petstore-swagger.yaml",
         "http-api-oas30.json",
         "public-url-shortener.yaml",
-        "public-terraform-docker-deploy.yaml",
+        "public-fargate-rest-nlb.yaml",
     ] {
         let dir = tempfile::tempdir().unwrap();
         let (code, config, report, err) = import(&[export], dir.path());
