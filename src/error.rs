@@ -59,6 +59,13 @@ pub enum Refusal {
         /// The bucket's size (`ratelimit-limit`).
         limit: u64,
     },
+    /// The gateway-wide bucket (`gateway.throttle`) is empty.
+    GatewayThrottled {
+        /// Seconds until a token is available.
+        retry_after: u64,
+        /// The bucket's size (`ratelimit-limit`).
+        limit: u64,
+    },
     /// The key's quota for this period is used up.
     QuotaExceeded {
         /// Seconds until the next period.
@@ -128,6 +135,8 @@ pub enum Reason {
     ApiKey(KeyError),
     /// `throttled`.
     Throttled,
+    /// `gateway_throttle`.
+    GatewayThrottle,
     /// `quota_exceeded`.
     QuotaExceeded,
     /// `limits_unavailable`.
@@ -166,6 +175,7 @@ impl Reason {
             Reason::External(e) => e.reason(),
             Reason::ApiKey(e) => e.reason(),
             Reason::Throttled => "throttled",
+            Reason::GatewayThrottle => "gateway_throttle",
             Reason::QuotaExceeded => "quota_exceeded",
             Reason::LimitsUnavailable => "limits_unavailable",
             Reason::Upstream(e) => e.reason(),
@@ -209,6 +219,7 @@ impl Refusal {
             Refusal::External(e) => Reason::External(*e),
             Refusal::ApiKey(e) => Reason::ApiKey(*e),
             Refusal::Throttled { .. } => Reason::Throttled,
+            Refusal::GatewayThrottled { .. } => Reason::GatewayThrottle,
             Refusal::QuotaExceeded { .. } => Reason::QuotaExceeded,
             Refusal::LimitsUnavailable => Reason::LimitsUnavailable,
             Refusal::Upstream(e) => Reason::Upstream(*e),
@@ -268,7 +279,8 @@ impl Refusal {
             Refusal::External(ExternalError::Failed) => {
                 (S::INTERNAL_SERVER_ERROR, msg!("Internal server error"))
             }
-            Refusal::Throttled { retry_after, limit } => {
+            Refusal::Throttled { retry_after, limit }
+            | Refusal::GatewayThrottled { retry_after, limit } => {
                 headers.extend(limited(retry_after, limit));
                 (S::TOO_MANY_REQUESTS, msg!("Too Many Requests"))
             }

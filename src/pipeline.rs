@@ -521,6 +521,17 @@ async fn admit<'s>(
             .await
             .map_err(|e| limit_refusal(e, u64::from(t.spec.burst)))?;
     }
+    // The gateway-wide bucket last among the throttles, and before the quota counts, so that a
+    // request it refuses does not use up the key's quota.
+    if let Some(t) = &ctx.snap.gateway_throttle {
+        store.take(t, None).await.map_err(|e| match e {
+            LimitError::Throttled { retry_after } => Refusal::GatewayThrottled {
+                retry_after,
+                limit: u64::from(t.spec.burst),
+            },
+            other => limit_refusal(other, u64::from(t.spec.burst)),
+        })?;
+    }
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)

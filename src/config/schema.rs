@@ -60,6 +60,19 @@ pub struct FileConfig {
     /// What happens to client request headers before they are forwarded.
     #[serde(default)]
     pub headers: HeadersCfg,
+    /// Settings for the gateway as a whole.
+    #[serde(default)]
+    pub gateway: GatewayCfg,
+}
+
+/// `gateway:`: settings for all the traffic the gateway serves.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayCfg {
+    /// One bucket for every request the gateway admits (the managed gateway's account-level
+    /// limit), shared across the fleet with the Redis store; checked after the plan's and the
+    /// route's throttles, before the quota counts.
+    pub throttle: Option<ThrottleCfg>,
 }
 
 /// One API of an edge gateway: the hosts and base path that select it, its stage, and its own

@@ -71,6 +71,12 @@ pub fn compile(
         .as_ref()
         .and_then(|k| compile_keys(parsed, k, &plans, &apis, &mut errs));
     let credential_headers = credential_headers(&authorizers, key_table.as_ref());
+    let gateway_throttle = f
+        .gateway
+        .throttle
+        .as_ref()
+        .and_then(|t| super::plans::spec_at(t, "gateway.throttle", &mut errs))
+        .map(|spec| registry.limits().throttle("gateway", spec));
 
     match (errs.list.is_empty(), selector) {
         (true, Some(selector)) => Ok(Snapshot {
@@ -90,6 +96,7 @@ pub fn compile(
             files: referenced_files(parsed),
             allow_underscores: f.headers.allow_underscores,
             credential_headers,
+            gateway_throttle,
         }),
         _ => Err(errs.list),
     }

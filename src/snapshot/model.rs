@@ -322,4 +322,6 @@ pub struct Snapshot {
     /// Headers that carry a credential (`authorization`, every JWT authorizer's header, the
     /// API-key header): a request with two of one is refused.
     pub credential_headers: Box<[HeaderName]>,
+    /// `gateway.throttle`: one bucket for every admitted request.
+    pub gateway_throttle: Option<crate::limits::Throttle>,
 }

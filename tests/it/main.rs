@@ -9,6 +9,7 @@ mod clientip;
 mod config;
 mod connlimits;
 mod external;
+mod gateway_throttle;
 mod hardening;
 mod import_aws;
 mod issuer;
