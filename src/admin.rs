@@ -262,6 +262,7 @@ pub async fn handle(
                     "path": gw.config_path().display().to_string(),
                     "routes": snap.routes.len(),
                     "apis": apis_json(&snap),
+                    "state": state_json(&gw),
                     "last_error": gw.last_error(),
                 }),
             )
@@ -337,6 +338,19 @@ const MAX_USAGE_DAYS: i64 = 400;
 /// `plan`, or its only plan (a key in several plans needs one of the two).
 /// The range defaults to the current quota period (or the last 7 days without a quota).
 /// `remaining` is what was left of the period's quota at the end of that day.
+/// `/config`'s `state`: the backend, and for Redis its topology, whether it answers, and the
+/// last error talking to it (a wrong CA, a refused password) until it answers again.
+fn state_json(gw: &Gateway) -> serde_json::Value {
+    match &gw.limits().store {
+        crate::limits::Store::Memory(_) => serde_json::json!({"backend": "memory"}),
+        crate::limits::Store::Redis(r) => {
+            let (topology, error) = r.status();
+            serde_json::json!({"backend": "redis", "topology": topology,
+                               "connected": r.is_connected(), "error": error})
+        }
+    }
+}
+
 /// `GET /openapi.json[?api=NAME][&aws_extensions=true]`: what `tollgate openapi` writes, for
 /// the running config. The file is read again for what the snapshot does not keep (authorizer
 /// details); when it no longer is the running config's text the answer is 409, so the document

@@ -11,7 +11,8 @@ use arc_swap::ArcSwap;
 use crate::config::Parsed;
 use crate::config::schema::{OnError, StateBackend};
 use crate::config::{self, ConfigError};
-use crate::limits::{LimitState, Store, memory::MemoryStore, redis::RedisStore};
+use crate::limits::redis::{RedisStore, TlsMaterial, Topology};
+use crate::limits::{LimitState, Store, memory::MemoryStore};
 use crate::metrics::Metrics;
 use crate::snapshot::{self, Registry, Snapshot};
 use crate::upgrade::Upgrades;
@@ -34,44 +35,141 @@ struct StateSpec {
 enum StoreSpec {
     Memory,
     Redis {
-        url: String,
+        topology: Topology,
+        /// `state.tls` files, resolved (read when the store opens, so that a rotated file
+        /// needs no config change).
+        tls: TlsPaths,
         prefix: String,
         on_error: OnError,
     },
 }
 
-/// Validates `state:`. Refuses a `url` for the memory backend, and a Redis backend without a
-/// valid Redis URL; each error at its key.
+/// `state.tls`, resolved against the config file's directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct TlsPaths {
+    ca: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl TlsPaths {
+    /// Reads the files; an error names the file.
+    fn read(&self) -> Result<TlsMaterial, String> {
+        let read =
+            |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        Ok(TlsMaterial {
+            ca: self.ca.as_ref().map(read).transpose()?,
+            client: match (&self.cert, &self.key) {
+                (Some(c), Some(k)) => Some((read(c)?, read(k)?)),
+                _ => None,
+            },
+        })
+    }
+}
+
+/// Validates `state:`. Refuses Redis settings for the memory backend, a Redis backend without
+/// exactly one of `url`, `cluster` and `sentinels` (the last with `master_name`), malformed
+/// URLs, `tls` without `rediss://` and unreadable TLS files; each error at its key. The store is
+/// opened once here, offline, so that every refusal of [`RedisStore::open`] is a config error.
 fn state_spec(p: &Parsed) -> Result<StateSpec, Vec<ConfigError>> {
     let s = &p.file.state;
     let store = match s.backend {
         StateBackend::Memory => {
-            if s.url.is_some() {
-                return Err(vec![
-                    p.error_at("state.url", "`url` is for `backend: redis`"),
-                ]);
+            for (set, key) in [
+                (s.url.is_some(), "url"),
+                (s.cluster.is_some(), "cluster"),
+                (s.sentinels.is_some(), "sentinels"),
+                (s.master_name.is_some(), "master_name"),
+                (s.tls.is_some(), "tls"),
+            ] {
+                if set {
+                    return Err(vec![p.error_at(
+                        &format!("state.{key}"),
+                        format!("`{key}` is for `backend: redis`"),
+                    )]);
+                }
             }
             StoreSpec::Memory
         }
         StateBackend::Redis => {
-            let Some(url) = &s.url else {
-                return Err(vec![p.error_at(
-                    "state.backend",
-                    "`backend: redis` needs `url: redis://host:port`",
-                )]);
+            let topology = match (&s.url, &s.cluster, &s.sentinels, &s.master_name) {
+                (Some(url), None, None, None) => Topology::Single(url.clone()),
+                (None, Some(seeds), None, None) => Topology::Cluster(seeds.clone()),
+                (None, None, Some(sentinels), Some(master)) => Topology::Sentinel {
+                    sentinels: sentinels.clone(),
+                    master: master.clone(),
+                },
+                (None, None, Some(_), None) => {
+                    return Err(vec![p.error_at(
+                        "state.sentinels",
+                        "`sentinels` needs `master_name`, the primary's name in Sentinel",
+                    )]);
+                }
+                (None, None, None, _) => {
+                    return Err(vec![p.error_at(
+                        "state.backend",
+                        "`backend: redis` needs `url: redis://host:port`, `cluster: [...]` or \
+                         `sentinels: [...]` with `master_name`",
+                    )]);
+                }
+                _ => {
+                    return Err(vec![p.error_at(
+                        "state",
+                        "give one of `url`, `cluster` and `sentinels` (with `master_name`)",
+                    )]);
+                }
             };
-            if let Err(e) = ::redis::Client::open(url.as_str()) {
-                return Err(vec![
-                    p.error_at("state.url", format!("not a Redis URL: {e}")),
-                ]);
+            let at = match &topology {
+                Topology::Single(_) => "state.url",
+                Topology::Cluster(_) => "state.cluster",
+                Topology::Sentinel { .. } => "state.sentinels",
+            };
+            let tls = match &s.tls {
+                None => TlsPaths::default(),
+                Some(t) => {
+                    if t.cert.is_some() != t.key.is_some() {
+                        return Err(vec![p.error_at(
+                            "state.tls",
+                            "`cert` and `key` go together (a client certificate and its key)",
+                        )]);
+                    }
+                    TlsPaths {
+                        ca: t.ca.as_ref().map(|f| p.resolve(f)),
+                        cert: t.cert.as_ref().map(|f| p.resolve(f)),
+                        key: t.key.as_ref().map(|f| p.resolve(f)),
+                    }
+                }
+            };
+            let material = tls.read().map_err(|e| vec![p.error_at("state.tls", e)])?;
+            let prefix = s
+                .key_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string());
+            let on_error = s.on_error.unwrap_or(OnError::Deny);
+            // Checks only: outside a runtime nothing connects, and the store is dropped.
+            let check = std::thread::scope(|sc| {
+                sc.spawn(|| {
+                    RedisStore::open(
+                        &topology,
+                        &material,
+                        prefix.clone(),
+                        on_error,
+                        Arc::new(Metrics::new()),
+                    )
+                    .map(drop)
+                })
+                .join()
+                .expect("the check does not panic")
+            });
+            if let Err(e) = check {
+                let at = if e.contains("tls") { "state.tls" } else { at };
+                return Err(vec![p.error_at(at, e)]);
             }
             StoreSpec::Redis {
-                url: url.clone(),
-                prefix: s
-                    .key_prefix
-                    .clone()
-                    .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string()),
-                on_error: s.on_error.unwrap_or(OnError::Deny),
+                topology,
+                tls,
+                prefix,
+                on_error,
             }
         }
     };
@@ -91,10 +189,18 @@ fn open_store(spec: &StateSpec, online: bool, metrics: &Arc<Metrics>) -> Result<
         }
         StoreSpec::Redis { .. } if !online => Ok(Store::Memory(MemoryStore::open(None))),
         StoreSpec::Redis {
-            url,
+            topology,
+            tls,
             prefix,
             on_error,
-        } => RedisStore::new(url, prefix.clone(), *on_error, metrics.clone()).map(Store::Redis),
+        } => RedisStore::open(
+            topology,
+            &tls.read()?,
+            prefix.clone(),
+            *on_error,
+            metrics.clone(),
+        )
+        .map(Store::Redis),
     }
 }
 

@@ -236,8 +236,16 @@ pub struct StateCfg {
     /// Default `state`.
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
-    /// Redis URL (`redis://host:port/db`), for `backend: redis`.
+    /// Redis URL (`redis://host:port/db`, or `rediss://` over TLS), for one server.
     pub url: Option<String>,
+    /// Redis Cluster seed node URLs, instead of `url`.
+    pub cluster: Option<Vec<String>>,
+    /// Sentinel URLs, instead of `url`; with `master_name`.
+    pub sentinels: Option<Vec<String>>,
+    /// The primary's name in Sentinel.
+    pub master_name: Option<String>,
+    /// TLS material for `rediss://` beyond the system's root certificates.
+    pub tls: Option<StateTlsCfg>,
     /// What to do while Redis is unreachable: `deny` (default) or `allow`.
     pub on_error: Option<OnError>,
     /// Prefix of every Redis key (default `tollgate:`), so gateways can share a Redis.
@@ -250,10 +258,26 @@ impl Default for StateCfg {
             backend: StateBackend::Memory,
             path: default_state_path(),
             url: None,
+            cluster: None,
+            sentinels: None,
+            master_name: None,
+            tls: None,
             on_error: None,
             key_prefix: None,
         }
     }
+}
+
+/// `state.tls`: PEM files for TLS connections to Redis, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateTlsCfg {
+    /// CA certificates the servers' certificates must chain to (default: the system's roots).
+    pub ca: Option<PathBuf>,
+    /// Client certificate chain, for servers that require one (with `key`).
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub key: Option<PathBuf>,
 }
 
 /// Behaviour while the shared state store cannot be reached.

@@ -35,11 +35,15 @@
 //! timeout.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwapOption;
 use redis::Script;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use time::{Date, OffsetDateTime};
 use tokio::task::JoinHandle;
 
@@ -65,6 +69,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Longest pause between connection attempts while Redis is down, so that recovery is noticed
 /// within a couple of seconds.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+/// How often the Sentinel topology asks which server is the primary, so that a failover is
+/// followed within this (plus Sentinel's own detection time).
+const SENTINEL_POLL: Duration = Duration::from_millis(500);
 
 /// Seconds a quota period key outlives its period (so a late replica still finds it).
 const PERIOD_KEY_MARGIN_SECS: u64 = 86_400;
@@ -116,6 +124,98 @@ redis.call('EXPIRE', KEYS[2], ARGV[3])
 return used
 ";
 
+/// Which Redis deployment holds the state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Topology {
+    /// One server: `redis://` or, over TLS, `rediss://[user:password@]host:port[/db]`.
+    Single(String),
+    /// A Redis Cluster, by seed node URLs (all `redis://` or all `rediss://`).
+    Cluster(Vec<String>),
+    /// The primary that Sentinel names `master`, asked of `sentinels`; connections to the
+    /// primary use the first sentinel URL's credentials, database and TLS.
+    Sentinel {
+        /// Sentinel URLs.
+        sentinels: Vec<String>,
+        /// The monitored primary's name.
+        master: String,
+    },
+}
+
+/// PEM material for TLS (`rediss://`) beyond the defaults (the system's root certificates, no
+/// client certificate).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsMaterial {
+    /// CA certificates the servers' certificates must chain to, instead of the system's.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate chain and its key, for servers that require one.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TlsMaterial {
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: self
+                .client
+                .as_ref()
+                .map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone(),
+                    client_key: key.clone(),
+                }),
+            root_cert: self.ca.clone(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ca.is_none() && self.client.is_none()
+    }
+}
+
+/// The connection commands go on: each reconnects by itself (the cluster one also follows
+/// `MOVED`/`ASK` and refreshes its slot map); Sentinel's is replaced when the primary moves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// How the store reaches its topology.
+enum Backend {
+    Single(redis::Client),
+    Cluster(ClusterClient),
+    Sentinel(tokio::sync::Mutex<SentinelClient>),
+}
+
 /// Throttle and quota state in Redis, shared by gateway replicas.
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -123,13 +223,19 @@ pub struct RedisStore {
 }
 
 struct Inner {
-    client: redis::Client,
-    /// `host:port` (never the password), for logs.
+    backend: Backend,
+    /// `host:port` of the server or the first seed or sentinel (never the password), for logs.
     addr: String,
+    /// Which topology (`single`, `cluster`, `sentinel`), for `/config`.
+    kind: &'static str,
+    /// Whether quota keys carry a hash tag, so that a script's keys share a cluster slot.
+    tagged: bool,
+    /// The last error seen talking to Redis (cleared when it answers), for `/config`.
+    last_error: Mutex<Option<String>>,
     prefix: String,
     on_error: OnError,
     metrics: Arc<Metrics>,
-    conn: OnceLock<ConnectionManager>,
+    conn: ArcSwapOption<Conn>,
     /// Redis is known to be unreachable (an outage was logged and its end is not yet).
     down: AtomicBool,
     /// Reference for `last_try`.
@@ -149,25 +255,113 @@ impl Drop for RedisStore {
 }
 
 impl RedisStore {
-    /// A store for `url` (`redis://host:port/db`). Never fails because Redis is down: it
-    /// connects in the background and follows `on_error` meanwhile. Refuses a malformed URL.
-    /// Inside a tokio runtime the connection starts at once; otherwise at the first call.
+    /// A store for one server at `url` (`redis://host:port/db`), without extra TLS material.
+    /// See [`RedisStore::open`].
     pub fn new(
         url: &str,
         prefix: String,
         on_error: OnError,
         metrics: Arc<Metrics>,
     ) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("not a Redis URL: {e}"))?;
-        let addr = client.get_connection_info().addr.to_string();
+        Self::open(
+            &Topology::Single(url.to_string()),
+            &TlsMaterial::default(),
+            prefix,
+            on_error,
+            metrics,
+        )
+    }
+
+    /// A store for `topology`. Never fails because Redis is down: it connects in the background
+    /// and follows `on_error` meanwhile. Refuses a malformed URL, TLS material without
+    /// `rediss://`, and (Cluster) a key prefix with `{` or `}`, which would break the hash
+    /// tags. Inside a tokio runtime the connection starts at once; otherwise at the first call.
+    pub fn open(
+        topology: &Topology,
+        tls: &TlsMaterial,
+        prefix: String,
+        on_error: OnError,
+        metrics: Arc<Metrics>,
+    ) -> Result<RedisStore, String> {
+        let bad = |e: redis::RedisError| format!("not a Redis URL: {e}");
+        let tls_url = |u: &str| u.starts_with("rediss://");
+        let (backend, addr, kind) = match topology {
+            Topology::Single(url) => {
+                if !tls.is_empty() && !tls_url(url) {
+                    return Err("`tls` needs a `rediss://` URL".into());
+                }
+                let client = if tls.is_empty() {
+                    redis::Client::open(url.as_str())
+                } else {
+                    redis::Client::build_with_tls(url.as_str(), tls.certificates())
+                }
+                .map_err(bad)?;
+                let addr = client.get_connection_info().addr.to_string();
+                (Backend::Single(client), addr, "single")
+            }
+            Topology::Cluster(seeds) => {
+                if seeds.is_empty() {
+                    return Err("a cluster needs at least one seed node".into());
+                }
+                if seeds.iter().any(|s| tls_url(s)) != seeds.iter().all(|s| tls_url(s)) {
+                    return Err("seed nodes must all be `redis://` or all `rediss://`".into());
+                }
+                if !tls.is_empty() && !tls_url(&seeds[0]) {
+                    return Err("`tls` needs `rediss://` seed nodes".into());
+                }
+                if prefix.contains(['{', '}']) {
+                    return Err(
+                        "a cluster's key_prefix may not contain `{` or `}` (they are hash tags)"
+                            .into(),
+                    );
+                }
+                let first = redis::IntoConnectionInfo::into_connection_info(seeds[0].as_str())
+                    .map_err(bad)?;
+                let mut b = ClusterClient::builder(seeds.iter().map(String::as_str))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(COMMAND_TIMEOUT)
+                    .retries(2);
+                if !tls.is_empty() {
+                    b = b.certs(tls.certificates());
+                }
+                let client = b.build().map_err(bad)?;
+                (Backend::Cluster(client), first.addr.to_string(), "cluster")
+            }
+            Topology::Sentinel { sentinels, master } => {
+                let Some(first) = sentinels.first() else {
+                    return Err("Sentinel needs at least one sentinel URL".into());
+                };
+                let info =
+                    redis::IntoConnectionInfo::into_connection_info(first.as_str()).map_err(bad)?;
+                let node = SentinelNodeConnectionInfo {
+                    tls_mode: tls_url(first).then_some(redis::TlsMode::Secure),
+                    redis_connection_info: Some(info.redis.clone()),
+                };
+                let client = SentinelClient::build(
+                    sentinels.iter().map(String::as_str).collect(),
+                    master.clone(),
+                    Some(node),
+                    SentinelServerType::Master,
+                )
+                .map_err(bad)?;
+                (
+                    Backend::Sentinel(tokio::sync::Mutex::new(client)),
+                    format!("{} (sentinel, primary {master})", info.addr),
+                    "sentinel",
+                )
+            }
+        };
         let store = RedisStore {
             inner: Arc::new(Inner {
-                client,
+                backend,
                 addr,
+                kind,
+                tagged: matches!(topology, Topology::Cluster(_)),
+                last_error: Mutex::new(None),
                 prefix,
                 on_error,
                 metrics,
-                conn: OnceLock::new(),
+                conn: ArcSwapOption::empty(),
                 down: AtomicBool::new(false),
                 epoch: Instant::now(),
                 last_try: AtomicU64::new(0),
@@ -182,9 +376,18 @@ impl RedisStore {
         Ok(store)
     }
 
+    /// The topology's name (`single`, `cluster`, `sentinel`) and the last error talking to
+    /// Redis, if it has not answered since: what `/config` shows.
+    pub fn status(&self) -> (&'static str, Option<String>) {
+        (
+            self.inner.kind,
+            self.inner.last_error.lock().expect("not poisoned").clone(),
+        )
+    }
+
     /// Whether Redis is connected and the last command succeeded.
     pub fn is_connected(&self) -> bool {
-        self.inner.conn.get().is_some() && !self.inner.down.load(Ordering::Acquire)
+        self.inner.conn.load().is_some() && !self.inner.down.load(Ordering::Acquire)
     }
 
     /// Starts the background connection task once (needs a tokio runtime).
@@ -197,12 +400,12 @@ impl RedisStore {
 
     /// The connection to send a command on: `None` while there is none yet, and during an
     /// outage except for one probe per [`PROBE_INTERVAL`].
-    fn conn(&self) -> Option<ConnectionManager> {
-        let Some(c) = self.inner.conn.get() else {
+    fn conn(&self) -> Option<Conn> {
+        let Some(c) = self.inner.conn.load_full() else {
             self.start_connecting();
             return None;
         };
-        self.inner.may_try().then(|| c.clone())
+        self.inner.may_try().then(|| (*c).clone())
     }
 
     /// Runs `invocation` with the per-command timeout, recording the outage state.
@@ -296,8 +499,9 @@ impl RedisStore {
         let today = day_label(now.date());
         let p = &self.inner.prefix;
         let mut inv = self.inner.quota.prepare_invoke();
-        inv.key(quota_key(p, plan, key_id, &label))
-            .key(day_key(p, plan, key_id, &today))
+        let tag = self.inner.tagged;
+        inv.key(quota_key(p, plan, key_id, &label, tag))
+            .key(day_key(p, plan, key_id, &today, tag))
             .arg(spec.limit)
             .arg(reset + PERIOD_KEY_MARGIN_SECS)
             .arg(USAGE_DAYS_KEPT as u64 * 86_400);
@@ -342,7 +546,7 @@ impl RedisStore {
         };
         let keys: Vec<String> = days
             .iter()
-            .map(|day| day_key(&self.inner.prefix, plan, key_id, day))
+            .map(|day| day_key(&self.inner.prefix, plan, key_id, day, self.inner.tagged))
             .collect();
         let mut cmd = redis::cmd("MGET");
         cmd.arg(&keys);
@@ -396,6 +600,7 @@ impl Inner {
     /// Records a failure; logs only when this starts an outage.
     fn down(&self, error: &str) {
         self.last_try.store(self.millis(), Ordering::Release);
+        *self.last_error.lock().expect("not poisoned") = Some(error.to_string());
         if !self.down.swap(true, Ordering::AcqRel) {
             let on_error = match self.on_error {
                 OnError::Allow => "allow",
@@ -408,13 +613,69 @@ impl Inner {
     /// Records a success; logs only when this ends an outage.
     fn up(&self) {
         if self.down.swap(false, Ordering::AcqRel) {
+            *self.last_error.lock().expect("not poisoned") = None;
             tracing::info!(redis = %self.addr, "Redis reachable again");
         }
     }
 }
 
-/// Connects until it succeeds, then leaves reconnection to the [`ConnectionManager`].
+/// Connects until it succeeds. One server's [`ConnectionManager`] and the cluster connection
+/// then reconnect by themselves; with Sentinel the task stays, asking every [`SENTINEL_POLL`]
+/// which server is the primary and moving the connection when that changes (a failover).
 async fn connect(inner: Arc<Inner>) {
+    let mut pause = Duration::from_millis(100);
+    let mut primary: Option<String> = None;
+    loop {
+        let attempt = match &inner.backend {
+            Backend::Single(client) => single(client).await.map(|c| (Conn::Single(c), None)),
+            Backend::Cluster(client) => client
+                .get_async_connection()
+                .await
+                .map(|c| (Conn::Cluster(c), None)),
+            Backend::Sentinel(sentinel) => {
+                let found = sentinel.lock().await.async_get_client().await;
+                match found {
+                    Ok(client) => {
+                        let at = client.get_connection_info().addr.to_string();
+                        if primary.as_deref() == Some(&at) && inner.conn.load().is_some() {
+                            tokio::time::sleep(SENTINEL_POLL).await;
+                            continue;
+                        }
+                        single(&client).await.map(|c| (Conn::Single(c), Some(at)))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match attempt {
+            Ok((conn, at)) => {
+                let moved = at.is_some() && primary.is_some();
+                inner.conn.store(Some(Arc::new(conn)));
+                if moved {
+                    tracing::warn!(redis = %inner.addr, primary = at.as_deref().unwrap_or(""), "Redis primary moved (failover); following it");
+                } else if !inner.down.load(Ordering::Acquire) {
+                    tracing::info!(redis = %inner.addr, "connected to Redis");
+                }
+                inner.up();
+                pause = Duration::from_millis(100);
+                if at.is_none() {
+                    return;
+                }
+                primary = at;
+                tokio::time::sleep(SENTINEL_POLL).await;
+            }
+            Err(e) => {
+                inner.down(&e.to_string());
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_RECONNECT_DELAY);
+            }
+        }
+    }
+}
+
+/// A connection manager for one server, after a first single attempt succeeded (so that an
+/// outage at start is reported at once rather than after the manager's retries).
+async fn single(client: &redis::Client) -> redis::RedisResult<ConnectionManager> {
     // The manager's reconnect backoff starts at 1 s and, by default, grows to a minute; capping
     // it keeps recovery within a couple of seconds. Its retries are few: when a round runs out,
     // the next command starts a fresh one.
@@ -424,35 +685,11 @@ async fn connect(inner: Arc<Inner>) {
         .set_number_of_retries(2)
         .set_connection_timeout(CONNECT_TIMEOUT)
         .set_response_timeout(COMMAND_TIMEOUT);
-    // Until Redis first answers, probe with single attempts so the outage is reported promptly
-    // (the manager would first exhaust its retries).
     let probe = redis::AsyncConnectionConfig::new().set_connection_timeout(CONNECT_TIMEOUT);
-    let mut pause = Duration::from_millis(100);
-    loop {
-        let attempt = match inner
-            .client
-            .get_multiplexed_async_connection_with_config(&probe)
-            .await
-        {
-            Ok(_) => ConnectionManager::new_with_config(inner.client.clone(), config.clone()).await,
-            Err(e) => Err(e),
-        };
-        match attempt {
-            Ok(conn) => {
-                let _ = inner.conn.set(conn);
-                if !inner.down.load(Ordering::Acquire) {
-                    tracing::info!(redis = %inner.addr, "connected to Redis");
-                }
-                inner.up();
-                return;
-            }
-            Err(e) => {
-                inner.down(&e.to_string());
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(MAX_RECONNECT_DELAY);
-            }
-        }
-    }
+    client
+        .get_multiplexed_async_connection_with_config(&probe)
+        .await?;
+    ConnectionManager::new_with_config(client.clone(), config).await
 }
 
 /// Whole seconds (rounded up) in `micros` microseconds.
@@ -472,12 +709,22 @@ fn bucket_key(prefix: &str, bucket: &str, key: Option<&str>) -> String {
     }
 }
 
-fn quota_key(prefix: &str, plan: &str, key_id: &str, label: &str) -> String {
-    format!("{prefix}q:{}:{}:{label}", part(plan), part(key_id))
+/// The plan and key part of quota keys: in a cluster inside `{...}`, a hash tag, so that the
+/// period and day counters a script updates together share a slot.
+fn owner(plan: &str, key_id: &str, tagged: bool) -> String {
+    if tagged {
+        format!("{{{}:{}}}", part(plan), part(key_id))
+    } else {
+        format!("{}:{}", part(plan), part(key_id))
+    }
 }
 
-fn day_key(prefix: &str, plan: &str, key_id: &str, day: &str) -> String {
-    format!("{prefix}d:{}:{}:{day}", part(plan), part(key_id))
+fn quota_key(prefix: &str, plan: &str, key_id: &str, label: &str, tagged: bool) -> String {
+    format!("{prefix}q:{}:{label}", owner(plan, key_id, tagged))
+}
+
+fn day_key(prefix: &str, plan: &str, key_id: &str, day: &str, tagged: bool) -> String {
+    format!("{prefix}d:{}:{day}", owner(plan, key_id, tagged))
 }
 
 #[cfg(test)]
@@ -487,11 +734,11 @@ mod tests {
     #[test]
     fn key_parts_are_length_prefixed() {
         assert_eq!(
-            quota_key("t:", "gold", "k1", "2026-11"),
+            quota_key("t:", "gold", "k1", "2026-11", false),
             "t:q:4:gold:2:k1:2026-11"
         );
         assert_eq!(
-            day_key("t:", "gold", "k1", "2026-11-22"),
+            day_key("t:", "gold", "k1", "2026-11-22", false),
             "t:d:4:gold:2:k1:2026-11-22"
         );
         assert_eq!(bucket_key("t:", "r|5r2b", None), "t:b:6:r|5r2b:*");
@@ -501,10 +748,13 @@ mod tests {
     #[test]
     fn colons_in_names_do_not_collide() {
         assert_ne!(
-            quota_key("", "a:b", "c", "L"),
-            quota_key("", "a", "b:c", "L")
+            quota_key("", "a:b", "c", "L", false),
+            quota_key("", "a", "b:c", "L", false)
         );
-        assert_ne!(day_key("", "a:b", "c", "D"), day_key("", "a", "b:c", "D"));
+        assert_ne!(
+            day_key("", "a:b", "c", "D", false),
+            day_key("", "a", "b:c", "D", false)
+        );
         assert_ne!(
             bucket_key("", "x:y", Some("z")),
             bucket_key("", "x", Some("y:z"))
@@ -512,8 +762,8 @@ mod tests {
         assert_ne!(bucket_key("", "x", None), bucket_key("", "x", Some("*")));
         // A key id that spells another key's tail stays inside its own length.
         assert_ne!(
-            quota_key("", "p", "k:2026-11", "2026-12"),
-            quota_key("", "p", "k", "2026-11:2026-12")
+            quota_key("", "p", "k:2026-11", "2026-12", false),
+            quota_key("", "p", "k", "2026-11:2026-12", false)
         );
     }
 

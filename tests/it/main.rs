@@ -20,6 +20,7 @@ mod pipeline;
 mod plans;
 mod proxy;
 mod redis;
+mod redis_topologies;
 mod reload;
 mod routing;
 mod sigv4;

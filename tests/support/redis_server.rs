@@ -15,23 +15,41 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Arguments beyond the defaults (TLS, cluster, replication), kept for restarts.
+    extra: Vec<String>,
+    /// Whether the port is a TLS port (the plain port is off).
+    tls: bool,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING. Panics with a clear
     /// message when `redis-server` is not installed.
     pub fn start() -> RedisServer {
+        Self::start_with(Vec::new(), false, |_| {})
+    }
+
+    /// Starts a server with `extra` arguments (`dir` placeholders: `{dir}` is the server's
+    /// directory, `{port}` its port), on a TLS-only port when `tls`. `files` writes what the
+    /// arguments name (certificates) into the directory first.
+    pub fn start_with(
+        extra: Vec<String>,
+        tls: bool,
+        files: impl Fn(&std::path::Path),
+    ) -> RedisServer {
         let dir = tempfile::tempdir().expect("temporary directory");
+        files(dir.path());
         let mut last = String::new();
         // Picking a port (bind :0, close) races with other processes: retry on a bind failure.
         for _ in 0..5 {
             let port = free_port();
-            match spawn(port, &dir) {
+            match spawn(port, &dir, &extra, tls) {
                 Ok(child) => {
                     return RedisServer {
                         child: Some(child),
                         port,
                         dir,
+                        extra,
+                        tls,
                     };
                 }
                 Err(e) => last = e,
@@ -40,9 +58,51 @@ impl RedisServer {
         panic!("redis-server did not start: {last}");
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// A TLS-only server (`--port 0 --tls-port P`) with `server`'s certificate, trusting `ca`
+    /// for client certificates (required when `mtls`), with `requirepass` when `password`.
+    pub fn start_tls(
+        ca: &crate::support::pki::Ca,
+        server: &crate::support::pki::Leaf,
+        mtls: bool,
+        password: Option<&str>,
+    ) -> RedisServer {
+        let mut extra: Vec<String> = [
+            "--tls-cert-file",
+            "{dir}/server.pem",
+            "--tls-key-file",
+            "{dir}/server.key",
+            "--tls-ca-cert-file",
+            "{dir}/ca.pem",
+            "--tls-auth-clients",
+            if mtls { "yes" } else { "no" },
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        if let Some(p) = password {
+            extra.extend(["--requirepass".to_string(), p.to_string()]);
+        }
+        let (ca, cert, key) = (
+            ca.pem.clone(),
+            server.cert_pem.clone(),
+            server.key_pem.clone(),
+        );
+        Self::start_with(extra, true, move |d| {
+            std::fs::write(d.join("ca.pem"), &ca).unwrap();
+            std::fs::write(d.join("server.pem"), &cert).unwrap();
+            std::fs::write(d.join("server.key"), &key).unwrap();
+        })
+    }
+
+    /// The server's directory (its log, its certificates).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// `redis://127.0.0.1:PORT` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// The port (kept across [`RedisServer::restart`]).
@@ -61,7 +121,7 @@ impl RedisServer {
     /// Kills the server if it runs, then starts a fresh one (empty data) on the same port.
     pub fn restart(&mut self) {
         self.kill();
-        let child = spawn(self.port, &self.dir)
+        let child = spawn(self.port, &self.dir, &self.extra, self.tls)
             .unwrap_or_else(|e| panic!("redis-server did not restart on port {}: {e}", self.port));
         self.child = Some(child);
     }
@@ -105,11 +165,27 @@ fn free_port() -> u16 {
 
 /// Starts redis-server on `port` and waits until it answers PING; an error when it exits first
 /// (e.g. the port was taken) or does not answer in time.
-fn spawn(port: u16, dir: &tempfile::TempDir) -> Result<Child, String> {
+fn spawn(port: u16, dir: &tempfile::TempDir, extra: &[String], tls: bool) -> Result<Child, String> {
     let log = dir.path().join(format!("redis-{port}.log"));
     let _ = std::fs::remove_file(&log);
+    let ports: Vec<String> = if tls {
+        vec![
+            "--port".into(),
+            "0".into(),
+            "--tls-port".into(),
+            port.to_string(),
+        ]
+    } else {
+        vec!["--port".into(), port.to_string()]
+    };
+    let d = dir.path().display().to_string();
+    let extra: Vec<String> = extra
+        .iter()
+        .map(|a| a.replace("{dir}", &d).replace("{port}", &port.to_string()))
+        .collect();
     let mut child = match Command::new("redis-server")
-        .args(["--port", &port.to_string()])
+        .args(&ports)
+        .args(&extra)
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])
@@ -136,7 +212,13 @@ fn spawn(port: u16, dir: &tempfile::TempDir) -> Result<Child, String> {
             let log = std::fs::read_to_string(&log).unwrap_or_default();
             return Err(format!("exited with {status} on port {port}:\n{log}"));
         }
-        if ping(addr) {
+        let ready = if tls {
+            // No plain port to PING: the log says when it listens.
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Ready to accept connections"))
+        } else {
+            ping(addr)
+        };
+        if ready {
             return Ok(child);
         }
         if Instant::now() > deadline {

