@@ -315,7 +315,7 @@ impl Gateway {
                 if state_spec(&p)? != self.state {
                     return Err(vec![p.error_at(
                         "state",
-                        "the state settings (backend, url, path, key_prefix, on_error) cannot change while running; restart to apply them",
+                        "the state settings (backend, url, cluster, sentinels, master_name, tls, path, key_prefix, on_error) cannot change while running; restart to apply them",
                     )]);
                 }
                 let snap = snapshot::compile(&p, &self.registry, generation)?;

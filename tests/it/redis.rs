@@ -13,7 +13,7 @@ use tollgate::limits::redis::RedisStore;
 use tollgate::limits::{BucketSpec, BucketState, LimitError, Period, QuotaSpec};
 use tollgate::metrics::Metrics;
 
-use crate::support::gateway::{self, HEAD, TestGateway};
+use crate::support::gateway::{self, TestGateway};
 use crate::support::redis_server::RedisServer;
 
 const PREFIX: &str = "t:";
@@ -513,18 +513,10 @@ async fn gateway_ready(gw: &TestGateway, key_id: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_gateways_share_one_quota() {
     let srv = RedisServer::start();
-    let yaml = format!(
-        r#"{HEAD}state: {{ backend: redis, url: "{url}" }}
-usage_plans:
-  gold: {{ quota: {{ limit: 25, period: day }} }}
-api_keys:
-  keys:
-    - {{ id: partner, key: key-partner, plan: gold }}
-routes:
-  - {{ route: "GET /x", api_key_required: true, respond: {{ body: '{{}}' }} }}
-"#,
-        url = srv.url()
-    );
+    let yaml = crate::redis_topologies::quota_config(&format!(
+        "{{ backend: redis, url: \"{}\" }}",
+        srv.url()
+    ));
     let gws = [
         gateway::start_raw(&yaml, &[]).await,
         gateway::start_raw(&yaml, &[]).await,

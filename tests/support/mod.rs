@@ -3,6 +3,7 @@ pub mod gateway;
 pub mod jwks_server;
 pub mod keys;
 pub mod pki;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod test_ca;
 pub mod traffic;

@@ -28,8 +28,8 @@ impl RedisServer {
         Self::start_with(Vec::new(), false, |_| {})
     }
 
-    /// Starts a server with `extra` arguments (`dir` placeholders: `{dir}` is the server's
-    /// directory, `{port}` its port), on a TLS-only port when `tls`. `files` writes what the
+    /// Starts a server with `extra` arguments (placeholders: `{dir}` is the server's
+    /// directory, `{port}` its port, `{free}` another free port), on a TLS-only port when `tls`. `files` writes what the
     /// arguments name (certificates) into the directory first.
     pub fn start_with(
         extra: Vec<String>,
@@ -92,6 +92,11 @@ impl RedisServer {
             std::fs::write(d.join("server.pem"), &cert).unwrap();
             std::fs::write(d.join("server.key"), &key).unwrap();
         })
+    }
+
+    /// Whether the process runs (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// The server's directory (its log, its certificates).
@@ -181,9 +186,23 @@ fn spawn(port: u16, dir: &tempfile::TempDir, extra: &[String], tls: bool) -> Res
     let d = dir.path().display().to_string();
     let extra: Vec<String> = extra
         .iter()
-        .map(|a| a.replace("{dir}", &d).replace("{port}", &port.to_string()))
+        .map(|a| {
+            let a = a.replace("{dir}", &d).replace("{port}", &port.to_string());
+            // Another free port (the cluster bus: port + 10000 may be past 65535).
+            if a == "{free}" {
+                free_port().to_string()
+            } else {
+                a
+            }
+        })
         .collect();
+    // A config file (Sentinel's) must be the first argument.
+    let (file, extra): (Vec<String>, Vec<String>) = match extra.split_first() {
+        Some((f, rest)) if !f.starts_with("--") => (vec![f.clone()], rest.to_vec()),
+        _ => (Vec::new(), extra),
+    };
     let mut child = match Command::new("redis-server")
+        .args(&file)
         .args(&ports)
         .args(&extra)
         .args(["--bind", "127.0.0.1"])
