@@ -18,6 +18,8 @@
 
 mod aws;
 
+pub use aws::TOLLGATE_EXPORT;
+
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};

@@ -47,8 +47,6 @@ pub(crate) struct Api {
     /// The region, from an execute-api server URL (SigV4's credential scope).
     pub(crate) region: Option<String>,
     pub(crate) flavor: Flavor,
-    /// Whether the document is OpenAPI 3 (else Swagger 2).
-    pub(crate) oas3: bool,
 }
 
 impl Api {
@@ -111,7 +109,6 @@ impl Api {
             api_id,
             region,
             flavor,
-            oas3,
         })
     }
 
@@ -201,6 +198,9 @@ pub(crate) struct Imported {
     /// Security scheme names that stand for the Cognito user pool (for `trust_embedded_issuer`):
     /// authorizer name → pool id.
     pub(crate) pools: BTreeMap<String, String>,
+    /// The authorizer name given to each security scheme, so that two schemes whose names
+    /// make the same slug still get two authorizers.
+    pub(crate) scheme_names: BTreeMap<String, String>,
 }
 
 /// The function ARN in a Lambda integration or authorizer URI

@@ -10,6 +10,10 @@ use serde_norway::{Mapping, Value as Y};
 use super::api::{Api, Imported, lambda_function};
 use super::cx::{Cx, Sources, env_part, jp, map, s, slug, str_list, strings, unique};
 
+/// The scheme name operations with `x-amazon-apigateway-auth: {type: AWS_IAM}` use when the
+/// document defines no SigV4 scheme of its own.
+pub(crate) const IAM_SCHEME: &str = "sigv4";
+
 /// The managed gateway's default authorizer result TTL, which is also tollgate's default
 /// `cache_ttl`: none is written for it.
 const DEFAULT_TTL_SECS: u64 = 300;
@@ -42,6 +46,9 @@ pub(crate) enum Scheme {
         uri: String,
         identity: Vec<String>,
         ttl: Option<u64>,
+        /// Whether it answers yes or no (an HTTP API's simple responses) rather than with a
+        /// policy the managed gateway checks against each request's method and path.
+        simple: bool,
     },
     /// IAM authorization (SigV4).
     Sigv4 { region: String },
@@ -53,23 +60,30 @@ pub(crate) enum Scheme {
 /// `securityDefinitions`).
 pub(crate) fn schemes(cx: &mut Cx, api: &Api, doc: &Value) -> BTreeMap<String, Scheme> {
     // Swagger's place is also found in OpenAPI 3 files written by hand for the managed gateway
-    // (which accepts it there).
-    let oas3 = doc
-        .pointer("/components/securitySchemes")
-        .and_then(Value::as_object);
-    let (defs, base) = match oas3 {
-        Some(d) if api.oas3 => (d, "$.components.securitySchemes"),
-        _ => match doc.get("securityDefinitions").and_then(Value::as_object) {
-            Some(d) => (d, "$.securityDefinitions"),
-            None => return BTreeMap::new(),
-        },
-    };
+    // (which accepts it there): both are read.
     let mut out = BTreeMap::new();
-    for (name, def) in defs {
-        let at = jp(base, name);
-        let sc = scheme(cx, api, def, &at);
-        out.insert(name.clone(), sc);
+    for (ptr, base) in [
+        (
+            "/components/securitySchemes",
+            "$.components.securitySchemes",
+        ),
+        ("/securityDefinitions", "$.securityDefinitions"),
+    ] {
+        for (name, def) in doc
+            .pointer(ptr)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let at = jp(base, name);
+            let sc = scheme(cx, api, def, &at);
+            out.entry(name.clone()).or_insert(sc);
+        }
     }
+    // `x-amazon-apigateway-auth: {type: AWS_IAM}` on an operation names no scheme.
+    out.entry(IAM_SCHEME.to_string()).or_insert(Scheme::Sigv4 {
+        region: api.region.clone().unwrap_or_else(|| "us-east-1".into()),
+    });
     out
 }
 
@@ -107,7 +121,7 @@ fn scheme(cx: &mut Cx, api: &Api, def: &Value, at: &str) -> Scheme {
             cx.report(
                 &ext_at,
                 "a Cognito authorizer without a user pool ARN",
-                "not enforced: give its routes a jwt authorizer by hand",
+                "its routes refuse every request until you give them a jwt authorizer",
             );
             return Scheme::Unknown;
         };
@@ -131,7 +145,7 @@ fn scheme(cx: &mut Cx, api: &Api, def: &Value, at: &str) -> Scheme {
             cx.report(
                 &ext_at,
                 "a JWT authorizer without an issuer",
-                "not enforced: give its routes a jwt authorizer by hand",
+                "its routes refuse every request until you give them a jwt authorizer",
             );
             return Scheme::Unknown;
         };
@@ -174,7 +188,16 @@ fn scheme(cx: &mut Cx, api: &Api, def: &Value, at: &str) -> Scheme {
         let ttl = e
             .get("authorizerResultTtlInSeconds")
             .and_then(Value::as_u64);
-        return Scheme::Lambda { uri, identity, ttl };
+        // Tollgate's own export (an http(s) URI) is tollgate's yes-or-no protocol already.
+        let simple = e.get("enableSimpleResponses").and_then(Value::as_bool) == Some(true)
+            || uri.starts_with("http://")
+            || uri.starts_with("https://");
+        return Scheme::Lambda {
+            uri,
+            identity,
+            ttl,
+            simple,
+        };
     }
     let kind = def.get("type").and_then(Value::as_str).unwrap_or("");
     if kind == "apiKey" && ext.is_none() {
@@ -202,7 +225,7 @@ fn scheme(cx: &mut Cx, api: &Api, def: &Value, at: &str) -> Scheme {
     cx.report(
         at,
         format!("security scheme of type {kind:?} ({ty})"),
-        "not enforced: give its routes an authorizer by hand",
+        "its routes refuse every request until you give them an authorizer",
     );
     Scheme::Unknown
 }
@@ -273,7 +296,20 @@ pub(crate) fn for_route(
     scopes: Vec<String>,
     out: &mut Imported,
 ) -> (String, Vec<String>) {
-    let base = unique(&slug(name, "authorizer"), |n| n == "none");
+    let base = match out.scheme_names.get(name) {
+        Some(b) => b.clone(),
+        None => {
+            let b = unique(&slug(name, "authorizer"), |n| {
+                n == "none"
+                    || out
+                        .scheme_names
+                        .values()
+                        .any(|v| v == n || *v == format!("{n}-id"))
+            });
+            out.scheme_names.insert(name.to_string(), b.clone());
+            b
+        }
+    };
     let sc = schemes.get(name).cloned().unwrap_or(Scheme::Unknown);
     match sc {
         Scheme::Cognito {
@@ -323,15 +359,35 @@ pub(crate) fn for_route(
             }
             (base, scopes)
         }
-        Scheme::Lambda { uri, identity, ttl } => {
+        Scheme::Lambda {
+            uri,
+            identity,
+            ttl,
+            simple,
+        } => {
             if !out.authorizers.contains_key(&base) {
                 let url = lambda_authorizer_url(cx, name, &base, &uri);
                 let mut a = vec![("type", s("http")), ("url", s(&url))];
                 if !identity.is_empty() {
                     a.push(("identity", strings(&identity)));
                 }
-                if let Some(t) = ttl.filter(|t| *t != DEFAULT_TTL_SECS) {
-                    a.push(("cache_ttl", s(&format!("{t}s"))));
+                match ttl {
+                    // A cached policy answer is checked per request's method and path by the
+                    // managed gateway; tollgate caches yes or no for every route, so a cached
+                    // allow for one route would admit another: no caching.
+                    Some(t) if t > 0 && !simple => {
+                        a.push(("cache_ttl", s("0s")));
+                        cx.report(
+                            &format!("$ security scheme {name}"),
+                            format!("authorizer results are cached {t}s and checked per route"),
+                            "written with cache_ttl: 0s (tollgate caches one answer for every \
+                             route); once the service answers per route, add `route` to its \
+                             identity and a cache_ttl",
+                        );
+                    }
+                    Some(t) if t != DEFAULT_TTL_SECS => a.push(("cache_ttl", s(&format!("{t}s")))),
+                    None if !simple => a.push(("cache_ttl", s("0s"))),
+                    _ => {}
                 }
                 out.authorizers.insert(base.clone(), map(a));
             }
@@ -364,7 +420,19 @@ pub(crate) fn for_route(
             }
             (base, Vec::new())
         }
-        Scheme::ApiKey { .. } | Scheme::Unknown => ("none".to_string(), Vec::new()),
+        Scheme::ApiKey { .. } => ("none".to_string(), Vec::new()),
+        Scheme::Unknown => {
+            // Never open: an authorizer nobody answers for refuses every request until the
+            // operator writes the real one (reported where the scheme is).
+            out.authorizers.entry(base.clone()).or_insert_with(|| {
+                map([
+                    ("type", s("http")),
+                    ("url", s(&format!("http://{base}.authorizer.invalid/"))),
+                    ("cache_ttl", s("0s")),
+                ])
+            });
+            (base, Vec::new())
+        }
     }
 }
 

@@ -38,12 +38,15 @@ pub(crate) fn usage_plans(cx: &mut Cx, api: &Api, imported: &Imported, src: &Sou
     };
     let file = file_name(path);
     if api.api_id.is_none() {
+        // Matching by stage name alone would let keys of other APIs' plans call this one.
         cx.report_in(
             &file,
             "$",
-            "the export names no execute-api URL, so plans are matched by stage name only",
-            "check that each imported plan belongs to this API",
+            "the export names no execute-api URL, so no plan can be told to belong to this API",
+            "not imported: export the API with its execute-api server URL, or write the plans \
+             and keys by hand",
         );
+        return out;
     }
     for (i, plan) in items(doc).iter().enumerate() {
         let at = format!("$.items[{i}]");
@@ -176,6 +179,7 @@ fn throttle(t: &Value) -> Option<Y> {
 struct Key {
     name: String,
     value: Option<String>,
+    /// Whether `--api-keys` said it is enabled (`get-usage-plan-keys` does not say).
     enabled: bool,
     plans: Vec<String>,
 }
@@ -245,7 +249,8 @@ pub(crate) fn api_keys(cx: &mut Cx, plans: &mut Plans, src: &Sources) -> Option<
                     .unwrap_or(id)
                     .to_string(),
                 value: None,
-                enabled: true,
+                // Not in `--api-keys`: it may be disabled there, so it is imported disabled.
+                enabled: false,
                 plans: Vec::new(),
             });
             if key.value.is_none() {
@@ -293,6 +298,19 @@ pub(crate) fn api_keys(cx: &mut Cx, plans: &mut Plans, src: &Sources) -> Option<
         }
         if !k.enabled {
             m.push(("enabled", Y::Bool(false)));
+            if src.api_keys.as_ref().is_none_or(|(_, d)| {
+                !items(d)
+                    .iter()
+                    .any(|i| i.get("id").and_then(Value::as_str) == Some(aws_id))
+            }) {
+                cx.report_in(
+                    "api keys",
+                    &format!("key {id}"),
+                    "the key is in a usage plan, but whether it is enabled is not in the input",
+                    "imported disabled: pass --api-keys (get-api-keys --include-values), or set \
+                     `enabled: true` once you have checked it",
+                );
+            }
         }
         out.push(map(m));
     }

@@ -29,14 +29,24 @@ enum Cond {
     NotIn(Vec<IpNet>),
 }
 
+/// One `Resource` entry.
+#[derive(Debug)]
+struct Resource {
+    /// Region, account and API id of an ARN (IAM wildcards allowed); `None` for
+    /// `execute-api:/...` and `*`, which mean this API.
+    arn: Option<[String; 3]>,
+    /// `STAGE/METHOD/PATH`, with `*` and `?` wildcards.
+    rest: String,
+    /// Whether it covered an imported route (for reporting Denies that applied nowhere).
+    matched: bool,
+}
+
 #[derive(Debug)]
 struct Stmt {
     allow: bool,
-    /// Resource patterns after the API id: `STAGE/METHOD/PATH`, `*` wildcards.
-    resources: Vec<String>,
+    resources: Vec<Resource>,
     cond: Cond,
     at: String,
-    matched: bool,
 }
 
 /// Who may call a route, as the statements that cover it decide.
@@ -90,10 +100,21 @@ pub(crate) fn translate(
         .entry
         .clone()
         .unwrap_or_else(|| "resource-policy".into());
+    // Tollgate's own export lists in each statement exactly the routes it was written for.
+    let own = doc
+        .get(crate::openapi::TOLLGATE_EXPORT)
+        .and_then(Value::as_bool)
+        == Some(true);
     let mut names: Vec<(Outcome, String)> = Vec::new();
     for (key, path, _) in routes {
-        let method = key.split_once(' ').map_or("*", |(m, _)| m);
-        let outcome = evaluate(&mut stmts, api.stage.as_deref(), method, path.as_deref());
+        // `$default` takes every method.
+        let method = key.split_once(' ').map_or("ANY", |(m, _)| m);
+        let route = RouteRef {
+            stage: api.stage.as_deref(),
+            method,
+            path: path.as_deref(),
+        };
+        let outcome = evaluate(&mut stmts, api, &route, own);
         let name = if outcome.allow.is_none() && outcome.deny.is_empty() {
             "none".to_string()
         } else if let Some((_, n)) = names.iter().find(|(o, _)| *o == outcome) {
@@ -118,16 +139,13 @@ pub(crate) fn translate(
         };
         out.route_policy.insert(key.clone(), name);
     }
-    for st in &stmts {
-        if !st.matched && !st.allow {
+    for st in stmts.iter().filter(|s| !s.allow) {
+        for r in st.resources.iter().filter(|r| !r.matched) {
             cx.report(
                 &st.at,
-                format!(
-                    "the Deny covers no imported route ({})",
-                    st.resources.join(", ")
-                ),
-                "not enforced: a resource naming one concrete path cannot be a route policy; \
-                 write one for the route by hand",
+                format!("the Deny on {} covers no imported route", r.rest),
+                "NOT ENFORCED: a resource naming one concrete path (or another API) cannot be a \
+                 route policy; write one for the route by hand",
             );
         }
     }
@@ -186,10 +204,10 @@ fn statement(cx: &mut Cx, st: &Value, at: &str) -> Option<Stmt> {
         );
         return None;
     }
-    let resources: Vec<String> = match st.get("Resource") {
+    let resources: Vec<Resource> = match st.get("Resource") {
         Some(Value::String(r)) => vec![resource(r)],
         Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(resource).collect(),
-        _ => vec!["*".into()],
+        _ => vec![resource("*")],
     };
     let mut cond = Cond::Always;
     if let Some(c) = st.get("Condition").and_then(Value::as_object) {
@@ -230,24 +248,30 @@ fn statement(cx: &mut Cx, st: &Value, at: &str) -> Option<Stmt> {
         resources,
         cond,
         at: at.to_string(),
-        matched: false,
     })
 }
 
 /// A resource ARN (`arn:aws:execute-api:R:A:ID/STAGE/METHOD/PATH`, `execute-api:/...`, `*`)
-/// as its `STAGE/METHOD/PATH` part.
-fn resource(r: &str) -> String {
-    if let Some(rest) = r.strip_prefix("execute-api:/") {
-        return rest.to_string();
+/// as its API part and its `STAGE/METHOD/PATH` part.
+fn resource(r: &str) -> Resource {
+    let (arn, rest) = if let Some(rest) = r.strip_prefix("execute-api:/") {
+        (None, rest.to_string())
+    } else if let Some(tail) = r.strip_prefix("arn:") {
+        let f: Vec<&str> = tail.splitn(5, ':').collect();
+        // [partition, service, region, account, "ID/STAGE/METHOD/PATH"]
+        let (id, rest) = f
+            .get(4)
+            .map_or(("*", "*"), |s| s.split_once('/').unwrap_or((s, "*")));
+        let field = |i: usize| f.get(i).map_or("*", |s| *s).to_string();
+        (Some([field(2), field(3), id.to_string()]), rest.to_string())
+    } else {
+        (None, r.to_string())
+    };
+    Resource {
+        arn,
+        rest,
+        matched: false,
     }
-    if r.starts_with("arn:") {
-        let tail = r.splitn(6, ':').nth(5).unwrap_or("*");
-        return tail
-            .split_once('/')
-            .map_or("*", |(_, rest)| rest)
-            .to_string();
-    }
-    r.to_string()
 }
 
 /// `aws:SourceIp` values as networks; a bare address is a /32 or /128.
@@ -271,9 +295,18 @@ fn cidrs(cx: &mut Cx, v: &Value, at: &str) -> Vec<IpNet> {
     out
 }
 
-/// Who may call the route `method path` (`None`: `$default`) of `stage`, by every statement
-/// covering it.
-fn evaluate(stmts: &mut [Stmt], stage: Option<&str>, method: &str, path: Option<&str>) -> Outcome {
+/// A route as resource patterns see it.
+struct RouteRef<'a> {
+    /// The stage, when the export names one.
+    stage: Option<&'a str>,
+    /// `GET`, or `ANY` for every method.
+    method: &'a str,
+    /// The path template; `None` for `$default` (every path).
+    path: Option<&'a str>,
+}
+
+/// Who may call `route`, by every statement covering it.
+fn evaluate(stmts: &mut [Stmt], api: &Api, route: &RouteRef, own: bool) -> Outcome {
     let mut allow_all = false;
     let mut allow_in: Vec<IpNet> = Vec::new();
     let mut allow_not_in: Vec<Vec<IpNet>> = Vec::new();
@@ -281,14 +314,16 @@ fn evaluate(stmts: &mut [Stmt], stage: Option<&str>, method: &str, path: Option<
     let mut deny: Vec<IpNet> = Vec::new();
     let mut must_be_in: Vec<Vec<IpNet>> = Vec::new();
     for st in stmts.iter_mut() {
-        let hit = st
-            .resources
-            .iter()
-            .any(|r| covers(r, stage, method, path, st.allow));
+        let mut hit = false;
+        for r in st.resources.iter_mut() {
+            if covers(r, api, route, st.allow || own) {
+                r.matched = true;
+                hit = true;
+            }
+        }
         if !hit {
             continue;
         }
-        st.matched = true;
         match (st.allow, &st.cond) {
             (true, Cond::Always) => allow_all = true,
             (true, Cond::In(n)) => allow_in.extend(n.iter().copied()),
@@ -343,56 +378,103 @@ pub(crate) fn intersect(a: &[IpNet], b: &[IpNet]) -> Vec<IpNet> {
     out
 }
 
-/// Whether resource pattern `r` (`STAGE/METHOD/PATH`) applies to the route. An Allow must
-/// cover every request of the route; a Deny applies when it covers any (so an imported
-/// policy never lets in someone the managed gateway kept out).
-fn covers(r: &str, stage: Option<&str>, method: &str, path: Option<&str>, allow: bool) -> bool {
-    if r == "*" {
-        return true;
+/// Stands for a value the route does not fix (a parameter, the method of `ANY`, an unknown
+/// stage): no literal of a pattern matches it, only `*`.
+const ANY_VALUE: char = '\u{1}';
+
+/// In a Deny's view of a route: one path segment (or method, or stage) of any value, which a
+/// pattern's `*` or its characters other than `/` may meet.
+const ANY_SEGMENT: char = '\u{2}';
+
+/// Whether resource `r` applies to the route. An Allow must cover every request of the route
+/// (its parameters, the methods of `ANY`, an unknown stage can be anything, and an ARN must
+/// name this API); a Deny applies when it covers any request of it (the two patterns overlap),
+/// so an imported policy never lets in someone the managed gateway kept out.
+fn covers(r: &Resource, api: &Api, route: &RouteRef, allow: bool) -> bool {
+    if let Some([region, _account, id]) = &r.arn {
+        let known =
+            |pattern: &str, value: &Option<String>| value.as_ref().map(|v| glob(pattern, v));
+        match (known(id, &api.api_id), known(region, &api.region)) {
+            (Some(false), _) | (_, Some(false)) => return false,
+            // Not known to be this API: an Allow does not count, a Deny does.
+            (None, _) if allow => return false,
+            _ => {}
+        }
     }
-    let mut parts = r.splitn(3, '/');
-    let st = parts.next().unwrap_or("*");
-    let m = parts.next().unwrap_or("*");
-    let p = parts.next().unwrap_or("");
-    if let Some(stage) = stage
-        && !glob(st, stage)
-    {
-        return false;
+    let wild = if allow { ANY_VALUE } else { ANY_SEGMENT };
+    let rest = if allow { ANY_VALUE } else { '*' };
+    let mut subject = String::new();
+    match route.stage {
+        Some(s) => subject.push_str(s),
+        None => subject.push(wild),
     }
-    let method_ok = if allow {
-        glob(m, method) && (method != "ANY" || m == "*")
+    subject.push('/');
+    match route.method {
+        "ANY" => subject.push(wild),
+        m => subject.push_str(m),
+    }
+    subject.push('/');
+    match route.path {
+        None => subject.push(rest),
+        Some(p) => {
+            let segs: Vec<&str> = p.split('/').filter(|s| !s.is_empty()).collect();
+            for (i, seg) in segs.iter().enumerate() {
+                if i > 0 {
+                    subject.push('/');
+                }
+                if seg.starts_with('{') && seg.ends_with("+}") {
+                    subject.push(rest);
+                } else if seg.starts_with('{') {
+                    subject.push(wild);
+                } else {
+                    subject.push_str(seg);
+                }
+            }
+        }
+    }
+    if allow {
+        glob(&r.rest, &subject)
     } else {
-        method == "ANY" || glob(m, method)
-    };
-    if !method_ok {
-        return false;
+        overlap(&r.rest, &subject)
     }
-    let Some(path) = path else {
-        // `$default` takes every path.
-        return !allow || p == "*";
-    };
-    let route = path.trim_start_matches('/');
-    if glob(p, route) {
-        return true;
-    }
-    if !allow
-        && let Some(i) = route.find("{")
-        && route[i..].contains("+}")
-    {
-        // A greedy route: the deny applies when its literal prefix can meet the route's.
-        let lit = &route[..i];
-        let plit = p.split('*').next().unwrap_or("");
-        return lit.starts_with(plit) || plit.starts_with(lit);
-    }
-    false
 }
 
-/// Glob match with `*` for any run of characters.
+/// Whether some string matches both the resource pattern `a` (`*`: any run of characters;
+/// `?`: one) and the route's view `b` (`*` likewise; [`ANY_SEGMENT`]: a run without `/`).
+pub(crate) fn overlap(a: &str, b: &str) -> bool {
+    fn go(a: &[char], b: &[char], i: usize, j: usize, memo: &mut [Vec<Option<bool>>]) -> bool {
+        if let Some(v) = memo[i][j] {
+            return v;
+        }
+        let v = if i == a.len() && j == b.len() {
+            true
+        } else if i < a.len() && a[i] == '*' {
+            go(a, b, i + 1, j, memo) || (j < b.len() && go(a, b, i, j + 1, memo))
+        } else if j < b.len() && b[j] == '*' {
+            go(a, b, i, j + 1, memo) || (i < a.len() && go(a, b, i + 1, j, memo))
+        } else if j < b.len() && b[j] == ANY_SEGMENT {
+            go(a, b, i, j + 1, memo) || (i < a.len() && a[i] != '/' && go(a, b, i + 1, j, memo))
+        } else if i < a.len() && j < b.len() {
+            (a[i] == '?' || b[j] == '?' || a[i] == b[j]) && go(a, b, i + 1, j + 1, memo)
+        } else {
+            false
+        };
+        memo[i][j] = Some(v);
+        v
+    }
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut memo = vec![vec![None; b.len() + 1]; a.len() + 1];
+    go(&a, &b, 0, 0, &mut memo)
+}
+
+/// IAM-style match: `*` for any run of characters, `?` for one (never a value the route
+/// leaves open).
 pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
     let (mut pi, mut ti, mut star, mut mark) = (0, 0, None, 0);
     while ti < t.len() {
-        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+        if pi < p.len() && p[pi] != '*' && (p[pi] == t[ti] || (p[pi] == '?' && t[ti] != ANY_VALUE))
+        {
             pi += 1;
             ti += 1;
         } else if pi < p.len() && p[pi] == '*' {

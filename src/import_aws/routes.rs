@@ -100,7 +100,17 @@ pub(crate) fn translate(cx: &mut Cx, api: &Api, doc: &Value) -> Imported {
     let mut cors = Cors::default();
     let mut routes: Vec<(String, Option<String>, Mapping)> = Vec::new();
     for o in &ops {
-        if o.method == "OPTIONS" && cors.take_preflight(o.op) {
+        // A preflight mock's headers become `cors` (the gateway answers preflights itself);
+        // an OPTIONS method that also demands credentials stays a route for plain OPTIONS.
+        let secured =
+            o.op.get("security")
+                .or_else(|| doc.get("security"))
+                .and_then(Value::as_array)
+                .is_some_and(|alts| {
+                    alts.iter()
+                        .any(|a| a.as_object().is_some_and(|m| !m.is_empty()))
+                });
+        if o.method == "OPTIONS" && cors.take_preflight(o.op) && !secured {
             continue;
         }
         let mut r = Mapping::new();
@@ -115,6 +125,13 @@ pub(crate) fn translate(cx: &mut Cx, api: &Api, doc: &Value) -> Imported {
             );
         }
         routes.push((o.key.clone(), o.path.clone(), r));
+    }
+    if doc
+        .get(crate::openapi::TOLLGATE_EXPORT)
+        .and_then(Value::as_bool)
+        != Some(true)
+    {
+        empty_tails(&mut routes);
     }
     let policies = super::policy::translate(cx, api, doc, &routes);
     // The policy most routes share (the first route's on a tie) is the entry's default; the
@@ -198,6 +215,50 @@ fn document_extensions(cx: &mut Cx, doc: &Value) {
     }
 }
 
+/// A greedy `P/{x+}` takes at least one segment on the managed gateway, while tollgate's also
+/// takes `P` itself: where no `ANY P` route exists, one is added that answers as the managed
+/// gateway would have, with the `$default` route's settings when there is one, else its 403
+/// `Missing Authentication Token`, so that `P` does not reach the greedy route's upstream
+/// under the greedy route's (perhaps weaker) checks.
+fn empty_tails(routes: &mut Vec<(String, Option<String>, Mapping)>) {
+    let default = routes
+        .iter()
+        .find(|(k, _, _)| k == "$default")
+        .map(|(_, _, r)| r.clone());
+    let mut added: Vec<(String, Option<String>, Mapping)> = Vec::new();
+    for (_, path, _) in routes.iter() {
+        let Some(path) = path else { continue };
+        let Some((prefix, last)) = path.rsplit_once('/') else {
+            continue;
+        };
+        if !(last.starts_with('{') && last.ends_with("+}")) {
+            continue;
+        }
+        let prefix = if prefix.is_empty() { "/" } else { prefix };
+        let key = format!("ANY {prefix}");
+        if routes.iter().chain(&added).any(|(k, _, _)| *k == key) {
+            continue;
+        }
+        let mut r = match &default {
+            Some(d) => d.clone(),
+            None => {
+                let body =
+                    serde_json::json!({"message": "Missing Authentication Token"}).to_string();
+                let mut r = Mapping::new();
+                r.insert(
+                    s("respond"),
+                    map([("status", Y::Number(403.into())), ("body", s(&body))]),
+                );
+                r.insert(s("authorizer"), s("none"));
+                r
+            }
+        };
+        r.insert(s("route"), s(&key));
+        added.push((key, Some(prefix.to_string()), r));
+    }
+    routes.extend(added);
+}
+
 /// The upper-case method name of an operation key.
 fn leak_upper(m: &str) -> &'static str {
     match m {
@@ -215,7 +276,7 @@ fn leak_upper(m: &str) -> &'static str {
 /// `{name+}`), one trailing `/` dropped. Refuses what route keys cannot say.
 pub(crate) fn route_path(p: &str) -> Result<String, String> {
     let trimmed = if p.len() > 1 {
-        p.trim_end_matches('/')
+        p.strip_suffix('/').unwrap_or(p)
     } else {
         p
     };
@@ -615,11 +676,18 @@ fn security(
                     }
                     None => auth.push((name.clone(), scopes)),
                 },
-                None => cx.report(
-                    &at,
-                    format!("security names scheme {name:?}, which the document does not define"),
-                    "not enforced: add the authorizer by hand",
-                ),
+                None => {
+                    cx.report(
+                        &at,
+                        format!(
+                            "security names scheme {name:?}, which the document does not define"
+                        ),
+                        "its routes refuse every request until you write the authorizer",
+                    );
+                    if !auth.iter().any(|(n, _)| n == name) {
+                        auth.push((name.clone(), scopes));
+                    }
+                }
             }
         }
     }
@@ -630,8 +698,14 @@ fn security(
         && t.eq_ignore_ascii_case("aws_iam")
         && auth.is_empty()
     {
-        auth.push(("sigv4".to_string(), Vec::new()));
+        let iam = schemes
+            .iter()
+            .find(|(n, sc)| matches!(sc, Scheme::Sigv4 { .. }) && *n != authorizers::IAM_SCHEME)
+            .map_or(authorizers::IAM_SCHEME, |(n, _)| n.as_str());
+        auth.push((iam.to_string(), Vec::new()));
     }
+    // A scheme tollgate can enforce goes before one it cannot (which stays closed).
+    auth.sort_by_key(|(n, _)| matches!(schemes.get(n), None | Some(Scheme::Unknown)));
     if auth.len() > 1 {
         let names: Vec<&str> = auth.iter().map(|(n, _)| n.as_str()).collect();
         cx.report(

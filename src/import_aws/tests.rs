@@ -75,15 +75,18 @@ fn paths_and_methods_become_route_keys_under_the_stage_base_path() {
     assert_eq!(entry["stage"], "prod");
     let rs = routes(&cfg);
     let keys: Vec<&str> = rs.iter().map(|r| r["route"].as_str().unwrap()).collect();
+    // `ANY /`: the greedy route takes at least one segment on the managed gateway.
     assert_eq!(
         keys,
         [
             "GET /pets",
             "POST /pets",
             "GET /pets/{petId}",
-            "ANY /{proxy+}"
+            "ANY /{proxy+}",
+            "ANY /"
         ]
     );
+    assert_eq!(route(&rs, "ANY /")["respond"]["status"], 403);
     assert!(
         reported(&done, "/files/{name}.json"),
         "{:#?}",
@@ -290,7 +293,10 @@ fn http_api_jwt_lambda_and_iam_authorizers() {
         tenant["identity"],
         json!(["header:X-Tenant", "query:tenant"])
     );
-    assert_eq!(tenant["cache_ttl"], "60s");
+    // Its cached answer was a policy checked per route: tollgate's cache would reuse it for
+    // every route, so it is off.
+    assert_eq!(tenant["cache_ttl"], "0s");
+    assert!(reported(&done, "checked per route"));
     assert!(tenant["url"].as_str().unwrap().ends_with(".invalid/"));
     assert!(reported(&done, "$stageVariables.x"));
     assert!(reported(&done, "function:tenant"));
@@ -454,6 +460,9 @@ fn usage_plans_are_bound_to_the_stage_and_keys_written_as_hashes_only() {
     );
     assert_eq!(keys[1]["enabled"], false);
     assert_eq!(keys[2]["plan"], "basic");
+    // Only in a usage plan's key list: whether it is enabled is unknown, so it is not.
+    assert_eq!(keys[2]["enabled"], false);
+    assert!(reported(&done, "whether it is enabled is not in the input"));
     assert!(
         reported(&done, "stray"),
         "a key of no plan is reported, not imported"
@@ -585,4 +594,144 @@ fn stage_case_is_kept_and_quoted_cors_names_unquoted() {
         entry["cors"]["allow_headers"],
         json!(["Content-Type", "Authorization"])
     );
+}
+
+/// The attacker's review of the import (each case once opened a route AWS kept closed).
+#[test]
+fn an_iam_operation_without_a_scheme_and_unknown_schemes_stay_closed() {
+    let mut iam = proxy("http://p/orders");
+    iam["x-amazon-apigateway-auth"] = json!({"type": "AWS_IAM"});
+    let mut odd = proxy("http://p/odd");
+    odd["security"] = json!([{"bearer": []}]);
+    let mut missing = proxy("http://p/missing");
+    missing["security"] = json!([{"nowhere": []}]);
+    let schemes = json!({"bearer": {"type": "http", "scheme": "bearer"},
+                         "Cognito Users": {"type": "apiKey", "name": "Authorization", "in": "header",
+                            "x-amazon-apigateway-authorizer": {"type": "cognito_user_pools",
+                                "providerARNs": ["arn:aws:cognito-idp:eu-west-1:1:userpool/eu-west-1_A"]}},
+                         "cognito-users": {"type": "apiKey", "name": "Authorization", "in": "header",
+                            "x-amazon-apigateway-authorizer": {"type": "cognito_user_pools",
+                                "providerARNs": ["arn:aws:cognito-idp:eu-west-1:1:userpool/eu-west-1_B"]}}});
+    let mut a = proxy("http://p/a");
+    a["security"] = json!([{"Cognito Users": ["x/read"]}]);
+    let mut b = proxy("http://p/b");
+    b["security"] = json!([{"cognito-users": ["x/read"]}]);
+    let (cfg, _) = run(secured(
+        schemes,
+        json!({"/orders": {"post": iam}, "/odd": {"get": odd}, "/missing": {"get": missing},
+               "/a": {"get": a}, "/b": {"get": b}}),
+    ));
+    let rs = routes(&cfg);
+    let auth = |k: &str| route(&rs, k)["authorizer"].as_str().unwrap().to_string();
+    assert_eq!(cfg["authorizers"][auth("POST /orders")]["type"], "sigv4");
+    for k in ["GET /odd", "GET /missing"] {
+        let a = &cfg["authorizers"][auth(k)];
+        assert_eq!(a["type"], "http", "{k}: {a}");
+        assert!(
+            a["url"].as_str().unwrap().ends_with(".invalid/"),
+            "{k}: {a}"
+        );
+    }
+    // Two schemes whose names make one slug are two authorizers (two pools).
+    assert_ne!(auth("GET /a"), auth("GET /b"));
+    assert_ne!(
+        cfg["authorizers"][auth("GET /a")]["issuer"],
+        cfg["authorizers"][auth("GET /b")]["issuer"]
+    );
+}
+
+#[test]
+fn policy_patterns_match_like_iam_and_never_open_more() {
+    let d = |statements: Value| {
+        let mut d = rest(json!({
+            "/": {"get": proxy("http://p/")},
+            "/orders": {"get": proxy("http://p/orders")},
+            "/users/{id}": {"get": proxy("http://p/users/{id}")},
+            "/admin1": {"get": proxy("http://p/admin1")},
+        }));
+        d["x-amazon-apigateway-policy"] = json!({"Statement": statements});
+        d
+    };
+    let allow_all = json!({"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke",
+                           "Resource": "execute-api:/*"});
+    let policy_of = |cfg: &Value, rs: &[Value], key: &str| -> Value {
+        let entry = &cfg["apis"]["pet-store"];
+        let name = route(rs, key)
+            .get("policy")
+            .cloned()
+            .unwrap_or_else(|| entry["defaults"]["policy"].clone());
+        cfg["policies"]
+            .get(name.as_str().unwrap())
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    // `prod/*` spans the method and the path: only the office may call anything.
+    let (cfg, _) = run(d(
+        json!([allow_all.clone(), {"Effect": "Deny", "Principal": "*",
+        "Action": "execute-api:Invoke",
+        "Resource": "arn:aws:execute-api:eu-west-1:111:a1b2c3d4e5/prod/*",
+        "Condition": {"NotIpAddress": {"aws:SourceIp": "203.0.113.0/24"}}}]),
+    ));
+    let rs = routes(&cfg);
+    for k in ["GET /", "GET /orders", "GET /users/{id}"] {
+        assert_eq!(
+            policy_of(&cfg, &rs, k),
+            json!({"allow": ["203.0.113.0/24"]}),
+            "{k}"
+        );
+    }
+    // An Allow naming `{id}` literally covers no real path: the route stays closed; `?` is one
+    // character in a Deny; a Deny of another API id is not this API's.
+    let (cfg, done) = run(d(json!([
+        {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke",
+         "Resource": ["execute-api:/prod/GET/users/{id}", "execute-api:/prod/GET/orders",
+                      "execute-api:/prod/GET/admin?", "execute-api:/prod/GET/"]},
+        {"Effect": "Allow", "Principal": "*", "Action": "execute-api:Invoke",
+         "Resource": "arn:aws:execute-api:eu-west-1:111:OTHERAPI/*"},
+        {"Effect": "Deny", "Principal": "*", "Action": "execute-api:Invoke",
+         "Resource": ["execute-api:/*/GET/admin?", "execute-api:/*/GET/users/root"],
+         "Condition": {"IpAddress": {"aws:SourceIp": "198.51.100.0/24"}}}])));
+    let rs = routes(&cfg);
+    assert_eq!(policy_of(&cfg, &rs, "GET /users/{id}")["allow"], json!([]));
+    assert_eq!(
+        policy_of(&cfg, &rs, "GET /orders"),
+        Value::Null,
+        "allowed to everyone"
+    );
+    assert_eq!(
+        policy_of(&cfg, &rs, "GET /admin1"),
+        json!({"deny": ["198.51.100.0/24"]})
+    );
+    // The Deny of one user's path applies to the route that serves it.
+    assert_eq!(
+        policy_of(&cfg, &rs, "GET /users/{id}")["deny"],
+        json!(["198.51.100.0/24"])
+    );
+    assert!(
+        !reported(&done, "users/root covers no imported route"),
+        "{:#?}",
+        done.findings
+    );
+    assert!(policy::overlap("*/GET/users/root", "prod/GET/users/\u{2}"));
+    assert!(!policy::overlap("*/DELETE/pets/*", "prod/GET/pets/\u{2}"));
+}
+
+#[test]
+fn plans_need_the_api_id_and_a_secured_options_method_stays_a_route() {
+    let mut doc = rest(json!({"/pets": {"get": proxy("http://p/pets")}}));
+    doc["servers"] = json!([{"url": "https://api.example.com/prod"}]);
+    let (cfg, done) = run_all(plans_sources(doc), Options::default());
+    assert!(cfg.get("usage_plans").is_none(), "{cfg:#}");
+    assert!(reported(&done, "no plan can be told to belong to this API"));
+    let preflight = json!({"security": [{"api_key": []}],
+        "x-amazon-apigateway-integration": {"type": "mock",
+            "responses": {"default": {"statusCode": "200", "responseParameters": {
+                "method.response.header.Access-Control-Allow-Origin": "'*'"}}}}});
+    let mut d = rest(json!({"/reports": {"options": preflight}}));
+    d["components"] = json!({"securitySchemes": {
+        "api_key": {"type": "apiKey", "name": "x-api-key", "in": "header"}}});
+    let (cfg, _) = run(d);
+    let rs = routes(&cfg);
+    assert_eq!(route(&rs, "OPTIONS /reports")["api_key_required"], true);
+    assert!(cfg["apis"]["pet-store"]["cors"].is_object());
 }

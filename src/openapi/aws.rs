@@ -11,6 +11,9 @@ use crate::config::schema::{AuthorizerCfg, CorsCfg, FileConfig, RouteCfg};
 use crate::routes::MethodSel;
 use crate::snapshot::{Api, Integration, Route, Snapshot};
 
+/// Marks a document `tollgate openapi --aws-extensions` wrote (see [`document`]).
+pub const TOLLGATE_EXPORT: &str = "x-tollgate-export";
+
 /// The managed gateway's operation key for `ANY`.
 pub(super) const ANY_METHOD: &str = "x-amazon-apigateway-any-method";
 
@@ -153,6 +156,10 @@ pub(super) fn document(
     if file.api_keys.is_some() {
         doc["x-amazon-apigateway-api-key-source"] = json!("HEADER");
     }
+    // Marks tollgate's own export for `import aws`: a greedy `{x+}` also takes the empty rest
+    // (the managed gateway's does not, so no route is added for the bare prefix), and each
+    // policy statement lists exactly the routes it was written for.
+    doc[TOLLGATE_EXPORT] = json!(true);
     let cors = match file.apis.get(&*api.entry) {
         Some(a) => a.cors.as_ref(),
         None => file.cors.as_ref(),
