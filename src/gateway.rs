@@ -57,6 +57,15 @@ impl TlsPaths {
     fn read(&self) -> Result<TlsMaterial, String> {
         let read =
             |p: &PathBuf| std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()));
+        if let Some(p) = &self.ca {
+            // An empty trust store would only fail at connect time, with a vaguer error.
+            if !read(p)?
+                .windows(27)
+                .any(|w| w == b"-----BEGIN CERTIFICATE-----")
+            {
+                return Err(format!("{} holds no PEM certificate", p.display()));
+            }
+        }
         Ok(TlsMaterial {
             ca: self.ca.as_ref().map(read).transpose()?,
             client: match (&self.cert, &self.key) {

@@ -74,6 +74,10 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(1);
 /// followed within this (plus Sentinel's own detection time).
 const SENTINEL_POLL: Duration = Duration::from_millis(500);
 
+/// Longest wait for one sentinel's answer (it also connects to the primary to check its
+/// role): a host that died without a reset must not stall the lookup for TCP's minutes.
+const SENTINEL_ASK: Duration = Duration::from_secs(2);
+
 /// Seconds a quota period key outlives its period (so a late replica still finds it).
 const PERIOD_KEY_MARGIN_SECS: u64 = 86_400;
 
@@ -213,7 +217,49 @@ impl ConnectionLike for Conn {
 enum Backend {
     Single(redis::Client),
     Cluster(ClusterClient),
-    Sentinel(tokio::sync::Mutex<SentinelClient>),
+    Sentinel(Sentinels),
+}
+
+/// One client per sentinel, asked in turn from the last one that answered: redis-rs's own
+/// client tries its sentinels in list order with no timeout, so one unreachable sentinel would
+/// stall every lookup.
+struct Sentinels {
+    clients: Vec<tokio::sync::Mutex<SentinelClient>>,
+    /// Rebuilds client `i` (a client that timed out may hold a hung connection).
+    build: Box<dyn Fn(usize) -> redis::RedisResult<SentinelClient> + Send + Sync>,
+    /// Where the next lookup starts.
+    next: AtomicU64,
+}
+
+impl Sentinels {
+    /// The primary's client, from the first sentinel that answers within [`SENTINEL_ASK`].
+    async fn primary(&self) -> redis::RedisResult<redis::Client> {
+        let n = self.clients.len();
+        let start = self.next.load(Ordering::Relaxed) as usize;
+        let mut last = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let mut c = self.clients[i].lock().await;
+            match tokio::time::timeout(SENTINEL_ASK, c.async_get_client()).await {
+                Ok(Ok(client)) => {
+                    self.next.store(i as u64, Ordering::Relaxed);
+                    return Ok(client);
+                }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => {
+                    if let Ok(fresh) = (self.build)(i) {
+                        *c = fresh;
+                    }
+                    last = Some(redis::RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "sentinel did not answer",
+                        format!("within {SENTINEL_ASK:?}"),
+                    )));
+                }
+            }
+        }
+        Err(last.expect("at least one sentinel"))
+    }
 }
 
 /// Throttle and quota state in Redis, shared by gateway replicas.
@@ -317,9 +363,12 @@ impl RedisStore {
                 }
                 let first = redis::IntoConnectionInfo::into_connection_info(seeds[0].as_str())
                     .map_err(bad)?;
+                // The client's own timeout stays well behind ours: when ours fires first, the
+                // caller has gone and the client does not resend the script (it would resend
+                // one that timed out on its side, which could count it twice).
                 let mut b = ClusterClient::builder(seeds.iter().map(String::as_str))
                     .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(COMMAND_TIMEOUT)
+                    .response_timeout(COMMAND_TIMEOUT * 4)
                     .retries(2);
                 if !tls.is_empty() {
                     b = b.certs(tls.certificates());
@@ -337,15 +386,31 @@ impl RedisStore {
                     tls_mode: tls_url(first).then_some(redis::TlsMode::Secure),
                     redis_connection_info: Some(info.redis.clone()),
                 };
-                let client = SentinelClient::build(
-                    sentinels.iter().map(String::as_str).collect(),
-                    master.clone(),
-                    Some(node),
-                    SentinelServerType::Master,
-                )
-                .map_err(bad)?;
+                if !tls.is_empty() {
+                    return Err(
+                        "`tls` files are not used with `sentinels` (the system's roots are)".into(),
+                    );
+                }
+                let urls = sentinels.clone();
+                let name = master.clone();
+                let build = move |i: usize| {
+                    SentinelClient::build(
+                        vec![urls[i].as_str()],
+                        name.clone(),
+                        Some(node.clone()),
+                        SentinelServerType::Master,
+                    )
+                };
+                let clients = (0..sentinels.len())
+                    .map(|i| build(i).map(tokio::sync::Mutex::new))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(bad)?;
                 (
-                    Backend::Sentinel(tokio::sync::Mutex::new(client)),
+                    Backend::Sentinel(Sentinels {
+                        clients,
+                        build: Box::new(build),
+                        next: AtomicU64::new(0),
+                    }),
                     format!("{} (sentinel, primary {master})", info.addr),
                     "sentinel",
                 )
@@ -632,8 +697,8 @@ async fn connect(inner: Arc<Inner>) {
                 .get_async_connection()
                 .await
                 .map(|c| (Conn::Cluster(c), None)),
-            Backend::Sentinel(sentinel) => {
-                let found = sentinel.lock().await.async_get_client().await;
+            Backend::Sentinel(sentinels) => {
+                let found = sentinels.primary().await;
                 match found {
                     Ok(client) => {
                         let at = client.get_connection_info().addr.to_string();
@@ -642,6 +707,13 @@ async fn connect(inner: Arc<Inner>) {
                             continue;
                         }
                         single(&client).await.map(|c| (Conn::Single(c), Some(at)))
+                    }
+                    // The sentinels are unreachable but the primary may well answer: keep
+                    // using it (its own failures count as outages) and ask again later.
+                    Err(e) if inner.conn.load().is_some() => {
+                        tracing::debug!(redis = %inner.addr, error = %e, "no sentinel answered");
+                        tokio::time::sleep(SENTINEL_POLL).await;
+                        continue;
                     }
                     Err(e) => Err(e),
                 }
