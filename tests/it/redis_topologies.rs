@@ -473,3 +473,23 @@ async fn two_gateways_on_each_topology_admit_exactly_the_quota() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_known_primary_keeps_serving_while_no_sentinel_answers() {
+    let mut s = SentinelSetup::start();
+    let store = Arc::new(open(
+        Topology::Sentinel {
+            sentinels: vec![s.sentinel.url()],
+            master: "mymaster".into(),
+        },
+        TlsMaterial::default(),
+    ));
+    connected(&store).await;
+    remaining(&store, "warm-up").await;
+    s.sentinel.kill();
+    // Several polls later, every count still reaches the primary.
+    let (ok, unavailable) = hammer(store.clone(), "no-sentinel", Duration::from_secs(2)).await;
+    assert!(ok > 0);
+    assert_eq!(unavailable, 0, "the primary answered all along");
+    assert!(store.is_connected());
+}
