@@ -78,8 +78,8 @@ impl TlsPaths {
 
 /// Validates `state:`. Refuses Redis settings for the memory backend, a Redis backend without
 /// exactly one of `url`, `cluster` and `sentinels` (the last with `master_name`), malformed
-/// URLs, `tls` without `rediss://` and unreadable TLS files; each error at its key. The store is
-/// opened once here, offline, so that every refusal of [`RedisStore::open`] is a config error.
+/// URLs, `tls` without `rediss://` and unreadable TLS files; each error at its key. Every
+/// refusal of [`RedisStore::open`] ([`RedisStore::check`]) is a config error.
 fn state_spec(p: &Parsed) -> Result<StateSpec, Vec<ConfigError>> {
     let s = &p.file.state;
     let store = match s.backend {
@@ -155,21 +155,7 @@ fn state_spec(p: &Parsed) -> Result<StateSpec, Vec<ConfigError>> {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_REDIS_PREFIX.to_string());
             let on_error = s.on_error.unwrap_or(OnError::Deny);
-            // Checks only: outside a runtime nothing connects, and the store is dropped.
-            let check = std::thread::scope(|sc| {
-                sc.spawn(|| {
-                    RedisStore::open(
-                        &topology,
-                        &material,
-                        prefix.clone(),
-                        on_error,
-                        Arc::new(Metrics::new()),
-                    )
-                    .map(drop)
-                })
-                .join()
-                .expect("the check does not panic")
-            });
+            let check = RedisStore::check(&topology, &material, &prefix);
             if let Err(e) = check {
                 let at = if e.contains("tls") { "state.tls" } else { at };
                 return Err(vec![p.error_at(at, e)]);

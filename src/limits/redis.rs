@@ -329,93 +329,7 @@ impl RedisStore {
         on_error: OnError,
         metrics: Arc<Metrics>,
     ) -> Result<RedisStore, String> {
-        let bad = |e: redis::RedisError| format!("not a Redis URL: {e}");
-        let tls_url = |u: &str| u.starts_with("rediss://");
-        let (backend, addr, kind) = match topology {
-            Topology::Single(url) => {
-                if !tls.is_empty() && !tls_url(url) {
-                    return Err("`tls` needs a `rediss://` URL".into());
-                }
-                let client = if tls.is_empty() {
-                    redis::Client::open(url.as_str())
-                } else {
-                    redis::Client::build_with_tls(url.as_str(), tls.certificates())
-                }
-                .map_err(bad)?;
-                let addr = client.get_connection_info().addr.to_string();
-                (Backend::Single(client), addr, "single")
-            }
-            Topology::Cluster(seeds) => {
-                if seeds.is_empty() {
-                    return Err("a cluster needs at least one seed node".into());
-                }
-                if seeds.iter().any(|s| tls_url(s)) != seeds.iter().all(|s| tls_url(s)) {
-                    return Err("seed nodes must all be `redis://` or all `rediss://`".into());
-                }
-                if !tls.is_empty() && !tls_url(&seeds[0]) {
-                    return Err("`tls` needs `rediss://` seed nodes".into());
-                }
-                if prefix.contains(['{', '}']) {
-                    return Err(
-                        "a cluster's key_prefix may not contain `{` or `}` (they are hash tags)"
-                            .into(),
-                    );
-                }
-                let first = redis::IntoConnectionInfo::into_connection_info(seeds[0].as_str())
-                    .map_err(bad)?;
-                // The client's own timeout stays well behind ours: when ours fires first, the
-                // caller has gone and the client does not resend the script (it would resend
-                // one that timed out on its side, which could count it twice).
-                let mut b = ClusterClient::builder(seeds.iter().map(String::as_str))
-                    .connection_timeout(CONNECT_TIMEOUT)
-                    .response_timeout(COMMAND_TIMEOUT * 4)
-                    .retries(2);
-                if !tls.is_empty() {
-                    b = b.certs(tls.certificates());
-                }
-                let client = b.build().map_err(bad)?;
-                (Backend::Cluster(client), first.addr.to_string(), "cluster")
-            }
-            Topology::Sentinel { sentinels, master } => {
-                let Some(first) = sentinels.first() else {
-                    return Err("Sentinel needs at least one sentinel URL".into());
-                };
-                let info =
-                    redis::IntoConnectionInfo::into_connection_info(first.as_str()).map_err(bad)?;
-                let node = SentinelNodeConnectionInfo {
-                    tls_mode: tls_url(first).then_some(redis::TlsMode::Secure),
-                    redis_connection_info: Some(info.redis.clone()),
-                };
-                if !tls.is_empty() {
-                    return Err(
-                        "`tls` files are not used with `sentinels` (the system's roots are)".into(),
-                    );
-                }
-                let urls = sentinels.clone();
-                let name = master.clone();
-                let build = move |i: usize| {
-                    SentinelClient::build(
-                        vec![urls[i].as_str()],
-                        name.clone(),
-                        Some(node.clone()),
-                        SentinelServerType::Master,
-                    )
-                };
-                let clients = (0..sentinels.len())
-                    .map(|i| build(i).map(tokio::sync::Mutex::new))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(bad)?;
-                (
-                    Backend::Sentinel(Sentinels {
-                        clients,
-                        build: Box::new(build),
-                        next: AtomicU64::new(0),
-                    }),
-                    format!("{} (sentinel, primary {master})", info.addr),
-                    "sentinel",
-                )
-            }
-        };
+        let (backend, addr, kind) = backend(topology, tls, &prefix)?;
         let store = RedisStore {
             inner: Arc::new(Inner {
                 backend,
@@ -439,6 +353,12 @@ impl RedisStore {
             store.start_connecting();
         }
         Ok(store)
+    }
+
+    /// What [`RedisStore::open`] refuses, without a store: for `tollgate check` and reloads.
+    /// Builds the clients (which connect to nothing) and drops them.
+    pub fn check(topology: &Topology, tls: &TlsMaterial, prefix: &str) -> Result<(), String> {
+        backend(topology, tls, prefix).map(drop)
     }
 
     /// The topology's name (`single`, `cluster`, `sentinel`) and the last error talking to
@@ -466,11 +386,13 @@ impl RedisStore {
     /// The connection to send a command on: `None` while there is none yet, and during an
     /// outage except for one probe per [`PROBE_INTERVAL`].
     fn conn(&self) -> Option<Conn> {
-        let Some(c) = self.inner.conn.load_full() else {
+        // A guard, not a counted `Arc`: this runs for every limit check.
+        let guard = self.inner.conn.load();
+        let Some(c) = guard.as_ref() else {
             self.start_connecting();
             return None;
         };
-        self.inner.may_try().then(|| (*c).clone())
+        self.inner.may_try().then(|| (**c).clone())
     }
 
     /// Runs `invocation` with the per-command timeout, recording the outage state.
@@ -682,6 +604,102 @@ impl Inner {
             tracing::info!(redis = %self.addr, "Redis reachable again");
         }
     }
+}
+
+/// The client for `topology` (nothing connects yet), its address for logs and its kind.
+/// Refuses what [`RedisStore::open`] documents.
+fn backend(
+    topology: &Topology,
+    tls: &TlsMaterial,
+    prefix: &str,
+) -> Result<(Backend, String, &'static str), String> {
+    let bad = |e: redis::RedisError| format!("not a Redis URL: {e}");
+    let tls_url = |u: &str| u.starts_with("rediss://");
+    let built = match topology {
+        Topology::Single(url) => {
+            if !tls.is_empty() && !tls_url(url) {
+                return Err("`tls` needs a `rediss://` URL".into());
+            }
+            let client = if tls.is_empty() {
+                redis::Client::open(url.as_str())
+            } else {
+                redis::Client::build_with_tls(url.as_str(), tls.certificates())
+            }
+            .map_err(bad)?;
+            let addr = client.get_connection_info().addr.to_string();
+            (Backend::Single(client), addr, "single")
+        }
+        Topology::Cluster(seeds) => {
+            if seeds.is_empty() {
+                return Err("a cluster needs at least one seed node".into());
+            }
+            if seeds.iter().any(|s| tls_url(s)) != seeds.iter().all(|s| tls_url(s)) {
+                return Err("seed nodes must all be `redis://` or all `rediss://`".into());
+            }
+            if !tls.is_empty() && !tls_url(&seeds[0]) {
+                return Err("`tls` needs `rediss://` seed nodes".into());
+            }
+            if prefix.contains(['{', '}']) {
+                return Err(
+                    "a cluster's key_prefix may not contain `{` or `}` (they are hash tags)".into(),
+                );
+            }
+            let first =
+                redis::IntoConnectionInfo::into_connection_info(seeds[0].as_str()).map_err(bad)?;
+            // The client's own timeout stays well behind ours: when ours fires first, the
+            // caller has gone and the client does not resend the script (it would resend
+            // one that timed out on its side, which could count it twice).
+            let mut b = ClusterClient::builder(seeds.iter().map(String::as_str))
+                .connection_timeout(CONNECT_TIMEOUT)
+                .response_timeout(COMMAND_TIMEOUT * 4)
+                .retries(2);
+            if !tls.is_empty() {
+                b = b.certs(tls.certificates());
+            }
+            let client = b.build().map_err(bad)?;
+            (Backend::Cluster(client), first.addr.to_string(), "cluster")
+        }
+        Topology::Sentinel { sentinels, master } => {
+            let Some(first) = sentinels.first() else {
+                return Err("Sentinel needs at least one sentinel URL".into());
+            };
+            let info =
+                redis::IntoConnectionInfo::into_connection_info(first.as_str()).map_err(bad)?;
+            let node = SentinelNodeConnectionInfo {
+                tls_mode: tls_url(first).then_some(redis::TlsMode::Secure),
+                redis_connection_info: Some(info.redis.clone()),
+            };
+            if !tls.is_empty() {
+                return Err(
+                    "`tls` files are not used with `sentinels` (the system's roots are)".into(),
+                );
+            }
+            let urls = sentinels.clone();
+            let name = master.clone();
+            let build = move |i: usize| {
+                SentinelClient::build(
+                    vec![urls[i].as_str()],
+                    name.clone(),
+                    Some(node.clone()),
+                    SentinelServerType::Master,
+                )
+            };
+            let clients = (0..sentinels.len())
+                .map(|i| build(i).map(tokio::sync::Mutex::new))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(bad)?;
+            (
+                Backend::Sentinel(Sentinels {
+                    clients,
+                    build: Box::new(build),
+                    next: AtomicU64::new(0),
+                }),
+                format!("{} (sentinel, primary {master})", info.addr),
+                "sentinel",
+            )
+        }
+    };
+    Ok(built)
 }
 
 /// Connects until it succeeds. One server's [`ConnectionManager`] and the cluster connection
