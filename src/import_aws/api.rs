@@ -217,3 +217,14 @@ pub(crate) fn lambda_function(uri: &str) -> Option<String> {
             .to_string(),
     )
 }
+
+/// One operation on its way to a route.
+pub(crate) struct Op<'d> {
+    pub(crate) key: String,
+    pub(crate) method: &'static str,
+    /// The route's path (`/pets/{id}`), or `None` for `$default`.
+    pub(crate) path: Option<String>,
+    /// Its JSON path.
+    pub(crate) at: String,
+    pub(crate) op: &'d Value,
+}

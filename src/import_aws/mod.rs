@@ -10,6 +10,7 @@
 mod api;
 mod authorizers;
 mod cx;
+mod integrations;
 mod plans;
 mod policy;
 mod routes;
