@@ -205,7 +205,7 @@ fn open_store(spec: &StateSpec, online: bool, metrics: &Arc<Metrics>) -> Result<
 fn activate(registry: &Registry, parsed: &Parsed) -> Result<(), Vec<ConfigError>> {
     registry
         .activate()
-        .map_err(|e| vec![parsed.error_at("issuer", e)])
+        .map_err(|(at, e)| vec![parsed.error_at(at, e)])
 }
 
 /// Applies a new snapshot's `listeners:` to the running process (implemented by the server).

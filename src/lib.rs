@@ -41,6 +41,7 @@ pub mod routes;
 pub mod server;
 pub mod service;
 pub(crate) mod snapshot;
+pub(crate) mod telemetry;
 pub(crate) mod tls;
 pub mod transport;
 pub(crate) mod upgrade;

@@ -60,6 +60,14 @@ pub struct Metrics {
     /// `tollgate_connections_refused_total{listener,reason}`: client connections accepted and
     /// closed at once, by listener (its bound address) and reason (`max_connections`).
     pub connections_refused: IntCounterVec,
+    /// `tollgate_trace_spans_dropped_total{reason}`: finished spans not delivered to the
+    /// collector (`queue_full`: the export queue was full; `export_failed`: the collector
+    /// refused them or did not answer in time).
+    pub trace_spans_dropped: IntCounterVec,
+    /// `tollgate_trace_spans_exported_total`: spans the collector accepted.
+    pub trace_spans_exported: IntCounter,
+    /// `tollgate_traces_total{sampled}`: requests traced, by sampling decision.
+    pub traces: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -116,7 +124,26 @@ impl Metrics {
         registry
             .register(Box::new(tls_handshake_failures.clone()))
             .expect("unique metric");
+        let trace_spans_exported = IntCounter::new(
+            "tollgate_trace_spans_exported_total",
+            "Trace spans the collector accepted.",
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(trace_spans_exported.clone()))
+            .expect("unique metric");
         Metrics {
+            trace_spans_exported,
+            trace_spans_dropped: counter(
+                "tollgate_trace_spans_dropped_total",
+                "Trace spans dropped instead of exported, by reason (queue_full, export_failed).",
+                &["reason"],
+            ),
+            traces: counter(
+                "tollgate_traces_total",
+                "Requests traced while tracing is on, by sampling decision.",
+                &["sampled"],
+            ),
             tls_certificate_expiry,
             tls_handshake_failures,
             requests: counter(

@@ -39,6 +39,7 @@ use crate::logs::access::{Access, Outcome};
 use crate::proxy::{Protocol, UpstreamError};
 use crate::service::{ConnInfo, Handler};
 use crate::snapshot::{Api, Integration, Plan, Route, RouteAuth, Snapshot};
+use crate::telemetry::{RequestTrace, ServerSpan};
 use crate::upgrade::Upgrades;
 
 /// Longest client-supplied request id kept; longer ones are replaced.
@@ -75,6 +76,8 @@ struct Ctx<'s> {
     conn: &'s ConnInfo,
     client_ip: IpAddr,
     request_id: HeaderValue,
+    /// The request's trace, when tracing is on.
+    trace: Option<&'s RequestTrace>,
 }
 
 /// Serves one request: the phases, then what every answer gets. Never fails: a refusal is an
@@ -86,24 +89,41 @@ pub async fn handle(
 ) -> Response<ResponseBody> {
     let started = Instant::now();
     let snap = gw.snapshot();
+    let trace = snap.tracing.as_ref().map(|t| {
+        t.start(req.headers(), || {
+            snap.trusted_proxies.contains(conn.peer.ip())
+        })
+    });
+    // What only a sampled request's server span reports, taken before the pipeline owns it.
+    let seen = trace.as_ref().filter(|t| t.sampled).map(|_| Seen::of(&req));
     let ctx = Ctx {
         snap: &snap,
         limits: gw.limits(),
         upgrades: gw.upgrades(),
         conn: &conn,
         client_ip: crate::clientip::client_ip(conn.peer.ip(), req.headers(), &snap.trusted_proxies),
-        request_id: request_id(req.headers()),
+        request_id: request_id(req.headers(), trace.as_ref()),
+        trace: trace.as_ref(),
     };
     let method = req.method().clone();
     // A reference-counted clone (hyper's URI shares the read buffer), for the access log.
     let uri = req.uri().clone();
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut out = Outcome::default();
-    let mut resp = match pipeline(&ctx, req, &mut out).await {
+    let result = match &trace {
+        Some(t) => t.scope(pipeline(&ctx, req, &mut out)).await,
+        None => pipeline(&ctx, req, &mut out).await,
+    };
+    let mut resp = match result {
         Ok(r) => r,
         Err(refusal) => {
             out.reason = Some(refusal.reason());
-            refusal.into_response()
+            let mut resp = refusal.into_response();
+            if let Some(t) = &trace {
+                // The trace of a refusal, for a client whose own request id was kept.
+                resp.headers_mut().insert(TRACERESPONSE, t.traceparent());
+            }
+            resp
         }
     };
     resp.headers_mut()
@@ -128,9 +148,132 @@ pub async fn handle(
         path: uri.path(),
         status: resp.status(),
         latency: started.elapsed(),
+        trace_id: trace.as_ref().map(RequestTrace::trace_id_hex),
     };
     crate::logs::access::record(gw.metrics(), &access, &out);
+    if let (Some(t), Some(tracing), Some(seen)) = (&trace, &snap.tracing, seen) {
+        let span = server_span(&ctx, &method, &seen, &access, &out);
+        t.finish(tracing, span);
+    }
     resp
+}
+
+/// `traceresponse` (W3C Trace Context level 2): the gateway's span of a refused request.
+const TRACERESPONSE: http::HeaderName = http::HeaderName::from_static("traceresponse");
+
+/// What a sampled request's server span needs from the request head.
+struct Seen {
+    host: Option<String>,
+    user_agent: Option<HeaderValue>,
+    version: http::Version,
+}
+
+impl Seen {
+    fn of(req: &Request<ClientBody>) -> Seen {
+        let host = req.uri().host().map(str::to_owned).or_else(|| {
+            let h = req.headers().get(header::HOST)?.to_str().ok()?;
+            let authority: http::uri::Authority = h.parse().ok()?;
+            Some(authority.host().to_owned())
+        });
+        Seen {
+            host,
+            user_agent: req.headers().get(header::USER_AGENT).cloned(),
+            version: req.version(),
+        }
+    }
+}
+
+/// The server span of an answered request: named by its route key (the method alone when no
+/// route matched), with the HTTP semantic-convention attributes and tollgate's own. Never a
+/// credential: the caller is named by its client id and the API key by its id.
+fn server_span(
+    ctx: &Ctx<'_>,
+    method: &Method,
+    seen: &Seen,
+    access: &Access<'_>,
+    out: &Outcome<'_>,
+) -> ServerSpan {
+    use opentelemetry::KeyValue;
+    let mut a = Vec::with_capacity(20);
+    a.push(KeyValue::new(
+        "http.request.method",
+        method.as_str().to_owned(),
+    ));
+    a.push(KeyValue::new(
+        "http.response.status_code",
+        i64::from(access.status.as_u16()),
+    ));
+    a.push(KeyValue::new(
+        "url.scheme",
+        if ctx.conn.tls { "https" } else { "http" },
+    ));
+    a.push(KeyValue::new(
+        "network.protocol.version",
+        match seen.version {
+            http::Version::HTTP_2 => "2",
+            http::Version::HTTP_10 => "1.0",
+            _ => "1.1",
+        },
+    ));
+    a.push(KeyValue::new("client.address", ctx.client_ip.to_string()));
+    a.push(KeyValue::new(
+        "network.peer.address",
+        ctx.conn.peer.ip().to_string(),
+    ));
+    if let Some(host) = &seen.host {
+        a.push(KeyValue::new("server.address", host.clone()));
+    }
+    if let Some(ua) = seen.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
+        a.push(KeyValue::new("user_agent.original", ua.to_owned()));
+    }
+    if let Some(path) = &out.path {
+        a.push(KeyValue::new("url.path", path.path().to_owned()));
+    }
+    let name = match out.route {
+        Some(r) => {
+            if let Some((_, template)) = r.key.split_once(' ') {
+                a.push(KeyValue::new("http.route", template.to_owned()));
+            }
+            a.push(KeyValue::new("tollgate.route", r.key.clone()));
+            std::borrow::Cow::Owned(r.key.to_string())
+        }
+        None => std::borrow::Cow::Owned(method.as_str().to_owned()),
+    };
+    if let Some(api) = out.api {
+        a.push(KeyValue::new("tollgate.api", api.name.to_string()));
+        if let Some(stage) = &api.stage {
+            a.push(KeyValue::new("tollgate.stage", stage.to_string()));
+        }
+    }
+    if let Some(authorizer) = out.route.and_then(crate::logs::access::authorizer_name) {
+        a.push(KeyValue::new("tollgate.authorizer", authorizer.to_owned()));
+    }
+    if let Some(id) = out.principal.as_ref().and_then(Principal::client_id) {
+        a.push(KeyValue::new("tollgate.client_id", id.to_owned()));
+    }
+    if let Some(key) = out.key {
+        a.push(KeyValue::new("tollgate.api_key_id", key.id.to_string()));
+    }
+    if let Ok(id) = ctx.request_id.to_str() {
+        a.push(KeyValue::new("tollgate.request_id", id.to_owned()));
+    }
+    let reason = out.reason.map(crate::error::Reason::as_str);
+    if let Some(reason) = reason {
+        a.push(KeyValue::new("tollgate.deny_reason", reason));
+    }
+    let error = access.status.is_server_error().then(|| {
+        a.push(KeyValue::new(
+            "error.type",
+            reason.unwrap_or(access.status.as_str()).to_owned(),
+        ));
+        std::borrow::Cow::Borrowed(reason.unwrap_or("upstream answered with a server error"))
+    });
+    ServerSpan {
+        name,
+        attributes: a,
+        error,
+        elapsed: access.latency,
+    }
 }
 
 /// The phases, in order.
@@ -324,6 +467,9 @@ fn route<'s>(
                 .map_err(|_| Refusal::BadRequest(BadRequest::Uri))?,
         );
         parts.uri = Uri::from_parts(uri).map_err(|_| Refusal::BadRequest(BadRequest::Uri))?;
+    }
+    if ctx.trace.is_some_and(|t| t.sampled) {
+        out.path = Some(parts.uri.clone());
     }
     Ok(Routed {
         api,
@@ -642,6 +788,16 @@ async fn forward<'s>(
         allow_underscores,
         upgrade.is_some(),
     );
+    let mut span = crate::telemetry::child(opentelemetry::trace::SpanKind::Client, || {
+        format!("upstream {}", upstream.name())
+    });
+    if let (Some(trace), Some(tracing)) = (ctx.trace, &ctx.snap.tracing) {
+        trace.propagate(
+            &mut parts.headers,
+            span.as_ref().map(crate::telemetry::ChildSpan::id),
+            tracing.xray(),
+        );
+    }
     let failure = FailureCell::default();
     let limits = &ctx.snap.limits;
     let body = match body {
@@ -657,8 +813,9 @@ async fn forward<'s>(
         ReqBody::Buffered(bytes) => Either::Right(Full::new(bytes)),
     };
     let (mut resp, took) = upstream
-        .forward(Request::from_parts(parts, body), &failure)
+        .forward(Request::from_parts(parts, body), &failure, span.as_mut())
         .await?;
+    drop(span);
     out.upstream = Some(took);
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let Some(client) = upgrade else {
@@ -682,8 +839,9 @@ async fn forward<'s>(
     Ok(resp.map(Either::Right))
 }
 
-/// The client's `x-request-id` when it is sane (1-128 of `[A-Za-z0-9._:-]`), else a new UUID.
-fn request_id(h: &HeaderMap) -> HeaderValue {
+/// The client's `x-request-id` when it is sane (1-128 of `[A-Za-z0-9._:-]`), else the trace id
+/// (when tracing is on), else a new UUID.
+fn request_id(h: &HeaderMap, trace: Option<&RequestTrace>) -> HeaderValue {
     if let Some(v) = h.get(REQUEST_ID) {
         let b = v.as_bytes();
         if !b.is_empty()
@@ -693,6 +851,9 @@ fn request_id(h: &HeaderMap) -> HeaderValue {
         {
             return v.clone();
         }
+    }
+    if let Some(t) = trace {
+        return HeaderValue::from_str(t.trace_id_hex()).expect("hex is a valid header value");
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let s = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
@@ -707,10 +868,10 @@ mod tests {
     fn request_ids() {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, HeaderValue::from_static("abc-123"));
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(request_id(&h, None), "abc-123");
         h.insert(REQUEST_ID, HeaderValue::from_static("bad id with spaces"));
-        assert_eq!(request_id(&h).len(), 36);
+        assert_eq!(request_id(&h, None).len(), 36);
         h.insert(REQUEST_ID, HeaderValue::from_str(&"a".repeat(129)).unwrap());
-        assert_eq!(request_id(&h).len(), 36);
+        assert_eq!(request_id(&h, None).len(), 36);
     }
 }

@@ -220,10 +220,11 @@ impl Upstream {
     /// response head with its body still streaming. Fails when no head arrives in time, when
     /// the target cannot be reached or breaks the exchange, and when the client's body was
     /// cut off (which the caller answers as the client's fault, not the upstream's).
-    pub async fn forward(
+    pub(crate) async fn forward(
         &self,
         mut req: Request<UpstreamBody>,
         body_failure: &FailureCell,
+        mut span: Option<&mut crate::telemetry::ChildSpan>,
     ) -> Result<(Response<Incoming>, Duration), ForwardError> {
         let i = self.pick();
         let t = &self.targets[i];
@@ -251,10 +252,42 @@ impl Upstream {
             Protocol::H2 | Protocol::H2c => http::Version::HTTP_2,
         };
 
+        if let Some(span) = span.as_deref_mut() {
+            span.attr("http.request.method", req.method().as_str().to_owned());
+            span.attr("server.address", t.authority.host().to_owned());
+            let port = t.authority.port_u16().unwrap_or(match t.scheme.as_str() {
+                "https" => 443,
+                _ => 80,
+            });
+            span.attr("server.port", i64::from(port));
+            // The query is left out: it may carry what the upstream treats as a secret.
+            span.attr(
+                "url.full",
+                format!("{}://{}{}", t.scheme, t.authority, req.uri().path()),
+            );
+            span.attr("tollgate.upstream", self.name().to_owned());
+        }
         let started = Instant::now();
         let result = tokio::time::timeout(self.timeout, self.client.request(req)).await;
         let took = started.elapsed();
         self.duration.observe(took.as_secs_f64());
+        if let Some(span) = span {
+            match &result {
+                Ok(Ok(resp)) => {
+                    let status = resp.status();
+                    span.attr("http.response.status_code", i64::from(status.as_u16()));
+                    if status.is_server_error() {
+                        span.fail(status.as_str().to_owned());
+                    }
+                }
+                Ok(Err(e)) => span.fail(if e.is_connect() {
+                    "connect"
+                } else {
+                    "exchange"
+                }),
+                Err(_) => span.fail("timeout"),
+            }
+        }
         match result {
             Err(_) => Err(match body_failure.get() {
                 Some(f) => ForwardError::Body(f),

@@ -45,6 +45,10 @@ use crate::pipeline::Pipeline;
 use crate::snapshot::{Bounds, ListenerSpec, Snapshot};
 use crate::transport::{ConnLimits, Counters, Endpoint, Settings};
 
+/// At shutdown, spans still queued are sent for at most this long (a dead collector must not
+/// hold up the exit).
+const TRACE_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Pause after an accept error (e.g. out of file descriptors) so the loop does not spin; short,
 /// so that connections waiting in the backlog are served soon after descriptors free up.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -173,6 +177,10 @@ impl Running {
         let _ = self.admin_task.await;
         // The last quota snapshot is written after the last request was counted.
         let _ = self.maintenance.await;
+        // The spans of the last requests go to the collector while it answers in time.
+        if let Some(tracing) = &self.gateway.snapshot().tracing {
+            tracing.flush(TRACE_FLUSH_TIMEOUT).await;
+        }
         if clean {
             tracing::info!("shutdown complete");
         } else {

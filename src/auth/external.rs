@@ -342,10 +342,32 @@ impl ExternalAuthorizer {
                 concat!("tollgate/", env!("CARGO_PKG_VERSION")),
             )
             .body(Full::new(Bytes::from(body)));
-        let req = match req {
+        let mut req = match req {
             Ok(r) => r,
             Err(e) => return Err(self.failed(&format!("request: {e}"))),
         };
+        let mut span = crate::telemetry::child(opentelemetry::trace::SpanKind::Client, || {
+            format!("authorizer {}", self.name)
+        });
+        if let Some(span) = &mut span {
+            // The authorizer continues the request's trace.
+            req.headers_mut()
+                .insert(crate::telemetry::context::TRACEPARENT, span.traceparent());
+            span.attr("tollgate.authorizer", self.name.to_string());
+            span.attr("http.request.method", "POST");
+            if let Some(host) = self.uri.host() {
+                span.attr("server.address", host.to_owned());
+            }
+            span.attr(
+                "url.full",
+                format!(
+                    "{}://{}{}",
+                    self.uri.scheme_str().unwrap_or("http"),
+                    self.uri.authority().map_or("", |a| a.as_str()),
+                    self.uri.path()
+                ),
+            );
+        }
         let work = async {
             let resp = self
                 .client
@@ -362,12 +384,20 @@ impl ExternalAuthorizer {
                 .to_bytes();
             parse_answer(&body)
         };
-        match tokio::time::timeout(self.timeout, work).await {
+        let verdict = match tokio::time::timeout(self.timeout, work).await {
             Ok(Ok(Some(decision))) => Ok(Arc::new(decision)),
             Ok(Ok(None)) => Err(ExternalError::Denied),
             Ok(Err(why)) => Err(self.failed(&why)),
             Err(_) => Err(self.failed(&format!("no answer within {:?}", self.timeout))),
+        };
+        if let Some(span) = &mut span {
+            match &verdict {
+                Ok(_) => span.attr("tollgate.authorizer.decision", "allow"),
+                Err(ExternalError::Denied) => span.attr("tollgate.authorizer.decision", "deny"),
+                Err(_) => span.fail("the authorizer gave no answer"),
+            }
         }
+        verdict
     }
 
     /// Logs a failed call (never header or identity values) and returns `Failed`.

@@ -139,7 +139,16 @@ impl RemoteJwks {
     }
 
     async fn fetch_now(&self) -> Result<(), String> {
+        // A span only when a request waits on the fetch (an unknown `kid`), not for refreshes.
+        let mut span =
+            crate::telemetry::child(opentelemetry::trace::SpanKind::Client, || "jwks fetch");
         let result = self.fetch_inner().await;
+        if let Some(span) = &mut span {
+            span.attr("tollgate.authorizer", self.label.clone());
+            if let Err(e) = &result {
+                span.fail(e.clone());
+            }
+        }
         let label = if result.is_ok() { "ok" } else { "error" };
         self.metrics
             .jwks_refresh

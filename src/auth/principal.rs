@@ -150,6 +150,16 @@ impl Principal {
         }
     }
 
+    /// The caller's client id for a trace: a JWT's `client_id` (or single `aud`), a SigV4
+    /// access key id.
+    pub fn client_id(&self) -> Option<&str> {
+        match self {
+            Principal::Jwt(id) => id.client_id.as_deref(),
+            Principal::SigV4 { identity, .. } => Some(identity.access_key_id.as_str()),
+            Principal::Anonymous | Principal::External { .. } => None,
+        }
+    }
+
     /// The caller's name for the access log: a JWT's `sub`, a SigV4 access key id.
     pub fn log_name(&self) -> Option<&str> {
         match self {

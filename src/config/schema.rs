@@ -63,6 +63,74 @@ pub struct FileConfig {
     /// Settings for the gateway as a whole.
     #[serde(default)]
     pub gateway: GatewayCfg,
+    /// What the gateway reports beyond metrics and logs: traces.
+    #[serde(default)]
+    pub telemetry: TelemetryCfg,
+}
+
+/// `telemetry:`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryCfg {
+    /// OpenTelemetry traces over OTLP; off when absent.
+    pub tracing: Option<TracingCfg>,
+}
+
+/// `telemetry.tracing:` (docs/configuration.md, "Telemetry").
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingCfg {
+    /// The collector: `http://host:4318` (spans go to `ENDPOINT/v1/traces`) or, for `grpc`,
+    /// `http://host:4317`; `https://` for TLS.
+    pub endpoint: String,
+    /// `http` (OTLP HTTP/protobuf, the default) or `grpc`.
+    #[serde(default)]
+    pub protocol: OtlpProtocol,
+    /// Headers (gRPC metadata) sent with every export, e.g. a collector's API key.
+    #[serde(default)]
+    pub headers: BTreeMap<String, SecretCfg>,
+    /// `service.name` of the spans (default `tollgate`).
+    pub service_name: Option<String>,
+    /// More resource attributes (`deployment.environment.name: prod`).
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+    /// Share of new traces recorded, 0.0 to 1.0 (default 1.0); a trusted parent's decision is
+    /// followed instead.
+    pub sample_ratio: Option<f64>,
+    /// Whose `traceparent` is continued: `trusted_proxies` (default), `always` or `never`.
+    #[serde(default)]
+    pub trust_parent: TrustParentCfg,
+    /// Also read and write `X-Amzn-Trace-Id` (AWS X-Ray).
+    #[serde(default)]
+    pub xray: bool,
+    /// Spans held for export at most; more are dropped and counted (default 2048).
+    pub queue_size: Option<u32>,
+    /// How long one export may take (default 10s).
+    pub timeout: Option<Dur>,
+}
+
+/// `telemetry.tracing.protocol`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OtlpProtocol {
+    /// OTLP over HTTP with protobuf bodies.
+    #[default]
+    Http,
+    /// OTLP over gRPC.
+    Grpc,
+}
+
+/// `telemetry.tracing.trust_parent`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustParentCfg {
+    /// Only from peers in `client_ip.trusted_proxies`.
+    #[default]
+    TrustedProxies,
+    /// From every client.
+    Always,
+    /// From nobody: every request starts a trace.
+    Never,
 }
 
 /// `gateway:`: settings for all the traffic the gateway serves.

@@ -396,26 +396,42 @@ impl RedisStore {
     }
 
     /// Runs `invocation` with the per-command timeout, recording the outage state.
+    /// A sampled request's span for it is named `redis {what}` (`throttle`, `quota`).
     async fn run<T: redis::FromRedisValue>(
         &self,
+        what: &'static str,
         invocation: &redis::ScriptInvocation<'_>,
     ) -> Option<T> {
-        let mut conn = self.conn()?;
-        match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
-            Ok(Ok(v)) => {
-                self.inner.up();
-                Some(v)
-            }
-            Ok(Err(e)) => {
-                self.inner.down(&e.to_string());
-                None
-            }
-            Err(_) => {
-                self.inner
-                    .down(&format!("no answer within {COMMAND_TIMEOUT:?}"));
-                None
-            }
+        let mut span =
+            crate::telemetry::child(opentelemetry::trace::SpanKind::Client, || match what {
+                "throttle" => "redis throttle",
+                _ => "redis quota",
+            });
+        if let Some(span) = &mut span {
+            span.attr("db.system.name", "redis");
+            span.attr("db.operation.name", "EVALSHA");
+            span.attr("tollgate.limit", what);
         }
+        let Some(mut conn) = self.conn() else {
+            if let Some(span) = &mut span {
+                span.fail("no connection");
+            }
+            return None;
+        };
+        let failure =
+            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => {
+                    self.inner.up();
+                    return Some(v);
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no answer within {COMMAND_TIMEOUT:?}"),
+            };
+        self.inner.down(&failure);
+        if let Some(span) = &mut span {
+            span.fail(failure);
+        }
+        None
     }
 
     /// `on_error` for a request whose state could not be read: `allowed` or Unavailable.
@@ -453,7 +469,7 @@ impl RedisStore {
         inv.key(redis_key)
             .arg(1_000_000.0 / spec.rate)
             .arg(spec.burst);
-        match self.run::<(i64, i64, i64)>(&inv).await {
+        match self.run::<(i64, i64, i64)>("throttle", &inv).await {
             Some((1, remaining, micros)) => Ok(BucketState {
                 limit,
                 remaining: (remaining.max(0) as u64).min(limit),
@@ -492,7 +508,7 @@ impl RedisStore {
             .arg(spec.limit)
             .arg(reset + PERIOD_KEY_MARGIN_SECS)
             .arg(USAGE_DAYS_KEPT as u64 * 86_400);
-        match self.run::<i64>(&inv).await {
+        match self.run::<i64>("quota", &inv).await {
             Some(used) if used >= 0 => Ok(QuotaState {
                 limit: spec.limit,
                 remaining: spec.limit.saturating_sub(used as u64),

@@ -30,6 +30,8 @@ pub(crate) struct Outcome<'s> {
     pub(crate) upstream: Option<Duration>,
     /// Why the request was refused, if it was.
     pub(crate) reason: Option<Reason>,
+    /// The routed request's canonical URI, kept for a sampled request's server span.
+    pub(crate) path: Option<http::Uri>,
 }
 
 /// The `api` and `route` label of a request refused before either was chosen.
@@ -44,6 +46,8 @@ pub(crate) struct Access<'a> {
     pub(crate) path: &'a str,
     pub(crate) status: StatusCode,
     pub(crate) latency: Duration,
+    /// The trace id (hex) when tracing is on.
+    pub(crate) trace_id: Option<&'a str>,
 }
 
 /// Writes the access line and updates `tollgate_requests_total`, the duration histogram and,
@@ -74,12 +78,7 @@ pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
             .with_label_values(&[api, stage, route, reason])
             .inc();
     }
-    let authorizer = out.route.and_then(|r| match &r.auth {
-        RouteAuth::Jwt { authorizer, .. } => Some(&**authorizer.name()),
-        RouteAuth::External { authorizer, .. } => Some(&**authorizer.name()),
-        RouteAuth::SigV4 { name, .. } => name.to_str().ok(),
-        RouteAuth::None => None,
-    });
+    let authorizer = out.route.and_then(authorizer_name);
     tracing::info!(
         target: "tollgate::access",
         request_id = a.request_id.to_str().unwrap_or("-"),
@@ -96,5 +95,16 @@ pub(crate) fn record(m: &Metrics, a: &Access<'_>, out: &Outcome<'_>) {
         principal = out.principal.as_ref().and_then(Principal::log_name),
         api_key_id = out.key.map(|k| &*k.id),
         reason,
+        trace_id = a.trace_id,
     );
+}
+
+/// The name of the route's authorizer; `None` for an open route.
+pub(crate) fn authorizer_name(r: &Route) -> Option<&str> {
+    match &r.auth {
+        RouteAuth::Jwt { authorizer, .. } => Some(&**authorizer.name()),
+        RouteAuth::External { authorizer, .. } => Some(&**authorizer.name()),
+        RouteAuth::SigV4 { name, .. } => name.to_str().ok(),
+        RouteAuth::None => None,
+    }
 }

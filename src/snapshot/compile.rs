@@ -77,6 +77,7 @@ pub fn compile(
         .as_ref()
         .and_then(|t| super::plans::spec_at(t, "gateway.throttle", &mut errs))
         .map(|spec| registry.limits().throttle("gateway", spec));
+    let tracing = super::telemetry::compile_tracing(parsed, registry, &mut errs);
 
     match (errs.list.is_empty(), selector) {
         (true, Some(selector)) => Ok(Snapshot {
@@ -97,6 +98,7 @@ pub fn compile(
             allow_underscores: f.headers.allow_underscores,
             credential_headers,
             gateway_throttle,
+            tracing,
         }),
         _ => Err(errs.list),
     }

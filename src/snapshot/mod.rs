@@ -13,6 +13,7 @@ mod model;
 mod plans;
 mod registry;
 mod routes;
+mod telemetry;
 mod upstreams;
 
 pub use self::compile::compile;

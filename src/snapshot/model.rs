@@ -324,4 +324,6 @@ pub struct Snapshot {
     pub credential_headers: Box<[HeaderName]>,
     /// `gateway.throttle`: one bucket for every admitted request.
     pub gateway_throttle: Option<crate::limits::Throttle>,
+    /// `telemetry.tracing`, when on.
+    pub(crate) tracing: Option<crate::telemetry::Tracing>,
 }

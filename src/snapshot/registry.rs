@@ -10,6 +10,7 @@ use crate::issuer::FailureCounter;
 use crate::issuer::keys::KeyRing;
 use crate::limits::LimitState;
 use crate::metrics::Metrics;
+use crate::telemetry::{ExportSpec, Exporter};
 use crate::util::CarriedMap;
 
 /// State that outlives snapshots: remote key sets by source, token caches by authorizer
@@ -21,6 +22,7 @@ pub struct Registry {
     jwks: CarriedMap<JwksSource, Arc<RemoteJwks>>,
     caches: CarriedMap<String, TokenCache>,
     rings: CarriedMap<PathBuf, Arc<KeyRing>>,
+    exporters: CarriedMap<ExportSpec, Arc<Exporter>>,
     pub(super) failures: FailureCounter,
 }
 
@@ -34,6 +36,7 @@ impl Registry {
             jwks: CarriedMap::default(),
             caches: CarriedMap::default(),
             rings: CarriedMap::default(),
+            exporters: CarriedMap::default(),
             failures: FailureCounter::default(),
         }
     }
@@ -46,6 +49,7 @@ impl Registry {
         self.jwks.sweep(kept);
         self.caches.sweep(kept);
         self.rings.sweep(kept);
+        self.exporters.sweep(kept);
     }
 
     /// The issuer key ring for `path`, opened once (nothing written: see [`Registry::activate`])
@@ -59,12 +63,15 @@ impl Registry {
     /// for `tollgate check`): remote key sets start fetching and refreshing, and issuer key rings
     /// write a key they generated. Compiling itself opens nothing. Refuses when a key cannot
     /// be written.
-    pub fn activate(&self) -> Result<(), String> {
+    pub fn activate(&self) -> Result<(), (&'static str, String)> {
         for jwks in self.jwks.values() {
             jwks.activate();
         }
         for ring in self.rings.values() {
-            ring.persist()?;
+            ring.persist().map_err(|e| ("issuer", e))?;
+        }
+        for exporter in self.exporters.values() {
+            exporter.activate().map_err(|e| ("telemetry.tracing", e))?;
         }
         Ok(())
     }
@@ -82,6 +89,14 @@ impl Registry {
     pub(super) fn remote_jwks(&self, source: JwksSource, label: &str) -> Arc<RemoteJwks> {
         self.jwks.get_or_insert_with(source.clone(), || {
             RemoteJwks::new(source, label, self.fetcher.clone(), self.metrics.clone())
+        })
+    }
+
+    /// The span exporter for `spec`: the one an earlier snapshot used when its settings were
+    /// the same (its queue and connection carry over), else a new one (started on activation).
+    pub(super) fn exporter(&self, spec: ExportSpec) -> Arc<Exporter> {
+        self.exporters.get_or_insert_with(spec.clone(), || {
+            Arc::new(Exporter::new(spec, &self.metrics))
         })
     }
 
