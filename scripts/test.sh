@@ -58,7 +58,7 @@ if ! "$VENV/bin/python" -c 'import sys' >/dev/null 2>&1; then
 fi
 stamp="$(sha256sum "$REQS" | cut -d' ' -f1)"
 if [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$stamp" ] ||
-  ! "$VENV/bin/python" -c 'import pytest, requests, requests_oauthlib, oauthlib, authlib, jwt, botocore, hypercorn, h2, websockets, openapi_spec_validator, openapi_python_client, ruff, httpx, attrs, schemathesis, hypothesis' 2>/dev/null; then
+  ! "$VENV/bin/python" -c 'import pytest, requests, requests_oauthlib, oauthlib, authlib, jwt, botocore, hypercorn, h2, websockets, openapi_spec_validator, openapi_python_client, ruff, httpx, attrs, schemathesis, hypothesis, opentelemetry.proto, opentelemetry.sdk, opentelemetry.instrumentation.wsgi' 2>/dev/null; then
   PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/pip" install -q -r "$REQS"
   echo "$stamp" >"$VENV/.requirements.sha256"
 fi
