@@ -34,6 +34,7 @@ EXAMPLES = {
     "ecs": lambda: (DEPLOY / "ecs" / "gateway.yaml").read_text(),
     "edge": lambda: (DEPLOY / "edge" / "gateway.yaml").read_text(),
     "kubernetes": kubernetes_config_text,
+    "otel-collector": lambda: (DEPLOY / "otel-collector" / "gateway.yaml").read_text(),
 }
 # Where the admin listener must be reachable from: a container's probes and health checks come
 # from outside its loopback; on a VM, Prometheus runs beside it.
@@ -43,6 +44,7 @@ ADMIN_HOSTS = {
     "ecs": "0.0.0.0",
     "edge": "127.0.0.1",
     "kubernetes": "0.0.0.0",
+    "otel-collector": "127.0.0.1",
 }
 
 
@@ -107,3 +109,19 @@ def test_example_config_serves_and_drains(name, tmp_path):
         code = gw.stop()
     assert code == 0, gw.stderr()
     assert "shutdown complete" in gw.stderr()
+
+
+def test_collector_receives_what_the_gateway_exports():
+    """deploy/otel-collector: the collector's traces pipeline starts at an OTLP receiver whose
+    HTTP endpoint is the address the example gateway exports to, and ends at an exporter."""
+    gateway = yaml.safe_load(EXAMPLES["otel-collector"]())
+    collector = yaml.safe_load((DEPLOY / "otel-collector" / "collector.yaml").read_text())
+    tracing = gateway["telemetry"]["tracing"]
+    assert tracing.get("protocol", "http") == "http"
+    host_port = tracing["endpoint"].removeprefix("http://").rstrip("/")
+    pipeline = collector["service"]["pipelines"]["traces"]
+    assert "otlp" in pipeline["receivers"]
+    assert collector["receivers"]["otlp"]["protocols"]["http"]["endpoint"] == host_port
+    for name in pipeline["processors"]:
+        assert name in collector["processors"], name
+    assert pipeline["exporters"] and all(e in collector["exporters"] for e in pipeline["exporters"])

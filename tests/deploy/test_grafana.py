@@ -59,7 +59,7 @@ def test_dashboard_shape(dashboard):
     assert dashboard["uid"] == "tollgate" and dashboard["title"]
     assert isinstance(dashboard["schemaVersion"], int) and dashboard["schemaVersion"] >= 36
     names = [v["name"] for v in dashboard["templating"]["list"]]
-    assert names == ["datasource", "job", "instance"]
+    assert names == ["datasource", "traces", "job", "instance"]
     ids = [p["id"] for p in panels(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids must be unique"
     cells = set()
@@ -90,3 +90,18 @@ def test_every_query_is_valid_promql(dashboard, tmp_path):
         where = "\n".join(f"dashboard:query_{i}: {w}" for i, (w, _) in enumerate(queries(dashboard)))
         pytest.fail(f"promtool refused a dashboard query:\n{r.stdout}{r.stderr}\n{where}")
     assert f"SUCCESS: {len(rules)} rules found" in r.stdout
+
+
+def test_latency_panel_links_to_the_routes_traces(dashboard):
+    """The trace link of "Latency by route" goes to Explore on the `traces` data source with a
+    TraceQL query on the series' route (the span attribute tollgate sets, tollgate.route)."""
+    traces = [v for v in dashboard["templating"]["list"] if v["name"] == "traces"][0]
+    assert traces["type"] == "datasource" and traces["query"] == "tempo"
+    panel = [p for p in panels(dashboard) if p["title"].startswith("Latency by route")][0]
+    (link,) = panel["fieldConfig"]["defaults"]["links"]
+    url = link["url"]
+    assert url.startswith("/explore?") and "${traces}" in url
+    left = json.loads(url.split("left=", 1)[1])
+    (query,) = left["queries"]
+    assert query["queryType"] == "traceql"
+    assert "span.tollgate.route=\"${__field.labels.route}\"" in query["query"]

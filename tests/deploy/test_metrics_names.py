@@ -152,6 +152,8 @@ listeners:
   - {{ bind: "127.0.0.1:0", tls: {{ cert: {json.dumps(str(tls[0]))}, key: {json.dumps(str(tls[1]))} }} }}
 admin: {{ bind: "127.0.0.1:0" }}
 limits: {{ shutdown_grace: 5s }}
+telemetry:
+  tracing: {{ endpoint: "http://127.0.0.1:{free_port()}", timeout: 1s }}   # no collector: exports fail
 state:
   backend: redis
   url: redis://127.0.0.1:{redis_port}     # nothing listens there: every limit check fails
