@@ -5,7 +5,9 @@
 //! Removed from every forwarded request:
 //! - `x-tollgate-*`, however spelled: names that read as one once `_` is folded into `-` (what
 //!   CGI, WSGI, PHP and Rack do) go too, even when underscores are allowed;
-//! - names with `_`, unless `headers.allow_underscores` (nginx and Envoy drop them by default);
+//! - names with `_`, unless `headers.allow_underscores` (nginx and Envoy drop them by default),
+//!   and even then `X_Amzn_Trace_Id` and its kin, which such frameworks would merge with the
+//!   X-Ray header the gateway writes when tracing with `xray`;
 //! - headers that frameworks honour to change the client address, the path or the method the
 //!   request is served as: `Forwarded` (rewritten by the pipeline for trusted proxies),
 //!   `X-Real-IP`, `X-Original-URL`, `X-Rewrite-URL`, `X-HTTP-Method-Override`, `X-HTTP-Method`,
@@ -37,10 +39,25 @@ fn is_identity(name: &[u8]) -> bool {
             .all(|(&c, &p)| c == p || (c == b'_' && p == b'-'))
 }
 
+/// The X-Ray trace header, which tracing with `xray` writes for the upstream.
+const XRAY_TRACE: &[u8] = b"x-amzn-trace-id";
+
+/// Whether a (lower-case) name with `_` reads as `x-amzn-trace-id` once `_` is `-`.
+fn folds_to_xray(name: &[u8]) -> bool {
+    name.len() == XRAY_TRACE.len()
+        && name.contains(&b'_')
+        && name
+            .iter()
+            .zip(XRAY_TRACE)
+            .all(|(&c, &p)| c == p || (c == b'_' && p == b'-'))
+}
+
 /// Whether a client header is removed before forwarding ([module docs](self)).
 fn is_removed(name: &HeaderName, allow_underscores: bool) -> bool {
     let b = name.as_str().as_bytes();
-    is_identity(b) || (!allow_underscores && b.contains(&b'_')) || OVERRIDES.contains(name)
+    is_identity(b)
+        || (b.contains(&b'_') && (!allow_underscores || folds_to_xray(b)))
+        || OVERRIDES.contains(name)
 }
 
 /// Removes, in one pass over the names, every client header the upstream must not see. Runs on
@@ -219,6 +236,20 @@ mod tests {
         ]);
         assert!(!sanitize_request(&mut h, true));
         assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["accept"]);
+    }
+
+    #[test]
+    fn spellings_of_the_xray_header_go_even_with_underscores_allowed() {
+        let mut h = map(&[
+            "x_amzn_trace_id",
+            "x-amzn_trace-id",
+            "x-amzn-trace-id",
+            "x_other",
+        ]);
+        sanitize_request(&mut h, true);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        left.sort();
+        assert_eq!(left, ["x-amzn-trace-id", "x_other"]);
     }
 
     #[test]

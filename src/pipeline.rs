@@ -90,7 +90,7 @@ pub async fn handle(
     let started = Instant::now();
     let snap = gw.snapshot();
     let trace = snap.tracing.as_ref().map(|t| {
-        t.start(req.headers(), || {
+        t.start(req.method(), req.headers(), || {
             snap.trusted_proxies.contains(conn.peer.ip())
         })
     });
@@ -193,12 +193,24 @@ fn server_span(
     access: &Access<'_>,
     out: &Outcome<'_>,
 ) -> ServerSpan {
+    use crate::telemetry::bounded;
     use opentelemetry::KeyValue;
     let mut a = Vec::with_capacity(20);
-    a.push(KeyValue::new(
-        "http.request.method",
-        method.as_str().to_owned(),
-    ));
+    // A method outside the standard ones is `_OTHER` (OpenTelemetry's rule), so that a client
+    // cannot mint span names; what it sent is kept, shortened, beside.
+    let known = STANDARD_METHODS.contains(method);
+    if known {
+        a.push(KeyValue::new(
+            "http.request.method",
+            method.as_str().to_owned(),
+        ));
+    } else {
+        a.push(KeyValue::new("http.request.method", "_OTHER"));
+        a.push(KeyValue::new(
+            "http.request.method_original",
+            bounded(method.as_str()),
+        ));
+    }
     a.push(KeyValue::new(
         "http.response.status_code",
         i64::from(access.status.as_u16()),
@@ -221,13 +233,13 @@ fn server_span(
         ctx.conn.peer.ip().to_string(),
     ));
     if let Some(host) = &seen.host {
-        a.push(KeyValue::new("server.address", host.clone()));
+        a.push(KeyValue::new("server.address", bounded(host)));
     }
     if let Some(ua) = seen.user_agent.as_ref().and_then(|v| v.to_str().ok()) {
-        a.push(KeyValue::new("user_agent.original", ua.to_owned()));
+        a.push(KeyValue::new("user_agent.original", bounded(ua)));
     }
     if let Some(path) = &out.path {
-        a.push(KeyValue::new("url.path", path.path().to_owned()));
+        a.push(KeyValue::new("url.path", bounded(path.path())));
     }
     let name = match out.route {
         Some(r) => {
@@ -237,7 +249,8 @@ fn server_span(
             a.push(KeyValue::new("tollgate.route", r.key.clone()));
             std::borrow::Cow::Owned(r.key.to_string())
         }
-        None => std::borrow::Cow::Owned(method.as_str().to_owned()),
+        None if known => std::borrow::Cow::Owned(method.as_str().to_owned()),
+        None => std::borrow::Cow::Borrowed("HTTP"),
     };
     if let Some(api) = out.api {
         a.push(KeyValue::new("tollgate.api", api.name.to_string()));
@@ -840,7 +853,7 @@ async fn forward<'s>(
 }
 
 /// The client's `x-request-id` when it is sane (1-128 of `[A-Za-z0-9._:-]`), else the trace id
-/// (when tracing is on), else a new UUID.
+/// of a trace the gateway started (when tracing is on), else a new UUID.
 fn request_id(h: &HeaderMap, trace: Option<&RequestTrace>) -> HeaderValue {
     if let Some(v) = h.get(REQUEST_ID) {
         let b = v.as_bytes();
@@ -852,7 +865,8 @@ fn request_id(h: &HeaderMap, trace: Option<&RequestTrace>) -> HeaderValue {
             return v.clone();
         }
     }
-    if let Some(t) = trace {
+    // A continued trace spans several requests: its id would not tell them apart.
+    if let Some(t) = trace.filter(|t| t.is_root()) {
         return HeaderValue::from_str(t.trace_id_hex()).expect("hex is a valid header value");
     }
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];

@@ -263,7 +263,13 @@ impl Upstream {
             // The query is left out: it may carry what the upstream treats as a secret.
             span.attr(
                 "url.full",
-                format!("{}://{}{}", t.scheme, t.authority, req.uri().path()),
+                // Host and port only: userinfo in a target URL is a credential.
+                format!(
+                    "{}://{}:{port}{}",
+                    t.scheme,
+                    t.authority.host(),
+                    req.uri().path()
+                ),
             );
             span.attr("tollgate.upstream", self.name().to_owned());
         }

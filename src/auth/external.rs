@@ -358,12 +358,17 @@ impl ExternalAuthorizer {
             if let Some(host) = self.uri.host() {
                 span.attr("server.address", host.to_owned());
             }
+            // Host and port only: userinfo in the URL is a credential.
+            let scheme = self.uri.scheme_str().unwrap_or("http");
+            let port = self
+                .uri
+                .port_u16()
+                .unwrap_or(if scheme == "https" { 443 } else { 80 });
             span.attr(
                 "url.full",
                 format!(
-                    "{}://{}{}",
-                    self.uri.scheme_str().unwrap_or("http"),
-                    self.uri.authority().map_or("", |a| a.as_str()),
+                    "{scheme}://{}:{port}{}",
+                    self.uri.host().unwrap_or(""),
                     self.uri.path()
                 ),
             );

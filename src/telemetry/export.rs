@@ -60,6 +60,8 @@ struct Shared {
     wake: Notify,
     /// Set when the last snapshot using the exporter is gone: the task sends what is left, then ends.
     closed: AtomicBool,
+    /// Spans taken from the queue and not yet sent: they count against the capacity too.
+    in_flight: std::sync::atomic::AtomicUsize,
     /// Woken each time the task has sent everything it took from the queue.
     drained: Notify,
     dropped_queue_full: IntCounter,
@@ -77,6 +79,7 @@ impl Exporter {
                 capacity: spec.queue_size,
                 wake: Notify::new(),
                 drained: Notify::new(),
+                in_flight: std::sync::atomic::AtomicUsize::new(0),
                 closed: AtomicBool::new(false),
                 dropped_queue_full: dropped("queue_full"),
                 dropped_export_failed: dropped("export_failed"),
@@ -119,12 +122,19 @@ impl Exporter {
         }
     }
 
+    /// The spans waiting to be sent (tests).
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> Vec<SpanData> {
+        self.shared.queue.lock().expect("not poisoned").clone()
+    }
+
     /// Queues the spans of one finished trace; those that do not fit are dropped and counted.
     pub(crate) fn push(&self, spans: Vec<SpanData>) {
         let n = spans.len();
         let (kept, full) = {
             let mut q = self.shared.queue.lock().expect("not poisoned");
-            let room = self.shared.capacity.saturating_sub(q.len());
+            let held = q.len() + self.shared.in_flight.load(Ordering::Acquire);
+            let room = self.shared.capacity.saturating_sub(held);
             let kept = n.min(room);
             q.extend(spans.into_iter().take(kept));
             (kept, q.len() >= MAX_BATCH)
@@ -157,7 +167,11 @@ async fn run(shared: Arc<Shared>, exporter: opentelemetry_otlp::SpanExporter, ti
                 () = tokio::time::sleep(BATCH_DELAY) => {}
             }
         }
-        let mut pending = std::mem::take(&mut *shared.queue.lock().expect("not poisoned"));
+        let mut pending = {
+            let mut q = shared.queue.lock().expect("not poisoned");
+            shared.in_flight.store(q.len(), Ordering::Release);
+            std::mem::take(&mut *q)
+        };
         while !pending.is_empty() {
             let rest = pending.split_off(pending.len().min(MAX_BATCH));
             let n = pending.len() as u64;
@@ -178,6 +192,7 @@ async fn run(shared: Arc<Shared>, exporter: opentelemetry_otlp::SpanExporter, ti
                     }
                 }
             }
+            shared.in_flight.fetch_sub(n as usize, Ordering::AcqRel);
             pending = rest;
         }
         shared.drained.notify_waiters();
@@ -209,8 +224,15 @@ fn build(spec: &ExportSpec) -> Result<opentelemetry_otlp::SpanExporter, String> 
                     http::HeaderValue::from_str(v).map_err(|e| format!("header {k:?}: {e}"))?;
                 headers.append(name, value);
             }
-            opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
+            let mut builder = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+            if spec.url.starts_with("https://") {
+                // tonic's TLS config starts with no roots at all: add Mozilla's (webpki-roots).
+                builder = builder.with_tls_config(
+                    opentelemetry_otlp::tonic_types::transport::ClientTlsConfig::new()
+                        .with_enabled_roots(),
+                );
+            }
+            builder
                 .with_endpoint(spec.url.clone())
                 .with_timeout(spec.timeout)
                 .with_metadata(

@@ -11,6 +11,7 @@ pub(crate) mod export;
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Instant, SystemTime};
 
@@ -24,6 +25,19 @@ use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, SpanData, SpanEve
 use prometheus::IntCounter;
 
 pub(crate) use export::{ExportSpec, Exporter};
+
+/// Longest value a client's bytes give a span attribute (OpenTelemetry's attribute length
+/// limit, so that a span stays small whatever the client sends: user agent, host, path).
+pub(crate) const MAX_ATTRIBUTE_LEN: usize = 256;
+
+/// `s` cut to [`MAX_ATTRIBUTE_LEN`] bytes at a character boundary.
+pub(crate) fn bounded(s: &str) -> String {
+    let mut end = s.len().min(MAX_ATTRIBUTE_LEN);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
 
 /// Whose `traceparent` a request continues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +110,12 @@ impl Tracing {
     /// The trace of a request with headers `h`: the parent's when the client may name one
     /// (`peer_trusted` says whether it is a trusted proxy) and named a valid one, else a new
     /// trace, sampled by the ratio unless the parent decided.
-    pub(crate) fn start(&self, h: &HeaderMap, peer_trusted: impl FnOnce() -> bool) -> RequestTrace {
+    pub(crate) fn start(
+        &self,
+        method: &http::Method,
+        h: &HeaderMap,
+        peer_trusted: impl FnOnce() -> bool,
+    ) -> RequestTrace {
         let believed = match self.trust {
             TrustParent::Always => true,
             TrustParent::Never => false,
@@ -126,6 +145,9 @@ impl Tracing {
                 trace_id,
                 server_span: span_id,
                 children: Mutex::new(Vec::new()),
+                exporter: self.exporter.clone(),
+                method: method.clone(),
+                finished: AtomicBool::new(false),
             })
         });
         if !sampled {
@@ -177,6 +199,10 @@ struct Recorder {
     trace_id: [u8; 16],
     server_span: [u8; 8],
     children: Mutex<Vec<SpanData>>,
+    /// Where a request cancelled before its answer sends its spans ([`RequestTrace`]'s drop).
+    exporter: Arc<Exporter>,
+    method: http::Method,
+    finished: AtomicBool,
 }
 
 tokio::task_local! {
@@ -202,6 +228,12 @@ impl RequestTrace {
             Some(r) => CURRENT.scope(r.clone(), fut).await,
             None => fut.await,
         }
+    }
+
+    /// Whether the gateway started this trace (no believed parent): its id is then unique to
+    /// the request and may serve as its request id.
+    pub(crate) fn is_root(&self) -> bool {
+        self.parent.is_none()
     }
 
     /// `traceparent` naming the gateway's server span.
@@ -242,9 +274,16 @@ impl RequestTrace {
 
     /// Ends the trace: a sampled request's server span and its children go to the exporter.
     pub(crate) fn finish(&self, tracing: &Tracing, server: ServerSpan) {
+        self.send(&tracing.exporter, server);
+    }
+
+    fn send(&self, exporter: &Exporter, server: ServerSpan) {
         let (Some(recorder), Some(start)) = (&self.recorder, self.started) else {
             return;
         };
+        if recorder.finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let mut spans = std::mem::take(&mut *recorder.children.lock().expect("not poisoned"));
         let trace_state = self
             .tracestate
@@ -275,7 +314,37 @@ impl RequestTrace {
             },
             instrumentation_scope: SCOPE.clone(),
         });
-        tracing.exporter.push(spans);
+        exporter.push(spans);
+    }
+}
+
+impl Drop for RequestTrace {
+    /// A sampled request dropped before it was answered (its client went away, so hyper
+    /// dropped the pipeline) still sends its server span, marked `tollgate.cancelled`, and the
+    /// child spans that ended.
+    fn drop(&mut self) {
+        let Some(recorder) = &self.recorder else {
+            return;
+        };
+        if recorder.finished.load(Ordering::Acquire) {
+            return;
+        }
+        let elapsed = self
+            .started
+            .and_then(|s| s.elapsed().ok())
+            .unwrap_or_default();
+        let method = bounded(recorder.method.as_str());
+        let exporter = recorder.exporter.clone();
+        let span = ServerSpan {
+            name: Cow::Owned(method.clone()),
+            attributes: vec![
+                KeyValue::new("http.request.method", method),
+                KeyValue::new("tollgate.cancelled", true),
+            ],
+            error: None,
+            elapsed,
+        };
+        self.send(&exporter, span);
     }
 }
 
@@ -414,18 +483,21 @@ mod tests {
         let t = tracing(0.1, TrustParent::Always, &m);
         let n = 20_000;
         let sampled = (0..n)
-            .filter(|_| t.start(&HeaderMap::new(), || true).sampled)
+            .filter(|_| {
+                t.start(&http::Method::GET, &HeaderMap::new(), || true)
+                    .sampled
+            })
             .count() as f64;
         let (mean, sd) = (n as f64 * 0.1, (n as f64 * 0.1 * 0.9).sqrt());
         assert!((sampled - mean).abs() < 5.0 * sd, "{sampled} of {n}");
         assert!(
             tracing(1.0, TrustParent::Always, &m)
-                .start(&HeaderMap::new(), || true)
+                .start(&http::Method::GET, &HeaderMap::new(), || true)
                 .sampled
         );
         assert!(
             !tracing(0.0, TrustParent::Always, &m)
-                .start(&HeaderMap::new(), || true)
+                .start(&http::Method::GET, &HeaderMap::new(), || true)
                 .sampled
         );
         assert_eq!(
@@ -439,14 +511,14 @@ mod tests {
         let m = crate::metrics::Metrics::new();
         // Ratio 0, but the trusted caller sampled: the trace is continued and recorded.
         let trusted = tracing(0.0, TrustParent::TrustedProxies, &m);
-        let t = trusted.start(&with_parent(true), || true);
+        let t = trusted.start(&http::Method::GET, &with_parent(true), || true);
         assert!(t.sampled);
         assert_eq!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(t.parent, Some(0x00f067aa0ba902b7u64.to_be_bytes()));
         // Ratio 1, but the caller did not sample: neither do we.
         assert!(
             !tracing(1.0, TrustParent::Always, &m)
-                .start(&with_parent(false), || false)
+                .start(&http::Method::GET, &with_parent(false), || false)
                 .sampled
         );
         // The same parent from a peer that is not a trusted proxy, or with `never`: a new trace.
@@ -454,7 +526,7 @@ mod tests {
             (TrustParent::TrustedProxies, false),
             (TrustParent::Never, true),
         ] {
-            let t = tracing(0.0, trust, &m).start(&with_parent(true), || peer);
+            let t = tracing(0.0, trust, &m).start(&http::Method::GET, &with_parent(true), || peer);
             assert!(!t.sampled);
             assert_ne!(t.trace_id_hex(), "4bf92f3577b34da6a3ce929d0e0e4736");
             assert_eq!(t.parent, None);
@@ -472,7 +544,7 @@ mod tests {
                 "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
             ),
         );
-        let t = tracing(1.0, TrustParent::Never, &m).start(&h, || true);
+        let t = tracing(1.0, TrustParent::Never, &m).start(&http::Method::GET, &h, || true);
         t.propagate(&mut h, None, false);
         let sent = context::parse_traceparent(h[context::TRACEPARENT].as_bytes()).unwrap();
         assert_eq!(sent.trace_id, t.trace_id);
@@ -489,11 +561,40 @@ mod tests {
     }
 
     #[test]
+    fn a_request_dropped_before_its_answer_still_sends_its_span() {
+        let m = crate::metrics::Metrics::new();
+        let t = tracing(1.0, TrustParent::Always, &m);
+        let trace = t.start(&http::Method::POST, &HeaderMap::new(), || true);
+        drop(trace);
+        let queued = t.exporter.queued();
+        assert_eq!(queued.len(), 1);
+        assert_eq!(queued[0].name, "POST");
+        assert!(
+            queued[0]
+                .attributes
+                .contains(&KeyValue::new("tollgate.cancelled", true))
+        );
+        // A finished request sends its span once, not again when dropped.
+        let trace = t.start(&http::Method::GET, &HeaderMap::new(), || true);
+        trace.finish(
+            &t,
+            ServerSpan {
+                name: "GET /x".into(),
+                attributes: Vec::new(),
+                error: None,
+                elapsed: std::time::Duration::ZERO,
+            },
+        );
+        drop(trace);
+        assert_eq!(t.exporter.queued().len(), 2);
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts() {
         let m = crate::metrics::Metrics::new();
         let t = tracing(1.0, TrustParent::Always, &m);
         for _ in 0..3 {
-            let trace = t.start(&HeaderMap::new(), || true);
+            let trace = t.start(&http::Method::GET, &HeaderMap::new(), || true);
             let span = ServerSpan {
                 name: "GET /x".into(),
                 attributes: Vec::new(),
@@ -510,15 +611,16 @@ mod tests {
             0
         );
         for _ in 0..3 {
-            t.start(&HeaderMap::new(), || true).finish(
-                &t,
-                ServerSpan {
-                    name: "GET /x".into(),
-                    attributes: Vec::new(),
-                    error: None,
-                    elapsed: std::time::Duration::ZERO,
-                },
-            );
+            t.start(&http::Method::GET, &HeaderMap::new(), || true)
+                .finish(
+                    &t,
+                    ServerSpan {
+                        name: "GET /x".into(),
+                        attributes: Vec::new(),
+                        error: None,
+                        elapsed: std::time::Duration::ZERO,
+                    },
+                );
         }
         assert_eq!(
             m.trace_spans_dropped

@@ -170,8 +170,8 @@ def test_admitted_request_is_one_tree_from_the_client_to_the_upstream(stack):
     # With X-Ray on, the same ids in X-Ray's spelling.
     assert seen["headers"]["x-amzn-trace-id"] == (
         f"Root=1-{trace_id[:8]}-{trace_id[8:]};Parent={up_parent};Sampled=1")
-    # Without a request id from the client, the request id is the trace id.
-    assert r.headers["x-request-id"] == trace_id
+    # A continued trace may span several requests: the request id is not the trace id then.
+    assert r.headers["x-request-id"] != trace_id and len(r.headers["x-request-id"]) == 36
 
     spans = _trace(receiver, trace_id, lambda s: len(s) >= 4, "gateway and upstream spans")
     server = _one(spans, kind="SERVER", service_name="edge-gateway")
@@ -307,7 +307,10 @@ def test_untrusted_parents_are_ignored_sampling_holds_and_reload_changes_it(tmp_
             r = requests.get(gw.base_url + "/orders/1",
                              headers={"traceparent": otlp.traceparent(forged), "x-caller": "x"},
                              timeout=10)
-            assert otlp.parse_traceparent(r.json()["headers"]["traceparent"])[0] != forged
+            started = otlp.parse_traceparent(r.json()["headers"]["traceparent"])[0]
+            assert started != forged
+            # The gateway started this trace: its id is the request id.
+            assert r.headers["x-request-id"] == started
             receiver.clear()
             before = _metric(admin, "tollgate_traces_total", 'sampled="true"')
             with requests.Session() as s:
@@ -455,3 +458,20 @@ def test_spans_of_the_last_requests_are_sent_at_shutdown(tmp_path):
         assert any(s.kind == "SERVER" for s in spans), receiver.spans()
     finally:
         receiver.close()
+
+
+def test_client_bytes_cannot_mint_span_names_or_grow_spans(stack):
+    """An unknown method names the span `HTTP` (`http.request.method: _OTHER`, the method kept
+    shortened beside); a huge user agent is cut to 256 bytes."""
+    gw, receiver, _, _, _ = stack
+    trace_id = otlp.new_trace_id()
+    r = requests.request("BREW" + "W" * 1000, gw.base_url + "/nowhere",
+                         headers={"traceparent": otlp.traceparent(trace_id),
+                                  "user-agent": "u" * 20000}, timeout=10)
+    assert r.status_code == 404
+    spans = _trace(receiver, trace_id, lambda s: len(s) >= 1, "the unknown method's span")
+    server = _one(spans, kind="SERVER")
+    assert server.name == "HTTP"
+    assert server.attributes["http.request.method"] == "_OTHER"
+    assert server.attributes["http.request.method_original"] == ("BREW" + "W" * 1000)[:256]
+    assert server.attributes["user_agent.original"] == "u" * 256
