@@ -16,7 +16,10 @@ SCENARIOS = {
     2: "Scenario 2: a distinct token on every request (RSA on every request)",
     3: "Scenario 3: 10,000 routes loaded",
     4: "Scenario 4: 1,000,000 API keys loaded",
+    6: "Scenario 6: scenario 1 with tracing (tollgate alone; spans exported over OTLP/HTTP to the upstream nginx)",
 }
+# Scenario 6's targets: tollgate with tracing off, and sampling 1% and 100% of requests.
+TRACED = {"tollgate": "off", "tollgate-trace-1": "1%", "tollgate-trace-100": "100%"}
 WHAT = {
     "upstream": "nginx upstream alone (no proxy)",
     "nginx": "nginx: allow list + limit_req, keep-alive upstream",
@@ -55,7 +58,81 @@ def summarize(runs):
         "hits": sum(r.get("cache_hit", 0) for r in runs),
         "misses": sum(r.get("cache_miss", 0) for r in runs),
         "requests": sum(r["requests"] for r in runs),
+        # scenario 6: what was traced, summed over the rounds
+        "sampled": sum(r.get("traces_sampled", 0) for r in runs),
+        "unsampled": sum(r.get("traces_unsampled", 0) for r in runs),
+        "exported": sum(r.get("spans_exported", 0) for r in runs),
+        "dropped": sum(r.get("spans_dropped", 0) for r in runs),
+        "dropped_queue_full": sum(r.get("spans_dropped_queue_full", 0) for r in runs),
+        "dropped_export_failed": sum(r.get("spans_dropped_export_failed", 0) for r in runs),
+        "dropped_total": max((r.get("spans_dropped_total", 0) for r in runs), default=0),
     }
+
+
+def traced_share(v):
+    n = v["sampled"] + v["unsampled"]
+    return v["sampled"] / n if n else float("nan")
+
+
+def dropped_text(v):
+    if not v["dropped"]:
+        return "0"
+    return (
+        f"**{v['dropped']:,}** (queue full {v['dropped_queue_full']:,}, "
+        f"export failed {v['dropped_export_failed']:,})"
+    )
+
+
+def scenario6(s6):
+    """Scenario 6's table: tracing off, 1% and 100% side by side, CPU per request against off."""
+    out = [
+        "| target | sampling | req/s (median) | min–max | p50 ms | p99 ms | non-2xx | socket errors "
+        "| RSS MiB | proxy CPU µs/req | CPU/req vs off | traces sampled | spans exported | spans dropped |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    off = s6.get("tollgate")
+    for t, sampling in TRACED.items():
+        if t not in s6:
+            continue
+        v = s6[t]
+        vs_off = f"{v['cpu'] / off['cpu']:.3f}×" if off else "–"
+        traced = (
+            f"{v['sampled']:,} of {v['sampled'] + v['unsampled']:,} ({traced_share(v):.2%})"
+            if t != "tollgate" else "–"
+        )
+        exported = f"{v['exported']:,}" if t != "tollgate" else "–"
+        dropped = dropped_text(v) if t != "tollgate" else "–"
+        out.append(
+            f"| {t} | {sampling} | {v['rps']:,.0f} | {v['rps_min']:,.0f}–{v['rps_max']:,.0f} "
+            f"| {v['p50']:.2f} | {v['p99']:.2f} | {v['non2xx']} | {v['sockerr']} | {v['rss']:.1f} "
+            f"| {v['cpu']:.1f} | {vs_off} | {traced} | {exported} | {dropped} |"
+        )
+    out.append("")
+    notes = []
+    for t, sampling in TRACED.items():
+        if t == "tollgate" or t not in s6:
+            continue
+        v = s6[t]
+        if off:
+            notes.append(
+                f"{sampling} sampling: CPU per request {v['cpu'] / off['cpu']:.3f}× tracing off "
+                f"({v['cpu']:.1f} vs {off['cpu']:.1f} µs), req/s {v['rps'] / off['rps']:.3f}×, "
+                f"p99 {v['p99']:.2f} vs {off['p99']:.2f} ms"
+            )
+        per_trace = f", {v['exported'] / v['sampled']:.2f} spans per sampled request" if v["sampled"] else ""
+        if v["dropped"] or v["dropped_total"]:
+            lost = (
+                f"**{v['dropped']:,} spans dropped** during the measured runs "
+                f"(queue full {v['dropped_queue_full']:,}, export failed {v['dropped_export_failed']:,}), "
+                f"{v['dropped_total']:,} since the process started"
+            )
+        else:
+            lost = "none dropped"
+        notes.append(f"{sampling} sampling: {v['exported']:,} spans exported{per_trace}; {lost}")
+    out += [f"- {n}" for n in notes]
+    if notes:
+        out.append("")
+    return out
 
 
 def progress():
@@ -64,6 +141,12 @@ def progress():
     print(
         f"{r['requests'] / (r['duration_us'] / 1e6):,.0f} req/s, p50 {r['p50_us'] / 1000:.2f} ms, "
         f"p99 {r['p99_us'] / 1000:.2f} ms, non-2xx {r['status']}, RSS {r['rss_kib'] / 1024:.1f} MiB"
+        + (
+            f", CPU {r['cpu_ticks'] * 1e6 / r['clk_tck'] / r['requests']:.1f} µs/req, traces sampled "
+            f"{r['traces_sampled']} of {r['traces_sampled'] + r['traces_unsampled']}, spans exported "
+            f"{r['spans_exported']}, dropped {r['spans_dropped']} (since start {r['spans_dropped_total']})"
+            if "traces_sampled" in r and r["requests"] else ""
+        )
     )
 
 
@@ -78,6 +161,9 @@ def main():
     out = []
     for sc in sorted(s):
         out.append(f"### {SCENARIOS.get(sc, sc)}\n")
+        if sc == 6:
+            out += scenario6(s[sc])
+            continue
         out.append(
             "| target | req/s (median) | min–max | p50 ms | p99 ms | non-2xx | socket errors "
             "| RSS MiB | proxy CPU µs/req | token cache hit/miss |"
@@ -140,11 +226,22 @@ def main():
     for r in idle:
         if r["target"] == "tollgate":
             row("S5: tollgate ≤ 10 KiB RSS per idle connection", f"{r['per_conn_kib']} KiB", r["per_conn_kib"] is not None and r["per_conn_kib"] <= 10)
+    off6, t1 = get(6, "tollgate"), get(6, "tollgate-trace-1")
+    if off6 and t1:
+        ratio = t1["cpu"] / off6["cpu"]
+        row("S6: tollgate CPU µs/req tracing 1% ≤ 1.05 × tracing off", f"{ratio:.3f}× ({t1['cpu']:.1f} vs {off6['cpu']:.1f} µs)", ratio <= 1.05)
+    traced6 = [(t, v) for t, v in ((k, get(6, k)) for k in ("tollgate-trace-1", "tollgate-trace-100")) if v]
+    if traced6:
+        row(
+            "S6: the sampled requests' spans exported, none dropped",
+            "; ".join(f"{TRACED[t]}: {v['exported']:,} exported, {v['dropped']:,} dropped" for t, v in traced6),
+            all(not v["dropped"] and (v["exported"] or not v["sampled"]) for _, v in traced6),
+        )
     bad = [
         f"S{sc} {t}: {v['non2xx']} non-2xx, {v['sockerr']} socket errors"
         for sc in s
         for t, v in s[sc].items()
-        if t == "tollgate" and (v["non2xx"] or v["sockerr"])
+        if t.startswith("tollgate") and (v["non2xx"] or v["sockerr"])
     ]
     bad += [f"S5 tollgate: {r['non200']} non-200, {r['failed']} failed" for r in idle if r["target"] == "tollgate" and (r["non200"] or r["failed"])]
     row("zero non-2xx from tollgate in every scenario", "; ".join(bad) if bad else "none", not bad)

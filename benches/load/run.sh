@@ -2,7 +2,7 @@
 # tollgate's load benchmark against HAProxy and nginx, all on this machine (issue 7).
 #
 #   benches/load/run.sh [--quick] [--duration S] [--rounds N] [--connections N] [--threads N]
-#                       [--workers N] [--tokens N] [--keys N] [--idle N] [--scenarios "1 2 3 4 5"]
+#                       [--workers N] [--tokens N] [--keys N] [--idle N] [--scenarios "1 2 3 4 5 6"]
 #                       [--warmup S] [--out DIR] [--no-build] [--keep]
 #
 # Starts a static upstream (nginx), tollgate (release build), HAProxy and nginx as proxies, and
@@ -10,6 +10,14 @@
 # the issue's targets as ratios), DIR/results.jsonl and DIR/idle.jsonl. DIR defaults to
 # target/load-bench. Everything generated (keys, tokens, configs, CSVs) goes to a temporary
 # directory that is removed at the end (--keep keeps it); every process started is stopped.
+#
+# Scenarios: 1 one token repeated, 2 a distinct token on every request, 3 10,000 routes,
+# 4 1,000,000 API keys, 5 idle keep-alive connections, 6 scenario 1 with tracing: tollgate
+# alone, three processes measured in turn each round, each round starting with the next one
+# (`tollgate` tracing off, `tollgate-trace-1` and `tollgate-trace-100` sampling 1% and 100% of
+# requests, all with the scenario 1 config and request), their spans exported over OTLP/HTTP
+# to the upstream nginx, whose /v1/traces discards them; each of its result lines also carries
+# the traces sampled and the spans exported and dropped.
 #
 # Needs: Debian packages wrk haproxy nginx-light python3-venv curl (installed when missing and
 # running as root), a Rust toolchain, and PyPI's PyJWT and cryptography (put in a virtualenv in
@@ -22,7 +30,7 @@ repo=$(cd "$here/../.." && pwd)
 ORIG_ARGS=("$@")
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 duration=10 rounds=3 connections=64 threads=2 workers=2 tokens=150000 keys=1000000 idle=10000
-scenarios="1 2 3 4 5" warmup=2 out="$repo/target/load-bench" build=1 keep=0 port_base=18080
+scenarios="1 2 3 4 5 6" warmup=2 out="$repo/target/load-bench" build=1 keep=0 port_base=18080
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
 while [ $# -gt 0 ]; do
@@ -105,12 +113,14 @@ python3 -m venv "$tmp/venv"
 "$tmp/venv/bin/pip" install -q --disable-pip-version-check pyjwt cryptography
 py=$tmp/venv/bin/python
 
+# Scenario 6's tollgates with tracing get ports of their own: NAME and NAME_admin.
 declare -A port=(
     [upstream]=$port_base [nginx]=$((port_base + 1)) [haproxy]=$((port_base + 2))
     [tollgate]=$((port_base + 3)) [tollgate_admin]=$((port_base + 4))
+    [tollgate-trace-1]=$((port_base + 5)) [tollgate-trace-1_admin]=$((port_base + 6))
+    [tollgate-trace-100]=$((port_base + 7)) [tollgate-trace-100_admin]=$((port_base + 8))
 )
-ports_json=$(printf '{"upstream":%d,"nginx":%d,"haproxy":%d,"tollgate":%d,"tollgate_admin":%d}' \
-    "${port[upstream]}" "${port[nginx]}" "${port[haproxy]}" "${port[tollgate]}" "${port[tollgate_admin]}")
+ports_json={$(for p in "${!port[@]}"; do printf '"%s":%d\n' "$p" "${port[$p]}"; done | paste -sd,)}
 for p in "${port[@]}"; do
     if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
         echo "port $p is in use (choose another --port-base)" >&2
@@ -134,9 +144,11 @@ start() { # name config-suffix
         upstream) nginx -c "$tmp/upstream.conf" -g 'daemon off;' 2>>"$tmp/upstream.log" & ;;
         nginx) nginx -c "$tmp/nginx-$cfg.conf" -g 'daemon off;' 2>>"$tmp/nginx.log" & ;;
         haproxy) haproxy -db -f "$tmp/haproxy-$cfg.cfg" 2>>"$tmp/haproxy.log" & ;;
-        tollgate)
+        tollgate|tollgate-trace-*)
+            # tollgate-trace-N (scenario 6): tracing sampling N% of requests, config s6-tN.
+            case "$name" in tollgate-trace-*) cfg=s6-t${name#tollgate-trace-} ;; esac
             TOKIO_WORKER_THREADS=$workers "$bin" run -c "$tmp/tollgate/tollgate-$cfg.yaml" \
-                --log-level warn 2>>"$tmp/tollgate.log" & ;;
+                --log-level warn 2>>"$tmp/$name.log" & ;;
     esac
     pids[$name]=$!
 }
@@ -203,9 +215,39 @@ cpu_ticks() { # user + system time of the process and its children, in clock tic
     done
     echo "$sum"
 }
-cache_count() { # result (hit|miss): tollgate's verified-token cache counter
-    curl -s "$(url tollgate_admin /metrics)" |
-        awk -v r="$1" 'index($0, "tollgate_token_cache_total{") == 1 && index($0, "result=\"" r "\"") { s += $2 } END { print s + 0 }'
+cache_count() { # name result (hit|miss): a tollgate's verified-token cache counter
+    curl -s "$(url "${1}_admin" /metrics)" |
+        awk -v r="$2" 'index($0, "tollgate_token_cache_total{") == 1 && index($0, "result=\"" r "\"") { s += $2 } END { print s + 0 }'
+}
+# A tollgate's tracing counters: traces sampled, traces not sampled, spans exported, spans
+# dropped (all reasons), of which for a full queue, of which for a failed export.
+trace_counts() { # name
+    curl -s "$(url "${1}_admin" /metrics)" | awk '
+        index($0, "tollgate_traces_total{") == 1 { if (index($0, "sampled=\"true\"")) s += $NF; else u += $NF }
+        $1 == "tollgate_trace_spans_exported_total" { e += $NF }
+        index($0, "tollgate_trace_spans_dropped_total{") == 1 {
+            d += $NF
+            if (index($0, "reason=\"queue_full\"")) q += $NF
+            if (index($0, "reason=\"export_failed\"")) f += $NF
+        }
+        END { printf "%d %d %d %d %d %d\n", s, u, e, d, q, f }'
+}
+# Waits until a tollgate has sent the spans it holds: the exported and dropped counters unchanged
+# for 1.5 s (spans wait at most 1 s to be batched), at most 20 s. Scenario 6 waits so after
+# every run, the tracing-off one too, so each run's CPU time includes exporting its own spans.
+export_settled() { # name
+    local now last="" same=0
+    for _ in $(seq 1 40); do
+        now=$(trace_counts "$1" | cut -d' ' -f3,4)
+        if [ "$now" = "$last" ]; then
+            same=$((same + 1))
+            [ "$same" -lt 3 ] || return 0
+        else
+            same=0 last=$now
+        fi
+        sleep 0.5
+    done
+    log "$1: spans still being exported after 20 s"
 }
 
 results=$tmp/results.jsonl idle_results=$tmp/idle.jsonl
@@ -216,9 +258,12 @@ clk_tck=$(getconf CLK_TCK)
 # One wrk run against a target; appends a result line.
 measure() { # scenario round target path mode(static|rotate) seconds record(1|0)
     local sc=$1 round=$2 name=$3 path=$4 mode=$5 secs=$6 record=$7
-    local pid=${pids[$name]} c0 c1 h0=0 m0=0 h1=0 m1=0 line rss
+    local pid=${pids[$name]} c0 c1 h0=0 m0=0 h1=0 m1=0 line rss traced="" t0 t1 i
+    local is_tollgate=0
+    case "$name" in tollgate|tollgate-trace-*) is_tollgate=1 ;; esac
+    [ "$sc" != 6 ] || read -ra t0 < <(trace_counts "$name")
     c0=$(cpu_ticks "$pid")
-    if [ "$name" = tollgate ]; then h0=$(cache_count hit); m0=$(cache_count miss); fi
+    if [ "$is_tollgate" = 1 ]; then h0=$(cache_count "$name" hit); m0=$(cache_count "$name" miss); fi
     if [ "$mode" = rotate ]; then
         line=$(BENCH_LUA_DIR=$here wrk -t "$threads" -c "$connections" -d "${secs}s" --timeout 5s \
             -s "$here/rotate.lua" "$(url "$name" "$path")" -- "$tmp/tokens.txt" "$api_key" "$path" "$threads" |
@@ -229,12 +274,20 @@ measure() { # scenario round target path mode(static|rotate) seconds record(1|0)
             grep '^RESULT ' || true)
     fi
     [ -n "$line" ] || { echo "wrk printed no result against $name" >&2; exit 1; }
+    [ "$sc" != 6 ] || export_settled "$name"
     c1=$(cpu_ticks "$pid")
     rss=$(rss_kib "$pid")
-    if [ "$name" = tollgate ]; then h1=$(cache_count hit); m1=$(cache_count miss); fi
+    if [ "$is_tollgate" = 1 ]; then h1=$(cache_count "$name" hit); m1=$(cache_count "$name" miss); fi
+    if [ "$sc" = 6 ]; then
+        # What this run traced (deltas), and every span dropped since the process started.
+        read -ra t1 < <(trace_counts "$name")
+        for i in 0 1 2 3 4 5; do t1[i]=$((t1[i] - t0[i])); done
+        traced=$(printf '"traces_sampled":%d,"traces_unsampled":%d,"spans_exported":%d,"spans_dropped":%d,"spans_dropped_queue_full":%d,"spans_dropped_export_failed":%d,"spans_dropped_total":%d,' \
+            "${t1[@]}" $((t0[3] + t1[3])))
+    fi
     [ "$record" = 1 ] || return 0
-    printf '{"scenario":%d,"round":%d,"target":"%s","rss_kib":%d,"cpu_ticks":%d,"clk_tck":%d,"cache_hit":%d,"cache_miss":%d,%s\n' \
-        "$sc" "$round" "$name" "$rss" $((c1 - c0)) "$clk_tck" $((h1 - h0)) $((m1 - m0)) "${line#RESULT \{}" >>"$results"
+    printf '{"scenario":%d,"round":%d,"target":"%s","rss_kib":%d,"cpu_ticks":%d,"clk_tck":%d,"cache_hit":%d,"cache_miss":%d,%s%s\n' \
+        "$sc" "$round" "$name" "$rss" $((c1 - c0)) "$clk_tck" $((h1 - h0)) $((m1 - m0)) "$traced" "${line#RESULT \{}" >>"$results"
     log "S$sc round $round $name: $(tail -1 "$results" | "$py" "$here/report.py" --progress)"
 }
 
@@ -249,13 +302,20 @@ scenario() { # number config-suffix path mode targets...
     done
     for name in "${targets[@]}"; do
         ready "$name" "$path"
-        case "$name" in haproxy|tollgate) refuses "$name" "$path" ;; esac
+        case "$name" in haproxy|tollgate|tollgate-trace-*) refuses "$name" "$path" ;; esac
     done
     if [ "$mode" = static ] && [ "$warmup" != 0 ]; then
         for name in "${targets[@]}"; do measure "$sc" 0 "$name" "$path" "$mode" "$warmup" 0; done
     fi
     for round in $(seq 1 "$rounds"); do
-        for name in "${targets[@]}"; do
+        local order=("${targets[@]}") k
+        if [ "$sc" = 6 ]; then
+            # Scenario 6 compares close figures: each round starts with the next variant, so a
+            # drift in the machine's load does not always fall on the same one.
+            k=$(((round - 1) % ${#targets[@]}))
+            order=("${targets[@]:k}" "${targets[@]:0:k}")
+        fi
+        for name in "${order[@]}"; do
             if [ "$mode" = rotate ] && [ "$name" = tollgate ] && [ "$round" -gt 1 ]; then
                 # A fresh process for each round: its token cache starts empty.
                 stop tollgate
@@ -301,6 +361,8 @@ for sc in $scenarios; do
                log "S5 $name: $(tail -1 "$idle_results")"
                stop "$name"
            done ;;
+        6) log "scenario 6: scenario 1 with tracing off, sampling 1% and sampling 100%"
+           scenario 6 s1 /orders/42 static tollgate tollgate-trace-1 tollgate-trace-100 ;;
         *) echo "unknown scenario $sc" >&2; exit 2 ;;
     esac
 done
