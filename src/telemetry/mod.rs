@@ -464,6 +464,16 @@ mod tests {
         )
     }
 
+    /// A server span named `name`, with nothing else to say.
+    fn server(name: &'static str) -> ServerSpan {
+        ServerSpan {
+            name: name.into(),
+            attributes: Vec::new(),
+            error: None,
+            elapsed: std::time::Duration::ZERO,
+        }
+    }
+
     fn with_parent(sampled: bool) -> HeaderMap {
         let mut h = HeaderMap::new();
         let flags = if sampled { "01" } else { "00" };
@@ -576,15 +586,7 @@ mod tests {
         );
         // A finished request sends its span once, not again when dropped.
         let trace = t.start(&http::Method::GET, &HeaderMap::new(), || true);
-        trace.finish(
-            &t,
-            ServerSpan {
-                name: "GET /x".into(),
-                attributes: Vec::new(),
-                error: None,
-                elapsed: std::time::Duration::ZERO,
-            },
-        );
+        trace.finish(&t, server("GET /x"));
         drop(trace);
         assert_eq!(t.exporter.queued().len(), 2);
     }
@@ -595,12 +597,7 @@ mod tests {
         let t = tracing(1.0, TrustParent::Always, &m);
         for _ in 0..3 {
             let trace = t.start(&http::Method::GET, &HeaderMap::new(), || true);
-            let span = ServerSpan {
-                name: "GET /x".into(),
-                attributes: Vec::new(),
-                error: None,
-                elapsed: std::time::Duration::from_millis(1),
-            };
+            let span = server("GET /x");
             trace.finish(&t, span);
         }
         // Capacity 4, nothing exporting (never activated): 3 spans kept so far, then 1 of 3.
@@ -612,15 +609,7 @@ mod tests {
         );
         for _ in 0..3 {
             t.start(&http::Method::GET, &HeaderMap::new(), || true)
-                .finish(
-                    &t,
-                    ServerSpan {
-                        name: "GET /x".into(),
-                        attributes: Vec::new(),
-                        error: None,
-                        elapsed: std::time::Duration::ZERO,
-                    },
-                );
+                .finish(&t, server("GET /x"));
         }
         assert_eq!(
             m.trace_spans_dropped
