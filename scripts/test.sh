@@ -33,7 +33,9 @@ fi
 # failure. modgraph.py fails when a module imports one that imports it back (README, "Layout").
 cargo fmt --all -- --check
 python3 scripts/modgraph.py >/dev/null
-cargo clippy --all-targets --locked -- -D warnings
+# Without the default `jemalloc` feature: it only picks the binary's allocator (two cfg'd
+# statics), and leaving it out spares this check a second build of jemalloc's C sources.
+cargo clippy --all-targets --locked --no-default-features -- -D warnings
 
 # Unit tests, integration tests (tests/it: real sockets, in-process gateways), doc tests, and
 # one pass through each criterion benchmark in test mode so benches keep compiling and running.

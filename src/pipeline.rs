@@ -110,9 +110,13 @@ pub async fn handle(
     let uri = req.uri().clone();
     let origin = req.headers().get(header::ORIGIN).cloned();
     let mut out = Outcome::default();
+    // Boxed: the phases' state (the upstream call, an external authorizer's, Redis's) is many
+    // KiB, and the transport moves the request's future into place before polling it; a box
+    // is cheaper than copying that on every request (BENCHMARKS.md, "Issue 20").
+    let phases = Box::pin(pipeline(&ctx, req, &mut out));
     let result = match &trace {
-        Some(t) => t.scope(pipeline(&ctx, req, &mut out)).await,
-        None => pipeline(&ctx, req, &mut out).await,
+        Some(t) => t.scope(phases).await,
+        None => phases.await,
     };
     let mut resp = match result {
         Ok(r) => r,

@@ -3,8 +3,8 @@
 
 Nothing it writes is committed: an RSA signing key and its JWKS / public key, pre-minted RS256
 access tokens, API keys (one for the load, up to a million more as the managed gateway's CSV
-export and as an HAProxy pattern file), route tables, and the configs of every target
-(tollgate, HAProxy, nginx as proxy, nginx as upstream) for each scenario.
+export, as an HAProxy pattern file and in Envoy's config), route tables, and the configs of
+every target (tollgate, HAProxy, Envoy, nginx as proxy, nginx as upstream) for each scenario.
 
 Run by benches/load/run.sh inside a virtualenv with PyJWT and cryptography.
 """
@@ -245,6 +245,245 @@ backend up
 
 
 # --------------------------------------------------------------------------------------------
+# Envoy 1.40: the same checks with its own filters (jwt_authn, RBAC on the matching API,
+# local_ratelimit), written as JSON: Envoy reads a .json bootstrap with protobuf's JSON parser,
+# much faster than YAML for scenario 4's million keys.
+
+ENVOY_JWT_CACHE = 100_000  # verified tokens each worker caches: tollgate's TOKEN_CACHE_CAPACITY
+ENVOY_NEVER = 1_000_000_000  # circuit breaker thresholds: never reached
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+
+
+def typed(type_name: str, **fields) -> dict:
+    return {"@type": f"type.googleapis.com/{type_name}", **fields}
+
+
+def rbac_action(name: str, allow: bool) -> dict:
+    action = typed("envoy.config.rbac.v3.Action", name=name, action="ALLOW" if allow else "DENY")
+    return {"action": {"name": name, "typed_config": action}}
+
+
+def jwt_claim(claim: str, value: dict) -> dict:
+    """A matcher predicate on one claim of the verified token, which jwt_authn writes to the
+    dynamic metadata (`payload_in_metadata`)."""
+    return {
+        "single_predicate": {
+            "input": {
+                "name": f"jwt-{claim}",
+                "typed_config": typed(
+                    "envoy.extensions.matching.common_inputs.network.v3.DynamicMetadataInput",
+                    filter=JWT_FILTER,
+                    path=[{"key": "payload"}, {"key": claim}],
+                ),
+            },
+            "custom_match": {
+                "name": f"jwt-{claim}",
+                "typed_config": typed(
+                    "envoy.extensions.matching.input_matchers.metadata.v3.Metadata", value=value
+                ),
+            },
+        }
+    }
+
+
+def header_input(name: str) -> dict:
+    return {
+        "name": name,
+        "typed_config": typed("envoy.type.matcher.v3.HttpRequestHeaderMatchInput", header_name=name),
+    }
+
+
+def envoy_rbac(keys) -> dict:
+    """One RBAC filter on the matching API: the peer address, the token's claims, then the API key
+    looked up in an `exact_match_map` (a hash map, so a million keys cost one lookup); anything
+    else is denied (403)."""
+    allow_key = rbac_action("known-key", True)
+    checks = {
+        "and_matcher": {
+            "predicate": [
+                # resource policy: the TCP peer (not X-Forwarded-For) in the allow list
+                {
+                    "single_predicate": {
+                        "input": {
+                            "name": "peer",
+                            "typed_config": typed(
+                                "envoy.extensions.matching.common_inputs.network.v3.DirectSourceIPInput"
+                            ),
+                        },
+                        "custom_match": {
+                            "name": "loopback",
+                            "typed_config": typed(
+                                "envoy.extensions.matching.input_matchers.ip.v3.Ip",
+                                cidr_ranges=[{"address_prefix": "127.0.0.0", "prefix_len": 8}],
+                                stat_prefix="loopback",
+                            ),
+                        },
+                    }
+                },
+                jwt_claim("client_id", {"string_match": {"exact": CLIENT_ID}}),
+                jwt_claim("token_use", {"string_match": {"exact": "access"}}),
+                # `scope` is a list here: normalize_payload_in_metadata splits it at spaces
+                jwt_claim("scope", {"list_match": {"one_of": {"string_match": {"exact": SCOPE}}}}),
+            ]
+        }
+    }
+    key_lookup = {
+        "matcher_tree": {
+            "input": header_input("x-api-key"),
+            "exact_match_map": {"map": {k: allow_key for k in keys}},
+        },
+        "on_no_match": rbac_action("unknown-key", False),
+    }
+    return typed(
+        "envoy.extensions.filters.http.rbac.v3.RBAC",
+        matcher={
+            "matcher_list": {"matchers": [{"predicate": checks, "on_match": {"matcher": key_lookup}}]},
+            "on_no_match": rbac_action("refused", False),
+        },
+    )
+
+
+def envoy_json(ports, d, routes, keys, nofile) -> str:
+    # The routes: the virtual host's matcher tree, a prefix map on :path (longest prefix wins,
+    # sublinear like nginx's and HAProxy's prefix trees); no match, no route: 404.
+    route = {
+        "name": "up",
+        "typed_config": typed(
+            "envoy.config.route.v3.Route", match={"prefix": "/"}, route={"cluster": "up"}
+        ),
+    }
+    prefixes = [p + "/" for p in route_prefixes()] if routes else ["/orders/"]
+    bucket = {"max_tokens": THROTTLE, "tokens_per_fill": THROTTLE, "fill_interval": "1s"}
+    every = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    http_filters = [
+        {
+            # RS256 JWT: signature against the JWKS (kid, alg), issuer, expiry; the verified
+            # token is cached by each worker (`jwt_cache_config`) and its payload written to the
+            # dynamic metadata for RBAC. A missing or invalid token: 401.
+            "name": JWT_FILTER,
+            "typed_config": typed(
+                "envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+                providers={
+                    "idp": {
+                        "issuer": ISSUER,
+                        "local_jwks": {"filename": f"{d}/tollgate/jwks.json"},
+                        "forward": True,
+                        "payload_in_metadata": "payload",
+                        "normalize_payload_in_metadata": {"space_delimited_claims": ["scope"]},
+                        "jwt_cache_config": {"jwt_cache_size": ENVOY_JWT_CACHE},
+                    }
+                },
+                rules=[{"match": {"prefix": "/"}, "requires": {"provider_name": "idp"}}],
+            ),
+        },
+        # the peer address, client_id, token_use, scope, API key: 403
+        {"name": "envoy.filters.http.rbac", "typed_config": envoy_rbac(keys)},
+        {
+            # throttle: a token bucket per API key. Envoy 1.40's local rate limit makes one per
+            # distinct value of a descriptor entry whose configured value is empty (a wildcard),
+            # kept in an LRU of `max_dynamic_descriptors`; the filter's own `rate_limits` builds
+            # the descriptor from the x-api-key header. Far above anything reached here.
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": typed(
+                "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                stat_prefix="throttle",
+                token_bucket=bucket,
+                filter_enabled=every,
+                filter_enforced=every,
+                always_consume_default_token_bucket=False,
+                max_dynamic_descriptors=1_000_000,
+                rate_limits=[
+                    {"actions": [{"request_headers": {"header_name": "x-api-key", "descriptor_key": "api_key"}}]}
+                ],
+                descriptors=[{"entries": [{"key": "api_key", "value": ""}], "token_bucket": bucket}],
+            ),
+        },
+        {
+            "name": "envoy.filters.http.router",
+            "typed_config": typed(
+                "envoy.extensions.filters.http.router.v3.Router",
+                dynamic_stats=False,
+                suppress_envoy_headers=True,
+            ),
+        },
+    ]
+    hcm = typed(
+        "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        stat_prefix="bench",
+        codec_type="HTTP1",
+        generate_request_id=False,
+        use_remote_address=True,
+        # idle keep-alive connections stay open (scenario 5), as in the other targets
+        common_http_protocol_options={"idle_timeout": "300s"},
+        route_config={
+            "virtual_hosts": [
+                {
+                    "name": "bench",
+                    "domains": ["*"],
+                    "matcher": {
+                        "matcher_tree": {
+                            "input": header_input(":path"),
+                            "prefix_match_map": {"map": {p: {"action": route} for p in prefixes}},
+                        }
+                    },
+                }
+            ]
+        },
+        http_filters=http_filters,
+    )
+    upstream = {"socket_address": {"address": "127.0.0.1", "port_value": ports["upstream"]}}
+    never = {k: ENVOY_NEVER for k in ("max_connections", "max_pending_requests", "max_requests", "max_retries")}
+    cfg = {
+        "static_resources": {
+            "listeners": [
+                {
+                    "name": "bench",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": ports["envoy"]}},
+                    "tcp_backlog_size": 4096,
+                    "filter_chains": [
+                        {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+                    ],
+                }
+            ],
+            "clusters": [
+                {
+                    "name": "up",
+                    "type": "STATIC",
+                    "connect_timeout": "2s",
+                    "load_assignment": {
+                        "cluster_name": "up",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": upstream}}]}],
+                    },
+                    "circuit_breakers": {"thresholds": [never]},
+                    # HTTP/1.1 to the upstream, connections kept alive in the pool
+                    "typed_extension_protocol_options": {
+                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": typed(
+                            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                            explicit_http_config={"http_protocol_options": {}},
+                            common_http_protocol_options={"idle_timeout": "300s"},
+                        )
+                    },
+                }
+            ],
+        },
+        # no stats at all (none are read), and as many connections as descriptors allow
+        "stats_config": {"stats_matcher": {"reject_all": True}},
+        "overload_manager": {
+            "resource_monitors": [
+                {
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": typed(
+                        "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        max_active_downstream_connections=nofile,
+                    ),
+                }
+            ]
+        },
+    }
+    return json.dumps(cfg, separators=(",", ":")) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
 # nginx: the plain proxy, and the upstream
 
 
@@ -368,6 +607,7 @@ def main() -> None:
     write(f"{d}/haproxy-keys-1.lst", BENCH_KEY + "\n")
     write(f"{d}/bench-key.txt", BENCH_KEY + "\n")
     mid = a.keys // 2
+    many = []  # the same keys again, for Envoy's config
     with open(f"{tg}/keys.csv", "w", encoding="utf-8") as csvf, open(
         f"{d}/haproxy-keys-many.lst", "w", encoding="utf-8"
     ) as lst:
@@ -376,6 +616,7 @@ def main() -> None:
             k = BENCH_KEY if i == mid else f"k{i:07d}-{hashlib.md5(str(i).encode()).hexdigest()}"
             csvf.write(f"key-{i},{k},generated,true,bench\n")
             lst.write(k + "\n")
+            many.append(k)
 
     # Routes for scenario 3.
     write(f"{d}/haproxy-routes.lst", "\n".join(p + "/" for p in route_prefixes()) + "\n")
@@ -390,6 +631,10 @@ def main() -> None:
     write(f"{d}/haproxy-s1.cfg", haproxy_cfg(ports, d, False, f"{d}/haproxy-keys-1.lst", w, a.nofile))
     write(f"{d}/haproxy-s3.cfg", haproxy_cfg(ports, d, True, f"{d}/haproxy-keys-1.lst", w, a.nofile))
     write(f"{d}/haproxy-s4.cfg", haproxy_cfg(ports, d, False, f"{d}/haproxy-keys-many.lst", w, a.nofile))
+    write(f"{d}/envoy-s1.json", envoy_json(ports, d, False, [BENCH_KEY], a.nofile))
+    write(f"{d}/envoy-s3.json", envoy_json(ports, d, True, [BENCH_KEY], a.nofile))
+    write(f"{d}/envoy-s4.json", envoy_json(ports, d, False, many, a.nofile))
+    del many
     write(f"{d}/nginx-s1.conf", nginx_proxy_conf(ports, d, w, False, a.nofile))
     write(f"{d}/nginx-s3.conf", nginx_proxy_conf(ports, d, w, True, a.nofile))
     write(f"{d}/upstream.conf", nginx_upstream_conf(ports, d, w, a.nofile))

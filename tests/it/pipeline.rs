@@ -361,3 +361,26 @@ async fn the_earliest_phase_that_refuses_answers() {
     assert_eq!(g.denied("GET /keyed", "throttled"), 1);
     assert_eq!(g.denied("GET /keyed", "api_key_missing"), 1);
 }
+
+/// Every keep-alive connection's transport moves the request's future into place before it
+/// polls it, and holds it while the request is served: the phases' state (upstream call,
+/// external authorizer, Redis) is boxed, so that move copies a few hundred bytes, not KiBs.
+#[tokio::test]
+async fn a_requests_future_is_small_enough_to_move() {
+    let o = offline().await;
+    let conn = Arc::new(ConnInfo {
+        peer: "192.0.2.1:5000".parse().unwrap(),
+        tls: false,
+        client_cert: None,
+        sni: None,
+    });
+    let req = Request::get("/office")
+        .header("host", "gw")
+        .body(ClientBody::from_bytes(""))
+        .unwrap();
+    let fut = tollgate::pipeline::handle(o.gw.clone(), conn, req);
+    let size = std::mem::size_of_val(&fut);
+    eprintln!("pipeline::handle future: {size} bytes");
+    assert!(size <= 2048, "the request's future is {size} bytes");
+    assert_eq!(fut.await.status(), 200);
+}
