@@ -30,13 +30,19 @@ const OVERRIDES: [HeaderName; 7] = [
     HeaderName::from_static("x-method-override"),
 ];
 
-/// Whether a (lower-case) header name reads as an `x-tollgate-*` name once `_` is `-`.
-fn is_identity(name: &[u8]) -> bool {
-    name.len() >= IDENTITY_PREFIX.len()
+/// Whether the (lower-case) name starts with `prefix` once each `_` in it is read as `-`
+/// (what CGI, WSGI, PHP and Rack do to header names).
+fn folds_to_prefix(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len()
         && name
             .iter()
-            .zip(IDENTITY_PREFIX)
+            .zip(prefix)
             .all(|(&c, &p)| c == p || (c == b'_' && p == b'-'))
+}
+
+/// Whether a (lower-case) header name reads as an `x-tollgate-*` name once `_` is `-`.
+fn is_identity(name: &[u8]) -> bool {
+    folds_to_prefix(name, IDENTITY_PREFIX)
 }
 
 /// The X-Ray trace header, which tracing with `xray` writes for the upstream.
@@ -44,12 +50,7 @@ const XRAY_TRACE: &[u8] = b"x-amzn-trace-id";
 
 /// Whether a (lower-case) name with `_` reads as `x-amzn-trace-id` once `_` is `-`.
 fn folds_to_xray(name: &[u8]) -> bool {
-    name.len() == XRAY_TRACE.len()
-        && name.contains(&b'_')
-        && name
-            .iter()
-            .zip(XRAY_TRACE)
-            .all(|(&c, &p)| c == p || (c == b'_' && p == b'-'))
+    name.len() == XRAY_TRACE.len() && name.contains(&b'_') && folds_to_prefix(name, XRAY_TRACE)
 }
 
 /// Whether a client header is removed before forwarding ([module docs](self)).
